@@ -1,0 +1,30 @@
+//! The maps the programs share with the controller.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use tcp_guard_common::stats::{Counter, Stats};
+
+/// Per-CPU packet counters: a single entry holding every counter, so a packet
+/// costs one map lookup however many counters it bumps.
+#[map]
+static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's counters, for the duration of one program run.
+pub struct Counters(*mut Stats);
+
+impl Counters {
+    #[inline(always)]
+    pub fn this_cpu() -> Option<Self> {
+        STATS.get_ptr_mut(0).map(Counters)
+    }
+
+    #[inline(always)]
+    pub fn bump(&mut self, counter: Counter) {
+        let index = counter as usize;
+        // SAFETY: the pointer comes from a per-CPU map lookup and is only
+        // used by this program run on this CPU.
+        let stats = unsafe { &mut *self.0 };
+        if let Some(slot) = stats.counters.get_mut(index) {
+            *slot += 1;
+        }
+    }
+}

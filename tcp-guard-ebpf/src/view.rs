@@ -1,0 +1,48 @@
+//! The packet buffer as a [`ByteView`] for the common parser.
+
+use tcp_guard_common::packet::{ByteView, Header};
+
+/// The bytes between an XDP context's `data` and `data_end`.
+pub struct PacketBytes {
+    start: usize,
+    end: usize,
+}
+
+impl PacketBytes {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        PacketBytes { start, end }
+    }
+
+    /// `start + offset`, computed so that the compiler cannot relate it to
+    /// earlier checks. Without this, LLVM proves some bounds checks redundant
+    /// (e.g. the TCP header check, from the IP total length) and deletes them,
+    /// and the verifier, which cannot follow that proof, rejects the read.
+    /// (A volatile stack round trip: the verifier tracks spilled scalars
+    /// exactly, and an empty asm block would break BTF line info.)
+    #[inline(always)]
+    fn at(&self, offset: usize) -> usize {
+        let opaque = offset;
+        // SAFETY: reads a local that is initialised and properly aligned.
+        self.start + unsafe { core::ptr::read_volatile(&opaque) }
+    }
+}
+
+impl ByteView for PacketBytes {
+    #[inline(always)]
+    fn contains(&self, offset: usize, len: usize) -> bool {
+        self.at(offset) + len <= self.end
+    }
+
+    #[inline(always)]
+    fn read<T: Header>(&self, offset: usize) -> Option<T> {
+        // Compared as pointers, so the verifier learns the packet's range.
+        let at = self.at(offset);
+        if at + core::mem::size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: bounds checked above; Header types accept any bytes and
+        // have alignment 1.
+        Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+    }
+}

@@ -1,0 +1,172 @@
+//! Where a running instance keeps its state: one directory per interface on
+//! bpffs, `/sys/fs/bpf/tcp-guard/<iface>/`, holding the pinned maps. The
+//! daemon holds an exclusive `flock` on that directory while it runs, so a
+//! second `run` on the same interface is refused, and other commands (`stats`)
+//! open the pins without talking to the daemon.
+
+use std::{
+    fs::{self, File},
+    io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The directory holding one subdirectory per guarded interface.
+pub const ROOT: &str = "/sys/fs/bpf/tcp-guard";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// The pin directory of the instance guarding `iface`.
+pub fn dir(iface: &str) -> PathBuf {
+    Path::new(ROOT).join(iface)
+}
+
+/// Interfaces that have an instance directory, sorted.
+pub fn list() -> Result<Vec<String>> {
+    let entries = match fs::read_dir(ROOT) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            bail!("cannot read {ROOT}: permission denied (tcp-guard's pinned state is readable by root only)")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {ROOT}")),
+    };
+    let mut ifaces: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ifaces.sort();
+    Ok(ifaces)
+}
+
+/// The interface whose instance a command should read: `requested`, or the
+/// only one running.
+pub fn resolve(requested: Option<&str>) -> Result<String> {
+    let running = list()?;
+    match requested {
+        Some(iface) if running.iter().any(|r| r == iface) => Ok(iface.to_string()),
+        Some(iface) => bail!(
+            "no tcp-guard instance on {iface} (nothing at {}); running on: {}",
+            dir(iface).display(),
+            describe_list(&running)
+        ),
+        None => match running.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => bail!(
+                "no tcp-guard instance is running (nothing under {ROOT}); start one with `tcp-guard run --iface IF`"
+            ),
+            several => bail!(
+                "tcp-guard runs on several interfaces ({}); choose one with --iface",
+                several.join(", ")
+            ),
+        },
+    }
+}
+
+fn describe_list(ifaces: &[String]) -> String {
+    if ifaces.is_empty() {
+        "none".to_string()
+    } else {
+        ifaces.join(", ")
+    }
+}
+
+/// Mounts bpffs on /sys/fs/bpf unless it is there already (as systemd does at boot).
+pub fn ensure_bpffs() -> Result<()> {
+    let path = std::ffi::CString::new(BPFFS)?;
+    // SAFETY: statfs on a NUL-terminated path into a zeroed, owned struct.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0 && stat.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf")?;
+    let options = std::ffi::CString::new("mode=0700")?;
+    // SAFETY: all pointers are valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| {
+            format!("bpffs is not mounted on {BPFFS} and mounting it failed (try: mount -t bpf bpf {BPFFS})")
+        });
+    }
+    log::info!("mounted bpffs on {BPFFS}");
+    Ok(())
+}
+
+/// Exclusive ownership of an interface's instance directory, for as long as
+/// the daemon runs. Dropping it removes the directory and every pin in it.
+pub struct InstanceLock {
+    dir: PathBuf,
+    // Keeps the flock; closed on drop.
+    _handle: File,
+}
+
+impl InstanceLock {
+    /// Claims `iface`'s directory, or explains who holds it.
+    pub fn claim(iface: &str) -> Result<Self> {
+        ensure_bpffs()?;
+        let dir = dir(iface);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let handle = File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                bail!(
+                    "tcp-guard is already running on {iface} (it holds {}); stop it first, or read it with `tcp-guard stats --iface {iface}`",
+                    dir.display()
+                );
+            }
+            return Err(error).with_context(|| format!("cannot lock {}", dir.display()));
+        }
+        let lock = InstanceLock { dir, _handle: handle };
+        let stale = lock.remove_pins()?;
+        if stale > 0 {
+            log::warn!(
+                "removed {stale} stale pin(s) left in {} by an instance that did not exit cleanly",
+                lock.dir.display()
+            );
+        }
+        Ok(lock)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn remove_pins(&self) -> Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir).with_context(|| format!("cannot read {}", self.dir.display()))? {
+            let path = entry?.path();
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let result = self.remove_pins().and_then(|_| {
+            fs::remove_dir(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))
+        });
+        if let Err(e) = result {
+            log::error!("{e:#}");
+        }
+        // The parent goes too once the last instance is gone.
+        match fs::remove_dir(ROOT) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOTEMPTY) => log::error!("cannot remove {ROOT}: {e}"),
+            _ => {}
+        }
+    }
+}

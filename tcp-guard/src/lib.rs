@@ -1,0 +1,7 @@
+//! tcp-guard's controller: loads the eBPF programs, attaches them, and reads
+//! what they count. The binary's subcommands are thin layers over this.
+
+pub mod attach;
+pub mod instance;
+pub mod program;
+pub mod stats;

@@ -1,0 +1,56 @@
+//! Reading the per-CPU counters and showing them.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{Map, MapData, PerCpuArray};
+use serde_json::{Map as JsonMap, Value, json};
+use tcp_guard_common::stats::{Counter, Stats};
+
+/// Sums every CPU's counters in a `STATS` map.
+pub fn read(map: &Map) -> Result<Stats> {
+    let array: PerCpuArray<&MapData, Stats> =
+        PerCpuArray::try_from(map).context("STATS is not a per-CPU array")?;
+    sum(&array)
+}
+
+/// Sums every CPU's counters in the `STATS` map pinned at `path`.
+pub fn read_pinned(path: &Path) -> Result<Stats> {
+    let data =
+        MapData::from_pin(path).with_context(|| format!("cannot open pinned map {}", path.display()))?;
+    let map = Map::from_map_data(data)
+        .with_context(|| format!("{} is not a map tcp-guard knows", path.display()))?;
+    read(&map)
+}
+
+fn sum(array: &PerCpuArray<&MapData, Stats>) -> Result<Stats> {
+    let per_cpu = array.get(&0, 0).context("cannot read the STATS map")?;
+    let mut total = Stats::default();
+    for cpu in per_cpu.iter() {
+        total.add(cpu);
+    }
+    Ok(total)
+}
+
+/// `{"iface": ..., "counters": {"packets": N, ...}}`, every counter present.
+pub fn to_json(iface: &str, stats: &Stats) -> Value {
+    let counters: JsonMap<String, Value> = Counter::ALL
+        .iter()
+        .map(|c| (c.as_str().to_string(), json!(stats.get(*c))))
+        .collect();
+    json!({ "iface": iface, "counters": counters })
+}
+
+/// Two aligned columns, one counter a line.
+pub fn to_text(iface: &str, stats: &Stats) -> String {
+    let width = Counter::ALL.iter().map(|c| c.as_str().len()).max().unwrap_or(0);
+    let mut out = format!("tcp-guard on {iface}\n");
+    for counter in Counter::ALL {
+        out.push_str(&format!(
+            "  {:<width$}  {:>14}\n",
+            counter.as_str(),
+            stats.get(counter)
+        ));
+    }
+    out
+}
