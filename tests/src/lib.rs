@@ -1,1 +1,8 @@
+//! The lab every tcp-guard test, demo and benchmark runs in: namespaces
+//! joined by veth pairs, the real daemon, real kernel TCP, crafted packets.
+//! Rules: ../shared/test-network.md (own namespaces, benchmarking address
+//! ranges, bounded traffic, cleanup even on failure).
 
+pub mod daemon;
+pub mod lab;
+pub mod packets;

@@ -1,0 +1,153 @@
+//! The real `tcp-guard` binary, run as the tests and the demo run it.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::Netns;
+
+/// Path of the `tcp-guard` binary: `$TCP_GUARD_BIN`, or the one cargo built
+/// next to the running test executable.
+pub fn tcp_guard_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TCP_GUARD_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/tcp-guard
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tcp-guard"))
+        .expect("test executable has no grandparent directory");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first (`cargo build -p tcp-guard`) or set TCP_GUARD_BIN; `cargo xtask test` does both",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `tcp-guard ARGS` in the root namespace and returns its output,
+/// whatever its exit status.
+pub fn tcp_guard(args: &[&str]) -> Output {
+    Command::new(tcp_guard_bin())
+        .args(args)
+        .output()
+        .expect("cannot start tcp-guard")
+}
+
+/// `tcp-guard stats --iface IFACE --json`, parsed; panics with the error text on failure.
+pub fn stats_json(iface: &str) -> serde_json::Value {
+    let out = tcp_guard(&["stats", "--iface", iface, "--json"]);
+    assert!(
+        out.status.success(),
+        "tcp-guard stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stats --json is not JSON")
+}
+
+/// One counter from `stats --json`.
+pub fn counter(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+}
+
+/// A `tcp-guard run` process in a namespace. Drop stops it (SIGTERM, then
+/// SIGKILL after 5 s).
+pub struct Daemon {
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `tcp-guard run --iface IFACE EXTRA...` inside `ns` and waits
+    /// until it reports that it guards the interface.
+    pub fn start(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
+        let log_path = std::env::temp_dir().join(format!("tcp-guard-{iface}.log"));
+        let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        let child = ns
+            .command(tcp_guard_bin())
+            .args(["run", "--iface", iface])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start tcp-guard run")?;
+        let mut daemon = Daemon {
+            child: Some(child),
+            log_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if daemon.log().contains("guarding ") {
+                return Ok(daemon);
+            }
+            if let Some(status) = daemon.child_mut().try_wait()? {
+                bail!("tcp-guard run exited with {status}: {}", daemon.log());
+            }
+            if Instant::now() > deadline {
+                bail!("tcp-guard run did not attach within 30 s: {}", daemon.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&mut self) -> u32 {
+        self.child_mut().id()
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("daemon already stopped")
+    }
+
+    /// Sends `signal` and waits for the daemon to exit.
+    pub fn stop_with(mut self, signal: i32) -> Result<ExitStatus> {
+        let mut child = self.child.take().expect("daemon already stopped");
+        terminate(&mut child, signal)
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(self) -> Result<ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+}
+
+fn terminate(child: &mut Child, signal: i32) -> Result<ExitStatus> {
+    // SAFETY: kill on a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill()?;
+    let status = child.wait()?;
+    bail!("tcp-guard did not exit within 5 s of signal {signal}; killed ({status})")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && let Err(e) = terminate(&mut child, libc::SIGTERM)
+        {
+            eprintln!("daemon cleanup: {e:#}");
+        }
+        if let Err(e) = fs::remove_file(&self.log_path) {
+            eprintln!("daemon cleanup: {}: {e}", self.log_path.display());
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! A two-host lab: a server and a client namespace joined by one veth pair,
+//! addressed from the benchmarking ranges (198.18.0.0/15, 2001:2::/48).
+//!
+//! Names carry the pid and a counter, so concurrent runs never collide;
+//! [`Lab`]'s Drop deletes the namespaces (and with them the veth and any XDP
+//! attachment) and the instance's pins, and [`sweep_leftovers`] removes what
+//! dead runs left behind.
+
+use std::{
+    fs::{self, File},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{
+        Once,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Prefix of every namespace the lab creates.
+pub const NETNS_PREFIX: &str = "tg-";
+/// Prefix of every interface the lab creates.
+pub const IFACE_PREFIX: &str = "tg";
+
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+
+/// Fails the calling test, with the reason, unless it runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "this test needs root (it creates network namespaces and loads BPF programs); \
+             run the suite with `sudo cargo xtask test`"
+        );
+    }
+}
+
+static SWEEP: Once = Once::new();
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// One namespace, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> Result<Self> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NS ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// A command run inside the namespace (network only; mounts are shared,
+    /// so bpffs stays visible).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Sets a per-namespace sysctl, e.g. `net.ipv4.tcp_syncookies`.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        run(self
+            .command("sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")]))?;
+        Ok(())
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// creates belong to the namespace and may be used from any thread after.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let ns = File::open(self.path()).with_context(|| format!("cannot open {}", self.path().display()))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: setns on an fd we own; affects this thread only.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error()).context("setns failed");
+                    }
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.name])) {
+            eprintln!("lab cleanup: {e:#}");
+        }
+    }
+}
+
+/// Server and client namespaces joined by a veth pair; the guard attaches to
+/// the server's end.
+pub struct Lab {
+    // Dropped in field order: pins first, then the namespaces.
+    _pins: PinCleanup,
+    pub server: Netns,
+    pub client: Netns,
+    /// The server's end of the veth pair.
+    pub server_iface: String,
+    pub client_iface: String,
+}
+
+impl Lab {
+    pub fn new() -> Result<Self> {
+        require_root();
+        SWEEP.call_once(|| {
+            if let Err(e) = sweep_leftovers() {
+                eprintln!("lab: sweeping leftovers failed: {e:#}");
+            }
+        });
+        let pid = std::process::id();
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let server = Netns::create(&format!("{NETNS_PREFIX}{pid}-{n}-srv"))?;
+        let client = Netns::create(&format!("{NETNS_PREFIX}{pid}-{n}-cli"))?;
+        // IFNAMSIZ is 16: "tg" + 6 hex digits of pid + 3 digits + role.
+        let server_iface = format!("{IFACE_PREFIX}{pid:06x}{n:03}s");
+        let client_iface = format!("{IFACE_PREFIX}{pid:06x}{n:03}c");
+        let lab = Lab {
+            _pins: PinCleanup(server_iface.clone()),
+            server,
+            client,
+            server_iface,
+            client_iface,
+        };
+        lab.wire()?;
+        Ok(lab)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let (s, c) = (&self.server_iface, &self.client_iface);
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            s,
+            "netns",
+            self.server.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            c,
+            "netns",
+            self.client.name(),
+        ]))?;
+        for (ns, iface, v4, v6) in [
+            (&self.server, s, SERVER_V4, SERVER_V6),
+            (&self.client, c, CLIENT_V4, CLIENT_V6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", iface])?;
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", iface, "nodad"])?;
+            ns.ip(&["link", "set", iface, "up"])?;
+        }
+        Ok(())
+    }
+
+    pub fn server_addr(&self, v6: bool) -> IpAddr {
+        if v6 { SERVER_V6.into() } else { SERVER_V4.into() }
+    }
+
+    pub fn client_addr(&self, v6: bool) -> IpAddr {
+        if v6 { CLIENT_V6.into() } else { CLIENT_V4.into() }
+    }
+}
+
+/// Removes the instance directory of an interface the lab made, in case the
+/// daemon died without cleaning up.
+struct PinCleanup(String);
+
+impl Drop for PinCleanup {
+    fn drop(&mut self) {
+        let dir = Path::new(PIN_ROOT).join(&self.0);
+        if dir.exists()
+            && let Err(e) = fs::remove_dir_all(&dir)
+        {
+            eprintln!("lab cleanup: cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
+const PIN_ROOT: &str = "/sys/fs/bpf/tcp-guard";
+
+/// Deletes namespaces and pin directories of lab runs whose process is gone.
+pub fn sweep_leftovers() -> Result<()> {
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    let out = run(Command::new("ip").args(["netns", "list"]))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !alive(pid) {
+            eprintln!("lab: removing leftover namespace {name}");
+            run(Command::new("ip").args(["netns", "del", name]))?;
+        }
+    }
+    if let Ok(entries) = fs::read_dir(PIN_ROOT) {
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(IFACE_PREFIX)
+                .filter(|rest| rest.len() == 10)
+                .and_then(|rest| u32::from_str_radix(&rest[..6], 16).ok());
+            if let Some(pid) = pid
+                && !alive(pid)
+            {
+                eprintln!("lab: removing leftover pins {}", entry.path().display());
+                fs::remove_dir_all(entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command to completion; a non-zero exit is an error carrying stderr.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,105 @@
+//! What an operator sees when something is wrong: each error names the
+//! problem and the fix. Needs root (it sets up the conditions for real).
+
+use std::process::Command;
+
+use tcp_guard::{attach, program};
+use tcp_guard_tests::{
+    daemon::{Daemon, tcp_guard, tcp_guard_bin},
+    lab::Lab,
+};
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unknown_interface_is_named() {
+    let lab = Lab::new().expect("lab");
+    let out = lab
+        .server
+        .command(tcp_guard_bin())
+        .args(["run", "--iface", "nosuch0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("interface nosuch0 does not exist"), "{err}");
+}
+
+#[test]
+fn second_instance_on_the_same_interface_is_refused() {
+    let lab = Lab::new().expect("lab");
+    let _first = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("first instance");
+    let second = Daemon::start(&lab.server, &lab.server_iface, &[])
+        .err()
+        .expect("second must fail");
+    let err = format!("{second:#}");
+    assert!(
+        err.contains(&format!("tcp-guard is already running on {}", lab.server_iface)),
+        "{err}"
+    );
+}
+
+#[test]
+fn foreign_xdp_program_is_reported_with_the_fix() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    // Another program holds the interface: attach one from this process.
+    let mut other = program::load(log::LevelFilter::Off).expect("load");
+    lab.server
+        .enter(|| attach::attach_xdp(&mut other, &iface, attach::Mode::Native).map(|_| ()))
+        .expect("enter")
+        .expect("attach the other program");
+    let err = format!(
+        "{:#}",
+        Daemon::start(&lab.server, &iface, &[]).err().expect("must fail")
+    );
+    assert!(err.contains("another XDP program is already attached"), "{err}");
+    assert!(err.contains(&format!("ip link set dev {iface} xdp off")), "{err}");
+}
+
+#[test]
+fn skb_mode_is_honoured() {
+    let lab = Lab::new().expect("lab");
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &["--mode", "skb"]).expect("start");
+    assert!(daemon.log().contains("skb mode"), "{}", daemon.log());
+    let link = lab
+        .server
+        .ip(&["link", "show", &lab.server_iface])
+        .expect("ip link");
+    assert!(String::from_utf8_lossy(&link.stdout).contains("xdpgeneric"));
+}
+
+#[test]
+fn stats_without_an_instance_says_how_to_start_one() {
+    let out = tcp_guard(&["stats", "--iface", "tgnothing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("no tcp-guard instance on tgnothing"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn run_without_root_is_refused_clearly() {
+    tcp_guard_tests::lab::require_root();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(tcp_guard_bin())
+        .args(["run", "--iface", "lo"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("needs root"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn bad_mode_names_the_choices() {
+    let out = tcp_guard(&["run", "--iface", "lo", "--mode", "fast"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(err.contains("invalid value 'fast' for '--mode <MODE>'"), "{err}");
+    assert!(err.contains("auto, native, skb"), "{err}");
+}

@@ -1,0 +1,301 @@
+//! The shared parser, run in userspace on crafted, truncated and random frames.
+//! (The same code runs in the XDP program; see prog_test_run.rs for that side.)
+
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+use tcp_guard_common::packet::{
+    Dissection, Family, Malformed, Outcome, TcpClass, TcpFlags, TcpSegment, parse, parse_tcp_options,
+};
+use tcp_guard_tests::packets::{ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet, linux_syn_options};
+
+fn v4() -> (IpAddr, IpAddr) {
+    ("198.19.7.9".parse().unwrap(), "198.18.0.1".parse().unwrap())
+}
+
+fn v6() -> (IpAddr, IpAddr) {
+    ("2001:2::2".parse().unwrap(), "2001:2::1".parse().unwrap())
+}
+
+fn segment(frame: &[u8]) -> TcpSegment {
+    match parse(frame).outcome {
+        Outcome::Tcp(segment) => segment,
+        other => panic!("expected TCP, got {other:?}"),
+    }
+}
+
+fn outcome(frame: &[u8]) -> Outcome {
+    parse(frame).outcome
+}
+
+#[test]
+fn ipv4_syn_is_parsed_field_by_field() {
+    let (src, dst) = v4();
+    let mut pkt = TcpPacket::new(src, dst, 40000, 80, SYN);
+    pkt.seq = 0xdead_beef;
+    pkt.tcp_options = linux_syn_options(1460, 7, 7);
+    let frame = pkt.frame();
+    let d = parse(frame.as_slice());
+    assert_eq!(d.family, Some(Family::V4));
+    assert!(!d.vlan);
+    let seg = segment(&frame);
+    assert_eq!(seg.src[..4], [198, 19, 7, 9]);
+    assert_eq!(seg.dst[..4], [198, 18, 0, 1]);
+    assert_eq!(seg.src[4..], [0; 12]);
+    assert_eq!((seg.src_port, seg.dst_port), (40000, 80));
+    assert_eq!(seg.seq, 0xdead_beef);
+    assert_eq!(seg.flags.class(), TcpClass::Syn);
+    assert_eq!(seg.tcp_offset, 34);
+    assert_eq!(seg.tcp_header_len, 40);
+    assert_eq!(seg.payload_len, 0);
+    let opts = parse_tcp_options(frame.as_slice(), &seg);
+    assert_eq!(opts.mss, Some(1460));
+    assert_eq!(opts.window_scale, Some(7));
+    assert!(opts.sack_permitted);
+    assert_eq!(opts.timestamp, Some((7, 0)));
+    assert!(!opts.malformed);
+}
+
+#[test]
+fn ipv6_data_segment_counts_its_payload() {
+    let (src, dst) = v6();
+    let mut pkt = TcpPacket::new(src, dst, 40000, 443, PSH | ACK);
+    pkt.payload = b"hello".to_vec();
+    let seg = segment(&pkt.frame());
+    assert_eq!(seg.family, Family::V6);
+    assert_eq!(
+        seg.src,
+        "2001:2::2".parse::<std::net::Ipv6Addr>().unwrap().octets()
+    );
+    assert_eq!(seg.tcp_offset, 54);
+    assert_eq!(seg.payload_len, 5);
+    assert_eq!(seg.flags.class(), TcpClass::Ack);
+}
+
+#[test]
+fn vlan_tag_is_skipped() {
+    let (src, dst) = v4();
+    let mut pkt = TcpPacket::new(src, dst, 1, 2, SYN);
+    pkt.vlan = Some(42);
+    let frame = pkt.frame();
+    let d: Dissection = parse(frame.as_slice());
+    assert!(d.vlan);
+    assert_eq!(segment(&frame).tcp_offset, 38);
+}
+
+#[test]
+fn ipv4_options_move_the_tcp_header() {
+    let (src, dst) = v4();
+    let mut pkt = TcpPacket::new(src, dst, 1, 2, SYN);
+    pkt.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    assert_eq!(segment(&pkt.frame()).tcp_offset, 38);
+}
+
+#[test]
+fn ethernet_padding_is_not_payload() {
+    let (src, dst) = v4();
+    let mut frame = TcpPacket::new(src, dst, 1, 2, ACK).frame();
+    frame.resize(60, 0); // minimum Ethernet frame
+    assert_eq!(segment(&frame).payload_len, 0);
+}
+
+#[test]
+fn flags_classify_as_tcp_stacks_send_them() {
+    let cases = [
+        (SYN, TcpClass::Syn),
+        (SYN | ACK, TcpClass::SynAck),
+        (ACK, TcpClass::Ack),
+        (PSH | ACK, TcpClass::Ack),
+        (FIN | ACK, TcpClass::Fin),
+        (FIN | PSH | ACK, TcpClass::Fin),
+        (RST, TcpClass::Rst),
+        (RST | ACK, TcpClass::Rst),
+        (0, TcpClass::Other),
+        (FIN, TcpClass::Other),
+        (SYN | FIN, TcpClass::Other),
+        (SYN | RST, TcpClass::Other),
+        (SYN | FIN | RST | PSH | ACK | 0x20, TcpClass::Other),
+    ];
+    for (flags, class) in cases {
+        assert_eq!(TcpFlags(flags).class(), class, "flags {flags:#04x}");
+    }
+}
+
+#[test]
+fn non_ip_non_tcp_fragments_and_extension_headers() {
+    assert_eq!(outcome(&ethernet(0x0806, None, &[0; 28])), Outcome::NonIp);
+    let (src, dst) = v4();
+    let mut udp = TcpPacket::new(src, dst, 1, 2, SYN).ip_packet();
+    udp[9] = 17;
+    assert_eq!(outcome(&ethernet(0x0800, None, &udp)), Outcome::NonTcp);
+    let mut fragment = TcpPacket::new(src, dst, 1, 2, SYN).ip_packet();
+    fragment[6] = 0x20; // more fragments
+    assert_eq!(outcome(&ethernet(0x0800, None, &fragment)), Outcome::Ipv4Fragment);
+    let mut later = TcpPacket::new(src, dst, 1, 2, SYN).ip_packet();
+    later[6..8].copy_from_slice(&[0, 10]); // offset 80 bytes
+    assert_eq!(outcome(&ethernet(0x0800, None, &later)), Outcome::Ipv4Fragment);
+    let (src6, dst6) = v6();
+    let mut hop_by_hop = TcpPacket::new(src6, dst6, 1, 2, SYN).ip_packet();
+    hop_by_hop[6] = 0;
+    assert_eq!(
+        outcome(&ethernet(0x86dd, None, &hop_by_hop)),
+        Outcome::Ipv6Extension
+    );
+    let mut icmp6 = TcpPacket::new(src6, dst6, 1, 2, SYN).ip_packet();
+    icmp6[6] = 58;
+    assert_eq!(outcome(&ethernet(0x86dd, None, &icmp6)), Outcome::NonTcp);
+}
+
+#[test]
+fn each_malformation_has_its_reason() {
+    let (src, dst) = v4();
+    let good4 = TcpPacket::new(src, dst, 1, 2, SYN).ip_packet();
+    let (src6, dst6) = v6();
+    let good6 = TcpPacket::new(src6, dst6, 1, 2, SYN).ip_packet();
+    let with = |ip: &[u8], at: usize, byte: u8| {
+        let mut ip = ip.to_vec();
+        ip[at] = byte;
+        ip
+    };
+    let cases: Vec<(Vec<u8>, Malformed)> = vec![
+        (vec![0; 13], Malformed::EthernetTruncated),
+        (ethernet(0x8100, None, &[0, 1]), Malformed::VlanTruncated),
+        (ethernet(0x0800, None, &good4[..19]), Malformed::Ipv4Truncated),
+        (
+            ethernet(0x0800, None, &with(&good4, 0, 0x65)),
+            Malformed::Ipv4BadVersion,
+        ),
+        (
+            ethernet(0x0800, None, &with(&good4, 0, 0x44)),
+            Malformed::Ipv4BadHeaderLength,
+        ),
+        (
+            ethernet(0x0800, None, &with(&good4, 0, 0x4f)),
+            Malformed::Ipv4BadHeaderLength,
+        ),
+        (
+            ethernet(0x0800, None, &with(&good4, 3, 10)),
+            Malformed::Ipv4BadTotalLength,
+        ),
+        (
+            ethernet(0x0800, None, &with(&good4, 3, 200)),
+            Malformed::Ipv4BadTotalLength,
+        ),
+        (
+            ethernet(0x0800, None, &with(&good4, 3, 30)),
+            Malformed::TcpTruncated,
+        ),
+        (
+            ethernet(0x0800, None, &with(&good4, 32, 0x40)),
+            Malformed::TcpBadDataOffset,
+        ),
+        (
+            ethernet(0x0800, None, &with(&good4, 32, 0x60)),
+            Malformed::TcpBadDataOffset,
+        ),
+        (ethernet(0x86dd, None, &good6[..39]), Malformed::Ipv6Truncated),
+        (
+            ethernet(0x86dd, None, &with(&good6, 0, 0x40)),
+            Malformed::Ipv6BadVersion,
+        ),
+        (
+            ethernet(0x86dd, None, &with(&good6, 5, 200)),
+            Malformed::Ipv6BadPayloadLength,
+        ),
+        (
+            ethernet(0x86dd, None, &with(&good6, 5, 8)),
+            Malformed::TcpTruncated,
+        ),
+    ];
+    for (frame, reason) in cases {
+        assert_eq!(outcome(&frame), Outcome::Malformed(reason), "{frame:02x?}");
+    }
+}
+
+#[test]
+fn bad_option_lengths_are_flagged_not_read_past() {
+    let (src, dst) = v4();
+    let mut pkt = TcpPacket::new(src, dst, 1, 2, SYN);
+    pkt.tcp_options = vec![2, 4, 5, 0xb4, 3, 9, 1, 1]; // good MSS, then a length past the end
+    let frame = pkt.frame();
+    let opts = parse_tcp_options(frame.as_slice(), &segment(&frame));
+    assert_eq!(opts.mss, Some(0x5b4));
+    assert!(opts.malformed);
+    pkt.tcp_options = vec![2, 0, 0, 0]; // length 0 would loop forever if trusted
+    let frame = pkt.frame();
+    assert!(parse_tcp_options(frame.as_slice(), &segment(&frame)).malformed);
+}
+
+/// Invariants every parse result must satisfy, whatever the input.
+fn check_consistent(frame: &[u8]) {
+    let d = parse(frame);
+    if let Outcome::Tcp(seg) = d.outcome {
+        let end = seg.tcp_offset + seg.tcp_header_len + seg.payload_len as usize;
+        assert!(end <= frame.len(), "TCP segment runs past the frame");
+        assert!(seg.tcp_header_len >= 20 && seg.tcp_header_len <= 60);
+        let opts = parse_tcp_options(frame, &seg);
+        if let Some(mss) = opts.mss {
+            assert!(frame.windows(2).any(|w| w == mss.to_be_bytes()));
+        }
+    }
+    if d.family.is_none() {
+        assert!(matches!(d.outcome, Outcome::NonIp | Outcome::Malformed(_)));
+    }
+}
+
+fn valid_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<u8>(),
+        prop::collection::vec(any::<u8>(), 0..64),
+        0usize..3,
+    )
+        .prop_map(|(ipv6, vlan, flags, payload, opts)| {
+            let (src, dst) = if ipv6 { v6() } else { v4() };
+            let mut pkt = TcpPacket::new(src, dst, 1234, 80, flags);
+            pkt.vlan = vlan.then_some(7);
+            pkt.payload = payload;
+            pkt.tcp_options = match opts {
+                0 => Vec::new(),
+                1 => linux_syn_options(1460, 1, 7),
+                _ => vec![1, 1, 1, 1],
+            };
+            pkt.frame()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn arbitrary_bytes_never_break_the_parser(frame in prop::collection::vec(any::<u8>(), 0..200)) {
+        check_consistent(&frame);
+    }
+
+    #[test]
+    fn valid_frames_parse_as_built(frame in valid_frame()) {
+        let seg = segment(&frame);
+        prop_assert_eq!(seg.tcp_offset + seg.tcp_header_len + seg.payload_len as usize, frame.len());
+    }
+
+    #[test]
+    fn every_truncation_is_malformed_or_consistent(frame in valid_frame(), cut in 0usize..200) {
+        let cut = cut.min(frame.len());
+        let truncated = &frame[..cut];
+        check_consistent(truncated);
+        if cut < frame.len() {
+            prop_assert!(matches!(parse(truncated).outcome, Outcome::Malformed(_)));
+        }
+    }
+
+    #[test]
+    fn mutated_frames_stay_consistent(frame in valid_frame(), edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let mut frame = frame;
+        for (at, byte) in edits {
+            let at = at % frame.len();
+            frame[at] = byte;
+        }
+        check_consistent(&frame);
+    }
+}
