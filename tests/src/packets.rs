@@ -54,7 +54,7 @@ impl TcpPacket {
     /// The TCP header and payload, checksummed for this packet's addresses.
     pub fn tcp_segment(&self) -> Vec<u8> {
         assert!(
-            self.tcp_options.len() % 4 == 0,
+            self.tcp_options.len().is_multiple_of(4),
             "TCP options must be padded to 32 bits"
         );
         let header_len = 20 + self.tcp_options.len();
@@ -80,7 +80,7 @@ impl TcpPacket {
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 assert!(
-                    self.ip_options.len() % 4 == 0,
+                    self.ip_options.len().is_multiple_of(4),
                     "IPv4 options must be padded to 32 bits"
                 );
                 let header_len = 20 + self.ip_options.len();

@@ -1,1 +1,132 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | lint | test | demo`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod setup;
+
+use setup::{cargo, run};
+
+#[derive(Parser)]
+#[command(about = "tcp-guard project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the Debian packages and bpf-linker the build needs (a quick
+    /// no-op when present). Needs root to install.
+    Setup,
+    /// rustfmt check, and clippy -D warnings on every crate (the eBPF crate
+    /// with Debian's clippy for the bpf target).
+    Lint,
+    /// Set up, build, and run every test (unit, property, BPF_PROG_TEST_RUN,
+    /// veth lab). Needs root.
+    Test {
+        /// Passed to the test binaries, e.g. a test name filter.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run tcp-guard on a built-in two-namespace lab with a
+    /// client connecting to a server, showing live counters. Needs root.
+    Demo {
+        /// How long to run; Ctrl-C ends it early. Everything is removed at exit.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+fn main() {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Lint => lint(),
+        Task::Test { args } => test(&args),
+        Task::Demo { seconds } => demo::demo(seconds),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+/// Builds the tcp-guard binary and returns its path.
+fn build_tcp_guard() -> Result<PathBuf> {
+    run(Command::new(cargo())
+        .current_dir(workspace())
+        .args(["build", "--package", "tcp-guard"]))?;
+    Ok(target_dir().join("debug").join("tcp-guard"))
+}
+
+fn require_root(task: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask {task}` needs root (network namespaces, BPF programs); run it as root or with `sudo -E`"
+        );
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    let ws = workspace();
+    run(Command::new(cargo())
+        .current_dir(&ws)
+        .args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new(cargo())
+        .current_dir(&ws)
+        .args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    let clippy = Path::new("/usr/bin/cargo-clippy");
+    if !clippy.exists() {
+        bail!(
+            "{} is missing: run `cargo xtask setup` (package rust-web-clippy)",
+            clippy.display()
+        );
+    }
+    run(Command::new(clippy)
+        .current_dir(&ws)
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")
+        .args([
+            "clippy",
+            "--package",
+            "tcp-guard-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["--ignore-rust-version", "--target-dir"])
+        .arg(target_dir().join("clippy-ebpf"))
+        .args(["--", "-D", "warnings"]))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    require_root("test")?;
+    setup::setup()?;
+    let bin = build_tcp_guard()?;
+    run(Command::new(cargo())
+        .current_dir(workspace())
+        .env("TCP_GUARD_BIN", &bin)
+        .arg("test")
+        .arg("--")
+        .args(args))
+}
