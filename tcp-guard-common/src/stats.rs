@@ -1,7 +1,10 @@
 //! Packet counters: one enum, one name per counter, used by the kernel side,
 //! `tcp-guard stats`, its JSON and any exporter alike.
 
-use crate::packet::{Dissection, Malformed, Outcome, TcpClass};
+use crate::{
+    flow::{Event, Invalid, TcpState},
+    packet::{Dissection, Malformed, Outcome, TcpClass},
+};
 
 macro_rules! counters {
     ($( $(#[$doc:meta])* $variant:ident => $name:literal, )*) => {
@@ -63,12 +66,53 @@ counters! {
     MalformedIpv6BadPayloadLength => "malformed_ipv6_bad_payload_length",
     MalformedTcpTruncated => "malformed_tcp_truncated",
     MalformedTcpBadDataOffset => "malformed_tcp_bad_data_offset",
+    /// Every frame the TC egress program saw.
+    EgressPackets => "egress_packets",
+    /// Flows entering each state (the per-transition counters).
+    ToSynSent => "to_syn_sent",
+    ToSynRcvd => "to_syn_rcvd",
+    ToEstablished => "to_established",
+    ToFinWait1 => "to_fin_wait_1",
+    ToFinWait2 => "to_fin_wait_2",
+    ToCloseWait => "to_close_wait",
+    ToClosing => "to_closing",
+    ToLastAck => "to_last_ack",
+    ToTimeWait => "to_time_wait",
+    /// Closed by the last ACK of a close.
+    ToClosed => "to_closed",
+    /// Closed by a valid RST, either way.
+    FlowReset => "flow_reset",
+    /// An unknown flow picked up from a segment the host sent.
+    FlowAdopted => "flow_adopted",
+    /// A SYN on a TIME-WAIT flow opened a new connection on the same tuple.
+    FlowReopened => "flow_reopened",
+    SynRetransmit => "syn_retransmit",
+    FinRetransmit => "fin_retransmit",
+    InvalidNoFlow => "invalid_no_flow",
+    InvalidBadHandshakeAck => "invalid_bad_handshake_ack",
+    InvalidBadSynAck => "invalid_bad_syn_ack",
+    InvalidUnexpectedSyn => "invalid_unexpected_syn",
+    InvalidAckNotSent => "invalid_ack_not_sent",
+    InvalidRstOutOfWindow => "invalid_rst_out_of_window",
+    InvalidBadFlags => "invalid_bad_flags",
+    /// A half-open flow not tracked: its table was full.
+    HalfOpenTableFull => "half_open_table_full",
+    /// A flow not moved out of the half-open table: the flow table was full.
+    FlowTableFull => "flow_table_full",
 }
 
 impl Counter {
     /// Counters of malformed packets, one per [`Malformed`] reason.
     pub const fn is_malformed(self) -> bool {
-        self as u32 >= Counter::MalformedEthernetTruncated as u32
+        let index = self as u32;
+        index >= Counter::MalformedEthernetTruncated as u32
+            && index <= Counter::MalformedTcpBadDataOffset as u32
+    }
+
+    /// Counters of ingress segments rejected by the flow tracker, one per [`Invalid`] reason.
+    pub const fn is_invalid(self) -> bool {
+        let index = self as u32;
+        index >= Counter::InvalidNoFlow as u32 && index <= Counter::InvalidBadFlags as u32
     }
 }
 
@@ -86,6 +130,53 @@ impl Malformed {
             Malformed::Ipv6BadPayloadLength => Counter::MalformedIpv6BadPayloadLength,
             Malformed::TcpTruncated => Counter::MalformedTcpTruncated,
             Malformed::TcpBadDataOffset => Counter::MalformedTcpBadDataOffset,
+        }
+    }
+}
+
+impl TcpState {
+    /// The counter of flows entering this state.
+    pub const fn entered_counter(self) -> Counter {
+        match self {
+            TcpState::SynSent => Counter::ToSynSent,
+            TcpState::SynRcvd => Counter::ToSynRcvd,
+            TcpState::Established => Counter::ToEstablished,
+            TcpState::FinWait1 => Counter::ToFinWait1,
+            TcpState::FinWait2 => Counter::ToFinWait2,
+            TcpState::CloseWait => Counter::ToCloseWait,
+            TcpState::Closing => Counter::ToClosing,
+            TcpState::LastAck => Counter::ToLastAck,
+            TcpState::TimeWait => Counter::ToTimeWait,
+            TcpState::Closed => Counter::ToClosed,
+        }
+    }
+}
+
+impl Event {
+    /// The counter this event bumps; plain data and ACKs bump none.
+    pub const fn counter(self) -> Option<Counter> {
+        Some(match self {
+            Event::Entered(state) => state.entered_counter(),
+            Event::Reset => Counter::FlowReset,
+            Event::Adopted => Counter::FlowAdopted,
+            Event::Reopened => Counter::FlowReopened,
+            Event::SynRetransmit => Counter::SynRetransmit,
+            Event::FinRetransmit => Counter::FinRetransmit,
+            Event::NoChange => return None,
+        })
+    }
+}
+
+impl Invalid {
+    pub const fn counter(self) -> Counter {
+        match self {
+            Invalid::NoFlow => Counter::InvalidNoFlow,
+            Invalid::BadHandshakeAck => Counter::InvalidBadHandshakeAck,
+            Invalid::BadSynAck => Counter::InvalidBadSynAck,
+            Invalid::UnexpectedSyn => Counter::InvalidUnexpectedSyn,
+            Invalid::AckNotSent => Counter::InvalidAckNotSent,
+            Invalid::RstOutOfWindow => Counter::InvalidRstOutOfWindow,
+            Invalid::BadFlags => Counter::InvalidBadFlags,
         }
     }
 }
@@ -164,6 +255,15 @@ mod tests {
                 assert_ne!(a.as_str(), b.as_str());
             }
         }
+    }
+
+    #[test]
+    fn every_invalid_reason_has_an_invalid_counter() {
+        for reason in Invalid::ALL {
+            assert!(reason.counter().is_invalid(), "{reason:?}");
+        }
+        let invalid = Counter::ALL.iter().filter(|c| c.is_invalid()).count();
+        assert_eq!(invalid, Invalid::ALL.len());
     }
 
     #[test]

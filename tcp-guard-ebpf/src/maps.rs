@@ -1,7 +1,23 @@
 //! The maps the programs share with the controller.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use tcp_guard_common::stats::{Counter, Stats};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use tcp_guard_common::{
+    flow::{Flow, FlowKey},
+    stats::{Counter, Stats},
+};
+
+/// Half-open flows. Sizes here are defaults; the controller sets both from
+/// its configuration at load time.
+#[map]
+pub static HALF_OPEN: HashMap<FlowKey, Flow> = HashMap::with_max_entries(65_536, 0);
+
+/// Every other tracked flow, in a table of its own so half-open floods
+/// cannot displace it.
+#[map]
+pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(262_144, 0);
 
 /// Per-CPU packet counters: a single entry holding every counter, so a packet
 /// costs one map lookup however many counters it bumps.

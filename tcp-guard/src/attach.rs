@@ -5,7 +5,7 @@ use std::{ffi::CString, fmt};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    programs::{ProgramError, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, TcAttachType, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
 
 use crate::program;
@@ -106,6 +106,25 @@ fn explain(error: ProgramError, iface: &str, mode: Mode) -> anyhow::Error {
         _ => format!("failed to attach XDP in {mode} mode to {iface}"),
     };
     anyhow::Error::new(error).context(hint)
+}
+
+/// Attaches the TC egress program to `iface` (TCX, kernel 6.6 or later).
+pub fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str) -> Result<SchedClassifierLinkId> {
+    program::tc_egress_program(ebpf)?
+        .attach(iface, TcAttachType::Egress)
+        .with_context(|| {
+            format!(
+                "failed to attach the TC egress program to {iface} (needs TCX, Linux 6.6 or later); \
+                 --no-egress runs with XDP alone"
+            )
+        })
+}
+
+/// Detaches the TC egress program from `iface`.
+pub fn detach_tc_egress(ebpf: &mut Ebpf, link: SchedClassifierLinkId, iface: &str) -> Result<()> {
+    program::tc_egress_program(ebpf)?
+        .detach(link)
+        .with_context(|| format!("failed to detach the TC egress program from {iface}"))
 }
 
 /// Detaches the XDP program from `iface`.

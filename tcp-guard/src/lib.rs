@@ -2,6 +2,7 @@
 //! what they count. The binary's subcommands are thin layers over this.
 
 pub mod attach;
+pub mod flows;
 pub mod instance;
 pub mod program;
 pub mod stats;

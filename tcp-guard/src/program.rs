@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    programs::{ProgramError, Xdp},
+    programs::{ProgramError, SchedClassifier, Xdp},
 };
-use tcp_guard_common::programs;
+use tcp_guard_common::{config::TableSizes, maps, programs};
 
 /// The eBPF object built by build.rs from `tcp-guard-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp-guard-ebpf.o"));
@@ -13,14 +13,17 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// The toolchain build.rs used for [`OBJECT`].
 pub const EBPF_TOOLCHAIN: &str = env!("TCP_GUARD_EBPF_TOOLCHAIN");
 
-/// Opens the object and loads its programs into the kernel (not attached).
+/// Opens the object, sizes its flow tables, and loads its programs into the
+/// kernel (not attached).
 ///
 /// `log_level` is the most verbose level the kernel side may emit through
 /// aya-log; records above it cost the program one comparison.
-pub fn load(log_level: log::LevelFilter) -> Result<Ebpf> {
+pub fn load(log_level: log::LevelFilter, sizes: TableSizes) -> Result<Ebpf> {
     let level = log_level as u8;
     let mut ebpf = EbpfLoader::new()
         .override_global(aya_log::LEVEL, &level, true)
+        .map_max_entries(maps::HALF_OPEN, sizes.half_open)
+        .map_max_entries(maps::FLOWS, sizes.flows)
         .load(OBJECT)
         .map_err(explain_load_error)
         .context("failed to load the tcp-guard eBPF object")?;
@@ -28,7 +31,19 @@ pub fn load(log_level: log::LevelFilter) -> Result<Ebpf> {
         .load()
         .map_err(explain_program_error)
         .with_context(|| format!("the kernel refused to load program {}", programs::XDP))?;
+    tc_egress_program(&mut ebpf)?
+        .load()
+        .map_err(explain_program_error)
+        .with_context(|| format!("the kernel refused to load program {}", programs::TC_EGRESS))?;
     Ok(ebpf)
+}
+
+/// The TC egress program of a loaded object.
+pub fn tc_egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(programs::TC_EGRESS)
+        .with_context(|| format!("program {} missing from the eBPF object", programs::TC_EGRESS))?
+        .try_into()
+        .with_context(|| format!("program {} is not a TC classifier", programs::TC_EGRESS))
 }
 
 /// The XDP ingress program of a loaded object.

@@ -1,0 +1,657 @@
+//! Per-flow TCP state, as the guarded host sees it, and the pure transition
+//! function both programs call (and the tests prove outside the verifier).
+//!
+//! The host's side of a connection is tracked from both directions: segments
+//! the peer sends (ingress, XDP) and segments the host sends (egress, TC).
+//! Egress segments come from the host's own TCP stack and are trusted: they
+//! say what state the host is in. Ingress segments may be spoofed: one whose
+//! numbers do not fit the flow is [`Invalid`] and leaves the flow unchanged.
+
+use crate::packet::{Family, TcpClass, TcpFlags, TcpSegment};
+
+/// The host's TCP state for one flow (RFC 793 names; `ss` names in [`TcpState::ss_name`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    /// The host sent a SYN.
+    SynSent = 1,
+    /// The peer sent a SYN; the host answers (or answered) with a SYN-ACK.
+    SynRcvd,
+    Established,
+    /// The host sent a FIN, not yet acknowledged.
+    FinWait1,
+    /// The host's FIN was acknowledged; the peer has not sent its FIN.
+    FinWait2,
+    /// The peer sent a FIN; the host has not.
+    CloseWait,
+    /// Both sent FINs before either was acknowledged (simultaneous close).
+    Closing,
+    /// The host sent its FIN after the peer's; waiting for its ACK.
+    LastAck,
+    TimeWait,
+    /// Gone: the entry is removed when a flow reaches it.
+    Closed,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 10] = [
+        TcpState::SynSent,
+        TcpState::SynRcvd,
+        TcpState::Established,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::CloseWait,
+        TcpState::Closing,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+        TcpState::Closed,
+    ];
+
+    /// The states a stored flow can be in (every state but `Closed`).
+    pub const STORED: [TcpState; 9] = [
+        TcpState::SynSent,
+        TcpState::SynRcvd,
+        TcpState::Established,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::CloseWait,
+        TcpState::Closing,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+    ];
+
+    pub const fn from_u8(value: u8) -> Option<TcpState> {
+        Some(match value {
+            1 => TcpState::SynSent,
+            2 => TcpState::SynRcvd,
+            3 => TcpState::Established,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::CloseWait,
+            7 => TcpState::Closing,
+            8 => TcpState::LastAck,
+            9 => TcpState::TimeWait,
+            10 => TcpState::Closed,
+            _ => return None,
+        })
+    }
+
+    /// The name `ss -tan` prints for this state.
+    pub const fn ss_name(self) -> &'static str {
+        match self {
+            TcpState::SynSent => "SYN-SENT",
+            TcpState::SynRcvd => "SYN-RECV",
+            TcpState::Established => "ESTAB",
+            TcpState::FinWait1 => "FIN-WAIT-1",
+            TcpState::FinWait2 => "FIN-WAIT-2",
+            TcpState::CloseWait => "CLOSE-WAIT",
+            TcpState::Closing => "CLOSING",
+            TcpState::LastAck => "LAST-ACK",
+            TcpState::TimeWait => "TIME-WAIT",
+            TcpState::Closed => "CLOSED",
+        }
+    }
+
+    /// snake_case name, for config keys and counters.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TcpState::SynSent => "syn_sent",
+            TcpState::SynRcvd => "syn_rcvd",
+            TcpState::Established => "established",
+            TcpState::FinWait1 => "fin_wait_1",
+            TcpState::FinWait2 => "fin_wait_2",
+            TcpState::CloseWait => "close_wait",
+            TcpState::Closing => "closing",
+            TcpState::LastAck => "last_ack",
+            TcpState::TimeWait => "time_wait",
+            TcpState::Closed => "closed",
+        }
+    }
+
+    /// Half-open flows live in their own table, so a flood of them can never
+    /// push out established ones.
+    pub const fn is_half_open(self) -> bool {
+        matches!(self, TcpState::SynSent | TcpState::SynRcvd)
+    }
+}
+
+/// Which way a segment travels, seen from the guarded host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the peer to the host (XDP).
+    Ingress,
+    /// From the host to the peer (TC egress).
+    Egress,
+}
+
+/// A flow, oriented from the host: both directions of a connection give the
+/// same key. Addresses are in network byte order (an IPv4 address fills the
+/// first 4 bytes, the rest are zero); ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub fn new(segment: &TcpSegment, direction: Direction) -> FlowKey {
+        let (local_addr, remote_addr, local_port, remote_port) = match direction {
+            Direction::Ingress => (segment.dst, segment.src, segment.dst_port, segment.src_port),
+            Direction::Egress => (segment.src, segment.dst, segment.src_port, segment.dst_port),
+        };
+        FlowKey {
+            local_addr,
+            remote_addr,
+            local_port,
+            remote_port,
+            family: segment.family as u8,
+            _pad: [0; 3],
+        }
+    }
+
+    pub const fn family(&self) -> Option<Family> {
+        match self.family {
+            4 => Some(Family::V4),
+            6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+}
+
+/// What the guard remembers of a flow. Sequence numbers are raw TCP values
+/// (host byte order); times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub created_ns: u64,
+    /// Last segment accepted for this flow, either way.
+    pub last_ns: u64,
+    /// The host's initial sequence number (K), once seen on egress.
+    pub host_isn: u32,
+    /// The peer's initial sequence number (J).
+    pub peer_isn: u32,
+    /// The sequence number after the last byte (or SYN/FIN) the host sent.
+    pub host_next: u32,
+    /// The sequence number after the last byte (or SYN/FIN) the peer sent.
+    pub peer_next: u32,
+    /// Sequence number of the host's FIN; its ACK acknowledges this + 1.
+    pub host_fin: u32,
+    /// The window the host last advertised, unscaled.
+    pub host_window: u16,
+    /// The host's window scale, from its SYN or SYN-ACK.
+    pub host_wscale: u8,
+    /// A [`TcpState`] as u8.
+    pub state: u8,
+    /// [`Flow::HOST_SEQ_KNOWN`], [`Flow::ADOPTED`]
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+impl Flow {
+    /// `host_isn` and `host_next` come from segments the host sent (needs the
+    /// egress program); without them acknowledgement numbers are not checked.
+    pub const HOST_SEQ_KNOWN: u8 = 0x01;
+    /// Picked up mid-connection from an egress segment (e.g. the connection
+    /// predates the guard): the handshake was not seen.
+    pub const ADOPTED: u8 = 0x02;
+
+    pub const fn state(&self) -> Option<TcpState> {
+        TcpState::from_u8(self.state)
+    }
+
+    const fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn with_state(mut self, state: TcpState, now: u64) -> Flow {
+        self.state = state as u8;
+        self.last_ns = now;
+        self
+    }
+}
+
+/// The parts of a segment the transition function reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seg {
+    pub direction: Direction,
+    pub flags: TcpFlags,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload_len: u32,
+    pub window: u16,
+    /// Window scale option, read from SYN and SYN-ACK segments only.
+    pub window_scale: Option<u8>,
+}
+
+impl Seg {
+    #[inline(always)]
+    pub fn new(segment: &TcpSegment, direction: Direction, window_scale: Option<u8>) -> Seg {
+        Seg {
+            direction,
+            flags: segment.flags,
+            seq: segment.seq,
+            ack: segment.ack,
+            payload_len: segment.payload_len,
+            window: segment.window,
+            window_scale,
+        }
+    }
+
+    /// Sequence space the segment occupies: payload, plus one each for SYN and FIN.
+    const fn seq_len(&self) -> u32 {
+        let mut len = self.payload_len;
+        if self.flags.has(TcpFlags::SYN) {
+            len = len.wrapping_add(1);
+        }
+        if self.flags.has(TcpFlags::FIN) {
+            len = len.wrapping_add(1);
+        }
+        len
+    }
+
+    const fn end(&self) -> u32 {
+        self.seq.wrapping_add(self.seq_len())
+    }
+
+    /// Sequence number of this segment's FIN (meaningful when FIN is set).
+    const fn fin_seq(&self) -> u32 {
+        self.seq.wrapping_add(self.payload_len)
+    }
+}
+
+/// Something that happened to a flow; each has a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The flow entered this state.
+    Entered(TcpState),
+    /// Closed by a valid RST (either way).
+    Reset,
+    /// An egress segment on an unknown flow: tracked from now on.
+    Adopted,
+    /// A SYN on a TIME-WAIT flow started a new connection on the same tuple.
+    Reopened,
+    SynRetransmit,
+    FinRetransmit,
+    /// A segment that fits the flow and changes nothing (data, ACKs).
+    NoChange,
+}
+
+/// Why an ingress segment was rejected. The flow is left as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not a SYN, and no flow: a spoofed ACK/FIN/RST, or a flow the guard never saw.
+    NoFlow,
+    /// The handshake's final ACK does not acknowledge the host's SYN-ACK (ack != K+1).
+    BadHandshakeAck,
+    /// A SYN-ACK that does not acknowledge the host's SYN (ack != ISN+1), or
+    /// arrives where the host sent no SYN.
+    BadSynAck,
+    /// A SYN on an established (or closing) flow, or a SYN with another ISN
+    /// than the half-open flow's.
+    UnexpectedSyn,
+    /// Acknowledges data the host never sent.
+    AckNotSent,
+    /// An RST whose sequence number is outside the host's receive window.
+    RstOutOfWindow,
+    /// Control flags no TCP stack sends (SYN+FIN, FIN without ACK, none).
+    BadFlags,
+}
+
+impl Invalid {
+    pub const ALL: [Invalid; 7] = [
+        Invalid::NoFlow,
+        Invalid::BadHandshakeAck,
+        Invalid::BadSynAck,
+        Invalid::UnexpectedSyn,
+        Invalid::AckNotSent,
+        Invalid::RstOutOfWindow,
+        Invalid::BadFlags,
+    ];
+}
+
+/// What to do with the flow table after one segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Store this flow (new, or replacing the old value).
+    Store(Flow, Event),
+    /// Remove the flow.
+    Remove(Event),
+    /// Keep the flow as it is.
+    Keep(Event),
+    /// Keep the flow as it is (or stay without one), and count why.
+    Invalid(Invalid),
+}
+
+/// `a` is after `b` in sequence space.
+#[inline(always)]
+pub const fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// `x` lies in `[low, high]` in sequence space.
+#[inline(always)]
+pub const fn seq_within(x: u32, low: u32, high: u32) -> bool {
+    x.wrapping_sub(low) <= high.wrapping_sub(low)
+}
+
+/// RFC 7323's largest window scale.
+const MAX_WSCALE: u8 = 14;
+
+/// The next state of a flow, given one segment.
+///
+/// `flow` is the stored flow, if any; `now` the current time in ns.
+#[inline(always)]
+pub fn transition(flow: Option<&Flow>, seg: &Seg, now: u64) -> Step {
+    let class = seg.flags.class();
+    if class == TcpClass::Other {
+        return Step::Invalid(Invalid::BadFlags);
+    }
+    match seg.direction {
+        Direction::Egress => egress(flow, seg, class, now),
+        Direction::Ingress => ingress(flow, seg, class, now),
+    }
+}
+
+fn new_flow(now: u64) -> Flow {
+    Flow {
+        created_ns: now,
+        last_ns: now,
+        host_isn: 0,
+        peer_isn: 0,
+        host_next: 0,
+        peer_next: 0,
+        host_fin: 0,
+        host_window: 0,
+        host_wscale: 0,
+        state: TcpState::Closed as u8,
+        flags: 0,
+        _pad: [0; 7],
+    }
+}
+
+/// Records what a segment the host sent says about its sequence space.
+fn note_host_segment(flow: &mut Flow, seg: &Seg) {
+    let end = seg.end();
+    if !flow.has(Flow::HOST_SEQ_KNOWN) || seq_after(end, flow.host_next) {
+        flow.host_next = end;
+    }
+    flow.flags |= Flow::HOST_SEQ_KNOWN;
+    if seg.flags.has(TcpFlags::FIN) {
+        flow.host_fin = seg.fin_seq();
+    }
+    if let Some(scale) = seg.window_scale {
+        flow.host_wscale = if scale > MAX_WSCALE { MAX_WSCALE } else { scale };
+    }
+    flow.host_window = seg.window;
+}
+
+/// Records the peer's sequence space from an accepted ingress segment.
+fn note_peer_segment(flow: &mut Flow, seg: &Seg) {
+    let end = seg.end();
+    if seq_after(end, flow.peer_next) {
+        flow.peer_next = end;
+    }
+}
+
+/// Segments the host sends: the host's TCP stack is the authority.
+fn egress(flow: Option<&Flow>, seg: &Seg, class: TcpClass, now: u64) -> Step {
+    let Some(old) = flow else {
+        return egress_new(seg, class, now);
+    };
+    let Some(state) = old.state() else {
+        return egress_new(seg, class, now);
+    };
+    let mut flow = *old;
+    if class == TcpClass::Rst {
+        return Step::Remove(Event::Reset);
+    }
+    if class == TcpClass::Syn {
+        // A new connection on a finished tuple, or the host retransmitting its SYN.
+        return match state {
+            TcpState::SynSent if seg.seq == old.host_isn => {
+                note_host_segment(&mut flow, seg);
+                flow.last_ns = now;
+                Step::Store(flow, Event::SynRetransmit)
+            }
+            _ => egress_new(seg, class, now),
+        };
+    }
+    let retransmit = flow.has(Flow::HOST_SEQ_KNOWN) && !seq_after(seg.end(), flow.host_next);
+    if class == TcpClass::SynAck {
+        // The host answers the peer's SYN (also in a simultaneous open).
+        let event = if flow.has(Flow::HOST_SEQ_KNOWN) && seg.seq == flow.host_isn {
+            Event::SynRetransmit
+        } else {
+            Event::NoChange
+        };
+        flow.host_isn = seg.seq;
+        note_host_segment(&mut flow, seg);
+        if state == TcpState::SynSent {
+            // Simultaneous open: the peer's SYN arrived after ours.
+            flow.peer_isn = seg.ack.wrapping_sub(1);
+            flow.peer_next = seg.ack;
+            return Step::Store(
+                flow.with_state(TcpState::SynRcvd, now),
+                Event::Entered(TcpState::SynRcvd),
+            );
+        }
+        return Step::Store(flow.with_state(state, now), event);
+    }
+    note_host_segment(&mut flow, seg);
+    if class == TcpClass::Fin {
+        let next = match state {
+            TcpState::SynRcvd | TcpState::Established => TcpState::FinWait1,
+            TcpState::CloseWait => TcpState::LastAck,
+            other => other,
+        };
+        if next == state {
+            let event = if retransmit {
+                Event::FinRetransmit
+            } else {
+                Event::NoChange
+            };
+            return Step::Store(flow.with_state(state, now), event);
+        }
+        return Step::Store(flow.with_state(next, now), Event::Entered(next));
+    }
+    // A plain ACK from the host.
+    let next = match state {
+        // The host acknowledges the peer's SYN-ACK (the ingress side moved us
+        // already when it validated the SYN-ACK; this covers a missed one).
+        TcpState::SynSent => TcpState::Established,
+        other => other,
+    };
+    if next != state {
+        return Step::Store(flow.with_state(next, now), Event::Entered(next));
+    }
+    Step::Store(flow.with_state(state, now), Event::NoChange)
+}
+
+/// An egress segment on a flow the guard does not know.
+fn egress_new(seg: &Seg, class: TcpClass, now: u64) -> Step {
+    let mut flow = new_flow(now);
+    match class {
+        TcpClass::Syn => {
+            flow.host_isn = seg.seq;
+            note_host_segment(&mut flow, seg);
+            Step::Store(
+                flow.with_state(TcpState::SynSent, now),
+                Event::Entered(TcpState::SynSent),
+            )
+        }
+        TcpClass::SynAck => {
+            // Its SYN came before the guard was attached, or its entry expired.
+            flow.host_isn = seg.seq;
+            flow.peer_isn = seg.ack.wrapping_sub(1);
+            flow.peer_next = seg.ack;
+            note_host_segment(&mut flow, seg);
+            Step::Store(
+                flow.with_state(TcpState::SynRcvd, now),
+                Event::Entered(TcpState::SynRcvd),
+            )
+        }
+        TcpClass::Ack | TcpClass::Fin => {
+            // Only the host's stack can send on a connection it has: adopt it.
+            flow.host_isn = seg.seq;
+            flow.peer_next = seg.ack;
+            flow.flags |= Flow::ADOPTED;
+            note_host_segment(&mut flow, seg);
+            let state = if class == TcpClass::Fin {
+                TcpState::FinWait1
+            } else {
+                TcpState::Established
+            };
+            Step::Store(flow.with_state(state, now), Event::Adopted)
+        }
+        TcpClass::Rst | TcpClass::Other => Step::Keep(Event::NoChange),
+    }
+}
+
+/// Whether an ingress ACK number acknowledges only what the host sent.
+fn ack_acceptable(flow: &Flow, ack: u32) -> bool {
+    !flow.has(Flow::HOST_SEQ_KNOWN) || seq_within(ack, flow.host_isn.wrapping_add(1), flow.host_next)
+}
+
+/// Whether the host's FIN is acknowledged by `ack`.
+fn acks_host_fin(flow: &Flow, ack: u32) -> bool {
+    !flow.has(Flow::HOST_SEQ_KNOWN) || ack == flow.host_fin.wrapping_add(1)
+}
+
+/// RST acceptance (RFC 793 / 5961): its sequence number lies in the window the host offers.
+fn rst_acceptable(flow: &Flow, seg: &Seg) -> bool {
+    if !flow.has(Flow::HOST_SEQ_KNOWN) || flow.has(Flow::ADOPTED) {
+        return true;
+    }
+    let window = (flow.host_window as u32) << flow.host_wscale;
+    let high = flow.peer_next.wrapping_add(if window == 0 { 1 } else { window });
+    seq_within(seg.seq, flow.peer_next, high)
+}
+
+/// Segments from the peer: checked against the flow before they move it.
+fn ingress(flow: Option<&Flow>, seg: &Seg, class: TcpClass, now: u64) -> Step {
+    let existing = match flow {
+        Some(flow) => flow.state().map(|state| (flow, state)),
+        None => None,
+    };
+    let Some((old, state)) = existing else {
+        return match class {
+            TcpClass::Syn => passive_open(seg, now),
+            _ => Step::Invalid(Invalid::NoFlow),
+        };
+    };
+    let mut flow = *old;
+    match class {
+        TcpClass::Syn => match state {
+            TcpState::SynRcvd if seg.seq == flow.peer_isn => {
+                flow.last_ns = now;
+                Step::Store(flow, Event::SynRetransmit)
+            }
+            TcpState::SynSent => {
+                // Simultaneous open: both sent SYNs.
+                flow.peer_isn = seg.seq;
+                note_peer_segment(&mut flow, seg);
+                flow.peer_next = seg.end();
+                Step::Store(
+                    flow.with_state(TcpState::SynRcvd, now),
+                    Event::Entered(TcpState::SynRcvd),
+                )
+            }
+            TcpState::TimeWait if seq_after(seg.seq, flow.peer_next) => match passive_open(seg, now) {
+                Step::Store(new, _) => Step::Store(new, Event::Reopened),
+                other => other,
+            },
+            _ => Step::Invalid(Invalid::UnexpectedSyn),
+        },
+        TcpClass::SynAck => match state {
+            TcpState::SynSent | TcpState::SynRcvd if seg.ack == flow.host_isn.wrapping_add(1) => {
+                flow.peer_isn = seg.seq;
+                flow.peer_next = seg.end();
+                Step::Store(
+                    flow.with_state(TcpState::Established, now),
+                    Event::Entered(TcpState::Established),
+                )
+            }
+            TcpState::Established if seg.seq == flow.peer_isn => {
+                // A retransmitted SYN-ACK: our ACK was lost.
+                flow.last_ns = now;
+                Step::Store(flow, Event::SynRetransmit)
+            }
+            _ => Step::Invalid(Invalid::BadSynAck),
+        },
+        TcpClass::Rst => {
+            let acceptable = match state {
+                // An RST answering our SYN must acknowledge it.
+                TcpState::SynSent => seg.flags.has(TcpFlags::ACK) && seg.ack == flow.host_isn.wrapping_add(1),
+                _ => rst_acceptable(&flow, seg),
+            };
+            if acceptable {
+                Step::Remove(Event::Reset)
+            } else {
+                Step::Invalid(Invalid::RstOutOfWindow)
+            }
+        }
+        TcpClass::Ack | TcpClass::Fin => ingress_ack(flow, state, seg, class, now),
+        TcpClass::Other => Step::Invalid(Invalid::BadFlags),
+    }
+}
+
+fn passive_open(seg: &Seg, now: u64) -> Step {
+    let mut flow = new_flow(now);
+    flow.peer_isn = seg.seq;
+    flow.peer_next = seg.end();
+    Step::Store(
+        flow.with_state(TcpState::SynRcvd, now),
+        Event::Entered(TcpState::SynRcvd),
+    )
+}
+
+/// An ACK or FIN (with ACK) from the peer on a known flow.
+fn ingress_ack(mut flow: Flow, state: TcpState, seg: &Seg, class: TcpClass, now: u64) -> Step {
+    if state == TcpState::SynSent {
+        // The host's SYN was not answered with a SYN-ACK.
+        return Step::Invalid(Invalid::BadHandshakeAck);
+    }
+    if state == TcpState::SynRcvd {
+        // The handshake's final ACK: ack = K + 1.
+        if flow.has(Flow::HOST_SEQ_KNOWN) && seg.ack != flow.host_isn.wrapping_add(1) {
+            return Step::Invalid(Invalid::BadHandshakeAck);
+        }
+    } else if !ack_acceptable(&flow, seg.ack) {
+        return Step::Invalid(Invalid::AckNotSent);
+    }
+    let duplicate_fin = class == TcpClass::Fin && !seq_after(seg.end(), flow.peer_next);
+    note_peer_segment(&mut flow, seg);
+    let fin = class == TcpClass::Fin;
+    let our_fin_acked = acks_host_fin(&flow, seg.ack);
+    let next = match state {
+        TcpState::SynRcvd if fin => TcpState::CloseWait,
+        TcpState::SynRcvd => TcpState::Established,
+        TcpState::Established if fin => TcpState::CloseWait,
+        TcpState::FinWait1 if fin && our_fin_acked => TcpState::TimeWait,
+        TcpState::FinWait1 if fin => TcpState::Closing,
+        TcpState::FinWait1 if our_fin_acked => TcpState::FinWait2,
+        TcpState::FinWait2 if fin => TcpState::TimeWait,
+        TcpState::Closing if our_fin_acked => TcpState::TimeWait,
+        TcpState::LastAck if our_fin_acked => TcpState::Closed,
+        other => other,
+    };
+    if next == TcpState::Closed {
+        return Step::Remove(Event::Entered(TcpState::Closed));
+    }
+    if next != state {
+        return Step::Store(flow.with_state(next, now), Event::Entered(next));
+    }
+    let event = if duplicate_fin {
+        Event::FinRetransmit
+    } else {
+        Event::NoChange
+    };
+    Step::Store(flow.with_state(state, now), event)
+}

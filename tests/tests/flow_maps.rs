@@ -1,0 +1,231 @@
+//! The flow tracker in the kernel: the XDP (ingress) and TC (egress) programs
+//! run with BPF_PROG_TEST_RUN on the segments of one connection, and the
+//! tables and counters are read back after each. Needs root.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{TestRun, TestRunOptions},
+};
+use tcp_guard::{program, stats};
+use tcp_guard_common::{
+    config::TableSizes,
+    flow::{Flow, FlowKey, TcpState},
+    maps,
+    stats::{Counter, Stats},
+};
+use tcp_guard_tests::{
+    lab::require_root,
+    packets::{ACK, FIN, RST, SYN, TcpPacket},
+};
+
+struct Tracker(aya::Ebpf);
+
+impl Tracker {
+    fn new(sizes: TableSizes) -> Self {
+        require_root();
+        Tracker(program::load(log::LevelFilter::Off, sizes).expect("load the tcp-guard object"))
+    }
+
+    fn ingress(&mut self, pkt: &TcpPacket) {
+        let frame = pkt.frame();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        let xdp = program::xdp_program(&mut self.0).expect("xdp");
+        assert_eq!(
+            xdp.test_run(opts).expect("xdp test run").return_value,
+            2,
+            "XDP_PASS"
+        );
+    }
+
+    fn egress(&mut self, pkt: &TcpPacket) {
+        let frame = pkt.frame();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        let tc = program::tc_egress_program(&mut self.0).expect("tc");
+        assert_eq!(
+            tc.test_run(opts).expect("tc test run").return_value as i32,
+            -1,
+            "TC_ACT_UNSPEC"
+        );
+    }
+
+    fn stats(&self) -> Stats {
+        stats::read(self.0.map(maps::STATS).expect("STATS")).expect("read STATS")
+    }
+
+    fn table(&self, name: &str) -> Vec<(FlowKey, Flow)> {
+        let table: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(self.0.map(name).expect("table")).expect("hash map");
+        table.iter().map(|kv| kv.expect("entry")).collect()
+    }
+
+    /// The only flow, the table it is in, and its state.
+    fn only_flow(&self) -> (&'static str, TcpState, Flow) {
+        let half_open = self.table(maps::HALF_OPEN);
+        let flows = self.table(maps::FLOWS);
+        match (half_open.as_slice(), flows.as_slice()) {
+            ([(_, f)], []) => (maps::HALF_OPEN, f.state().expect("state"), *f),
+            ([], [(_, f)]) => (maps::FLOWS, f.state().expect("state"), *f),
+            _ => panic!("expected one flow, found {half_open:?} and {flows:?}"),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.table(maps::HALF_OPEN).is_empty() && self.table(maps::FLOWS).is_empty()
+    }
+}
+
+fn addrs(v6: bool) -> (IpAddr, IpAddr) {
+    if v6 {
+        ("2001:2:0:1::5".parse().unwrap(), "2001:2::1".parse().unwrap())
+    } else {
+        ("198.19.0.5".parse().unwrap(), "198.18.0.1".parse().unwrap())
+    }
+}
+
+const J: u32 = 0xffff_fff0; // the peer's ISN, close to wrapping
+const K: u32 = 7_000_000; // the host's ISN
+
+/// From the peer to the host.
+fn from_peer(v6: bool, flags: u8, seq: u32, ack: u32) -> TcpPacket {
+    let (peer, host) = addrs(v6);
+    let mut pkt = TcpPacket::new(peer, host, 40000, 80, flags);
+    pkt.seq = seq;
+    pkt.ack = ack;
+    pkt
+}
+
+/// From the host to the peer.
+fn from_host(v6: bool, flags: u8, seq: u32, ack: u32) -> TcpPacket {
+    let (peer, host) = addrs(v6);
+    let mut pkt = TcpPacket::new(host, peer, 80, 40000, flags);
+    pkt.seq = seq;
+    pkt.ack = ack;
+    pkt
+}
+
+fn delta(before: &Stats, after: &Stats, counter: Counter) -> u64 {
+    after.get(counter) - before.get(counter)
+}
+
+fn handshake_is_validated_and_moves_tables(v6: bool) {
+    let mut t = Tracker::new(TableSizes::default());
+    let s0 = t.stats();
+    t.ingress(&from_peer(v6, SYN, J, 0));
+    assert_eq!(t.only_flow().0, maps::HALF_OPEN);
+    assert_eq!(t.only_flow().1, TcpState::SynRcvd);
+    t.egress(&from_host(v6, SYN | ACK, K, J.wrapping_add(1)));
+    let (_, state, flow) = t.only_flow();
+    assert_eq!((state, flow.host_isn, flow.peer_isn), (TcpState::SynRcvd, K, J));
+
+    // A spoofed final ACK that does not acknowledge K.
+    t.ingress(&from_peer(v6, ACK, J.wrapping_add(1), K + 5));
+    assert_eq!(t.only_flow().1, TcpState::SynRcvd);
+    assert_eq!(delta(&s0, &t.stats(), Counter::InvalidBadHandshakeAck), 1);
+
+    t.ingress(&from_peer(v6, ACK, J.wrapping_add(1), K + 1));
+    assert_eq!(
+        t.only_flow().0,
+        maps::FLOWS,
+        "established flows leave the half-open table"
+    );
+    assert_eq!(t.only_flow().1, TcpState::Established);
+
+    // Acknowledging bytes the host never sent; an RST far out of window.
+    t.ingress(&from_peer(v6, ACK, J.wrapping_add(1), K + 1000));
+    t.ingress(&from_peer(v6, RST, J.wrapping_add(1_000_000), 0));
+    assert_eq!(t.only_flow().1, TcpState::Established);
+    // The peer's FIN, the host's FIN, the peer's last ACK.
+    t.ingress(&from_peer(v6, FIN | ACK, J.wrapping_add(1), K + 1));
+    assert_eq!(t.only_flow().1, TcpState::CloseWait);
+    t.egress(&from_host(v6, FIN | ACK, K + 1, J.wrapping_add(2)));
+    assert_eq!(t.only_flow().1, TcpState::LastAck);
+    t.ingress(&from_peer(v6, ACK, J.wrapping_add(2), K + 2));
+    assert!(t.is_empty(), "closed flows are removed");
+    // Late segments of the closed flow.
+    t.ingress(&from_peer(v6, ACK, J.wrapping_add(2), K + 2));
+
+    let s = t.stats();
+    for (counter, n) in [
+        (Counter::ToSynRcvd, 1),
+        (Counter::ToEstablished, 1),
+        (Counter::ToCloseWait, 1),
+        (Counter::ToLastAck, 1),
+        (Counter::ToClosed, 1),
+        (Counter::InvalidBadHandshakeAck, 1),
+        (Counter::InvalidAckNotSent, 1),
+        (Counter::InvalidRstOutOfWindow, 1),
+        (Counter::InvalidNoFlow, 1),
+        (Counter::EgressPackets, 2),
+    ] {
+        assert_eq!(delta(&s0, &s, counter), n, "{}", counter.as_str());
+    }
+}
+
+#[test]
+fn ipv4_handshake_is_validated_and_moves_tables() {
+    handshake_is_validated_and_moves_tables(false);
+}
+
+#[test]
+fn ipv6_handshake_is_validated_and_moves_tables() {
+    handshake_is_validated_and_moves_tables(true);
+}
+
+#[test]
+fn in_window_rst_removes_the_flow() {
+    let mut t = Tracker::new(TableSizes::default());
+    t.ingress(&from_peer(false, SYN, J, 0));
+    t.egress(&from_host(false, SYN | ACK, K, J.wrapping_add(1)));
+    t.ingress(&from_peer(false, ACK, J.wrapping_add(1), K + 1));
+    let before = t.stats();
+    t.ingress(&from_peer(false, RST, J.wrapping_add(1), 0));
+    assert!(t.is_empty());
+    assert_eq!(delta(&before, &t.stats(), Counter::FlowReset), 1);
+}
+
+#[test]
+fn host_connections_and_adopted_flows_are_tracked_from_egress() {
+    let mut t = Tracker::new(TableSizes::default());
+    t.egress(&from_host(false, SYN, K, 0));
+    assert_eq!(t.only_flow().1, TcpState::SynSent);
+    t.ingress(&from_peer(false, SYN | ACK, J, K + 7));
+    assert_eq!(
+        t.only_flow().1,
+        TcpState::SynSent,
+        "SYN-ACK acknowledging the wrong ISN"
+    );
+    t.ingress(&from_peer(false, SYN | ACK, J, K + 1));
+    assert_eq!(t.only_flow().1, TcpState::Established);
+
+    let mut other = Tracker::new(TableSizes::default());
+    other.egress(&from_host(false, ACK, K, J));
+    let (table, state, flow) = other.only_flow();
+    assert_eq!((table, state), (maps::FLOWS, TcpState::Established));
+    assert_ne!(flow.flags & Flow::ADOPTED, 0);
+}
+
+#[test]
+fn a_full_half_open_table_never_touches_established_flows() {
+    let mut t = Tracker::new(TableSizes {
+        half_open: 4,
+        flows: 16,
+    });
+    t.ingress(&from_peer(false, SYN, J, 0));
+    t.egress(&from_host(false, SYN | ACK, K, J.wrapping_add(1)));
+    t.ingress(&from_peer(false, ACK, J.wrapping_add(1), K + 1));
+    let before = t.stats();
+    for i in 0..10u8 {
+        let mut syn = from_peer(false, SYN, u32::from(i), 0);
+        syn.src = IpAddr::from([198, 19, 1, i]);
+        t.ingress(&syn);
+    }
+    assert_eq!(t.table(maps::HALF_OPEN).len(), 4);
+    assert_eq!(delta(&before, &t.stats(), Counter::HalfOpenTableFull), 6);
+    let established = t.table(maps::FLOWS);
+    assert_eq!(established.len(), 1);
+    assert_eq!(established[0].1.state(), Some(TcpState::Established));
+}
