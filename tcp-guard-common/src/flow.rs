@@ -387,9 +387,25 @@ fn note_host_segment(flow: &mut Flow, seg: &Seg) {
         flow.host_fin = seg.fin_seq();
     }
     if let Some(scale) = seg.window_scale {
-        flow.host_wscale = if scale > MAX_WSCALE { MAX_WSCALE } else { scale };
+        flow.host_wscale = scale;
     }
-    flow.host_window = seg.window;
+    // The window of a SYN or SYN-ACK is never scaled (RFC 7323); store it
+    // in the units of later segments.
+    flow.host_window = if seg.flags.has(TcpFlags::SYN) {
+        seg.window >> host_wscale(flow)
+    } else {
+        seg.window
+    };
+}
+
+/// The host's window scale, clamped to what RFC 7323 allows whatever the
+/// stored byte says, so shifts by it stay defined.
+fn host_wscale(flow: &Flow) -> u8 {
+    if flow.host_wscale > MAX_WSCALE {
+        MAX_WSCALE
+    } else {
+        flow.host_wscale
+    }
 }
 
 /// Records the peer's sequence space from an accepted ingress segment.
@@ -524,14 +540,17 @@ fn acks_host_fin(flow: &Flow, ack: u32) -> bool {
     !flow.has(Flow::HOST_SEQ_KNOWN) || ack == flow.host_fin.wrapping_add(1)
 }
 
-/// RST acceptance (RFC 793 / 5961): its sequence number lies in the window the host offers.
+/// RST acceptance (RFC 793 / 5961): its sequence number lies in the window
+/// the host offers, [peer_next, peer_next + window).
 fn rst_acceptable(flow: &Flow, seg: &Seg) -> bool {
     if !flow.has(Flow::HOST_SEQ_KNOWN) || flow.has(Flow::ADOPTED) {
         return true;
     }
-    let window = (flow.host_window as u32) << flow.host_wscale;
-    let high = flow.peer_next.wrapping_add(if window == 0 { 1 } else { window });
-    seq_within(seg.seq, flow.peer_next, high)
+    let window = (flow.host_window as u32) << host_wscale(flow);
+    let last = flow
+        .peer_next
+        .wrapping_add(if window == 0 { 0 } else { window - 1 });
+    seq_within(seg.seq, flow.peer_next, last)
 }
 
 /// Segments from the peer: checked against the flow before they move it.
