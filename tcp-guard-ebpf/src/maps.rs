@@ -1,5 +1,6 @@
 //! The maps the programs share with the controller.
 
+use crate::view::opaque;
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
@@ -35,7 +36,9 @@ impl Counters {
 
     #[inline(always)]
     pub fn bump(&mut self, counter: Counter) {
-        let index = counter as usize;
+        // The counter may come from an enum read back from the stack; LLVM
+        // trusts its range and would drop the check below, the verifier won't.
+        let index = opaque(counter as usize);
         // SAFETY: the pointer comes from a per-CPU map lookup and is only
         // used by this program run on this CPU.
         let stats = unsafe { &mut *self.0 };

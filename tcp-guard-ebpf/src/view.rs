@@ -2,6 +2,16 @@
 
 use tcp_guard_common::packet::{ByteView, Header};
 
+/// `value`, unknown to the optimiser, so that bounds checks on it survive
+/// for the verifier to see. A volatile stack round trip: the verifier tracks
+/// spilled scalars exactly (an empty asm block would break BTF line info).
+#[inline(always)]
+pub fn opaque(value: usize) -> usize {
+    let slot = value;
+    // SAFETY: reads a local that is initialised and properly aligned.
+    unsafe { core::ptr::read_volatile(&slot) }
+}
+
 /// The bytes between an XDP context's `data` and `data_end`.
 pub struct PacketBytes {
     start: usize,
@@ -14,17 +24,13 @@ impl PacketBytes {
         PacketBytes { start, end }
     }
 
-    /// `start + offset`, computed so that the compiler cannot relate it to
-    /// earlier checks. Without this, LLVM proves some bounds checks redundant
-    /// (e.g. the TCP header check, from the IP total length) and deletes them,
-    /// and the verifier, which cannot follow that proof, rejects the read.
-    /// (A volatile stack round trip: the verifier tracks spilled scalars
-    /// exactly, and an empty asm block would break BTF line info.)
+    /// `start + offset`, with the offset hidden from the optimiser: LLVM
+    /// otherwise proves some bounds checks redundant (e.g. the TCP header
+    /// check, from the IP total length) and deletes them, and the verifier,
+    /// which cannot follow that proof, rejects the read.
     #[inline(always)]
     fn at(&self, offset: usize) -> usize {
-        let opaque = offset;
-        // SAFETY: reads a local that is initialised and properly aligned.
-        self.start + unsafe { core::ptr::read_volatile(&opaque) }
+        self.start + opaque(offset)
     }
 }
 

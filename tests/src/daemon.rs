@@ -151,3 +151,30 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// `tcp-guard flows --iface IFACE --json` as sorted (state, local, peer), the shape of
+/// [`crate::lab::Lab::server_sockets`].
+pub fn flows(iface: &str) -> Vec<(String, std::net::SocketAddr, std::net::SocketAddr)> {
+    let out = tcp_guard(&["flows", "--iface", iface, "--json"]);
+    assert!(
+        out.status.success(),
+        "tcp-guard flows failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("flows --json is not JSON");
+    let mut rows: Vec<_> = value["flows"]
+        .as_array()
+        .expect("flows array")
+        .iter()
+        .map(|f| {
+            let addr = |k: &str| f[k].as_str().and_then(|a| a.parse().ok()).expect("address");
+            (
+                f["state"].as_str().expect("state").to_string(),
+                addr("local"),
+                addr("peer"),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}

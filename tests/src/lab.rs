@@ -9,7 +9,7 @@
 use std::{
     fs::{self, File},
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -180,7 +180,52 @@ impl Lab {
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", iface, "nodad"])?;
             ns.ip(&["link", "set", iface, "up"])?;
         }
+        // Replies to spoofed sources go back into the pair, where the client
+        // (not a router) drops them: nothing leaves the lab.
+        self.server
+            .ip(&["route", "add", "default", "via", &CLIENT_V4.to_string()])?;
+        self.server
+            .ip(&["-6", "route", "add", "default", "via", &CLIENT_V6.to_string()])?;
         Ok(())
+    }
+
+    /// The MAC address of `iface` in `ns`.
+    pub fn mac(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
+        let out = ns.ip(&["-br", "link", "show", iface])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = text
+            .split_whitespace()
+            .nth(2)
+            .with_context(|| format!("no MAC in `ip -br link show {iface}`: {text}"))?;
+        let mut mac = [0u8; 6];
+        let parts: Vec<&str> = field.split(':').collect();
+        if parts.len() != 6 {
+            bail!("cannot parse MAC {field:?}");
+        }
+        for (byte, part) in mac.iter_mut().zip(parts) {
+            *byte = u8::from_str_radix(part, 16).with_context(|| format!("cannot parse MAC {field:?}"))?;
+        }
+        Ok(mac)
+    }
+
+    /// `ss -tan` in the server namespace: every socket but listeners, as
+    /// (state, local, peer).
+    pub fn server_sockets(&self) -> Result<Vec<(String, SocketAddr, SocketAddr)>> {
+        let out = run(self.server.command("ss").args(["-tanH"]))?;
+        let mut sockets = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [state, _, _, local, peer, ..] = fields.as_slice() else {
+                bail!("unexpected ss line: {line}");
+            };
+            if *state == "LISTEN" {
+                continue;
+            }
+            let parse = |a: &str| a.parse::<SocketAddr>().with_context(|| format!("ss address {a}"));
+            sockets.push((state.to_string(), parse(local)?, parse(peer)?));
+        }
+        sockets.sort();
+        Ok(sockets)
     }
 
     pub fn server_addr(&self, v6: bool) -> IpAddr {
@@ -255,4 +300,26 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
         );
     }
     Ok(out)
+}
+
+/// Makes `close()` of this socket send an RST instead of a FIN (SO_LINGER 0).
+pub fn reset_on_close(stream: &std::net::TcpStream) -> Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we borrow, with a properly sized value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("SO_LINGER");
+    }
+    Ok(())
 }

@@ -4,5 +4,6 @@
 //! ranges, bounded traffic, cleanup even on failure).
 
 pub mod daemon;
+pub mod inject;
 pub mod lab;
 pub mod packets;

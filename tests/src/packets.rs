@@ -31,6 +31,8 @@ pub struct TcpPacket {
     pub payload: Vec<u8>,
     /// 802.1Q VLAN id, if tagged.
     pub vlan: Option<u16>,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
 impl TcpPacket {
@@ -48,6 +50,8 @@ impl TcpPacket {
             ip_options: Vec::new(),
             payload: Vec::new(),
             vlan: None,
+            src_mac: SRC_MAC,
+            dst_mac: DST_MAC,
         }
     }
 
@@ -112,7 +116,10 @@ impl TcpPacket {
     /// The whole Ethernet frame.
     pub fn frame(&self) -> Vec<u8> {
         let ether_type = if self.src.is_ipv4() { 0x0800u16 } else { 0x86dd };
-        ethernet(ether_type, self.vlan, &self.ip_packet())
+        let mut frame = ethernet(ether_type, self.vlan, &self.ip_packet());
+        frame[..6].copy_from_slice(&self.dst_mac);
+        frame[6..12].copy_from_slice(&self.src_mac);
+        frame
     }
 }
 

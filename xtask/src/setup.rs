@@ -20,6 +20,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns / veth for the test lab"),
     ("util-linux", "nsenter and setpriv for the test lab"),
     ("procps", "sysctl inside lab namespaces"),
+    ("nftables", "holds back a FIN in the simultaneous-close test"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
