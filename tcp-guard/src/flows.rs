@@ -112,7 +112,7 @@ impl FlowTables {
             .into_iter()
             .filter_map(|(key, flow)| row(&key, &flow, now_ns))
             .collect();
-        rows.sort_by(|a, b| (a.local, a.peer).cmp(&(b.local, b.peer)));
+        rows.sort_by_key(|r| (r.local, r.peer));
         Ok(rows)
     }
 
