@@ -20,12 +20,12 @@ struct Found {
 #[inline(always)]
 pub fn track(counters: &mut Counters, segment: &TcpSegment, direction: Direction, window_scale: Option<u8>) {
     let key = FlowKey::new(segment, direction);
-    let found = match FLOWS.get_ptr_mut(&key) {
+    let found = match FLOWS.get_ptr_mut(key) {
         Some(entry) => Some(Found {
             entry,
             half_open: false,
         }),
-        None => HALF_OPEN.get_ptr_mut(&key).map(|entry| Found {
+        None => HALF_OPEN.get_ptr_mut(key).map(|entry| Found {
             entry,
             half_open: true,
         }),
@@ -49,9 +49,9 @@ pub fn track(counters: &mut Counters, segment: &TcpSegment, direction: Direction
             if let Some(found) = found {
                 // An error means another CPU removed it first: nothing to do.
                 let _gone = if found.half_open {
-                    HALF_OPEN.remove(&key)
+                    HALF_OPEN.remove(key)
                 } else {
-                    FLOWS.remove(&key)
+                    FLOWS.remove(key)
                 };
             }
         }
