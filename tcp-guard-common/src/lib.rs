@@ -23,6 +23,8 @@ pub mod maps {
 pub mod programs {
     pub const XDP: &str = "tcp_guard_xdp";
     pub const TC_EGRESS: &str = "tcp_guard_tc_egress";
+    /// A trivial XDP_PASS program, the benchmarks' baseline.
+    pub const BASELINE: &str = "baseline_xdp_pass";
 }
 
 #[cfg(feature = "user")]

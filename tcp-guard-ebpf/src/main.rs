@@ -78,6 +78,13 @@ pub fn tcp_guard_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// A trivial XDP_PASS program: the benchmarks' baseline, measured beside
+/// tcp_guard_xdp in the same run. Never attached.
+#[xdp]
+pub fn baseline_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -103,3 +103,37 @@ fn bad_mode_names_the_choices() {
     assert!(err.contains("invalid value 'fast' for '--mode <MODE>'"), "{err}");
     assert!(err.contains("auto, native, skb"), "{err}");
 }
+
+#[test]
+fn bad_run_options_name_the_option_and_the_fix() {
+    for (args, expected) in [
+        (
+            &["--timeout", "syn_rcvd=abc"][..],
+            "bad duration \"abc\" for syn_rcvd",
+        ),
+        (&["--timeout", "listen=10s"][..], "unknown state \"listen\""),
+        (&["--timeout", "syn_rcvd"][..], "expected STATE=DURATION"),
+        (&["--timeout", "time_wait=10ms"][..], "must be at least 1s"),
+        (
+            &["--max-flows", "0"][..],
+            "invalid value '0' for '--max-flows <MAX_FLOWS>'",
+        ),
+        (&["--max-half-open", "99999999999"][..], "--max-half-open"),
+    ] {
+        let mut all = vec!["run", "--iface", "lo"];
+        all.extend_from_slice(args);
+        let out = tcp_guard(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr_of(&out);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn flows_state_filter_accepts_ss_and_rfc_names_only() {
+    let out = tcp_guard(&["flows", "--state", "half-closed"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(err.contains("unknown state \"half-closed\""), "{err}");
+    assert!(err.contains("SYN-RECV, ESTAB"), "{err}");
+}

@@ -42,6 +42,18 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Benchmarks (not part of the tests). Needs root.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Per-packet cost of the XDP program by path, with BPF_PROG_TEST_RUN,
+    /// against a trivial XDP_PASS program in the same run.
+    Prog,
 }
 
 fn main() {
@@ -50,6 +62,7 @@ fn main() {
         Task::Lint => lint(),
         Task::Test { args } => test(&args),
         Task::Demo { seconds } => demo::demo(seconds),
+        Task::Bench { which: Bench::Prog } => bench_prog(),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -117,6 +130,18 @@ fn lint() -> Result<()> {
         .args(["--ignore-rust-version", "--target-dir"])
         .arg(target_dir().join("clippy-ebpf"))
         .args(["--", "-D", "warnings"]))
+}
+
+fn bench_prog() -> Result<()> {
+    require_root("bench prog")?;
+    setup::setup()?;
+    run(Command::new(cargo()).current_dir(workspace()).args([
+        "bench",
+        "--package",
+        "tcp-guard-tests",
+        "--bench",
+        "prog",
+    ]))
 }
 
 fn test(args: &[String]) -> Result<()> {

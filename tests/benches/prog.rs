@@ -1,0 +1,206 @@
+//! Per-packet cost of the fast path, measured with BPF_PROG_TEST_RUN beside a
+//! trivial XDP_PASS program in the same run (../shared/benchmarking.md):
+//! one run per call on a fresh copy of the packet, calls interleaved in small
+//! chunks with the baseline, medians reported. Paths that create or move flow
+//! state get a distinct flow per call. Run with `cargo xtask bench prog` (root).
+
+use std::{net::IpAddr, time::Duration};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use tcp_guard::program;
+use tcp_guard_common::{config::TableSizes, programs};
+use tcp_guard_tests::{
+    lab::require_root,
+    packets::{ACK, PSH, SYN, TcpPacket, ethernet, linux_syn_options},
+};
+
+const ROUNDS: usize = 40;
+const CHUNK: usize = 250;
+const WARMUP: usize = 2_000;
+/// Flows a case may create: warm-up plus every measured call.
+const FLOWS_PER_CASE: usize = WARMUP + ROUNDS * CHUNK;
+
+fn run_once(prog: &Xdp, frame: &[u8]) -> Duration {
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    prog.test_run(opts).expect("BPF_PROG_TEST_RUN").duration
+}
+
+fn tc_once(ebpf: &mut Ebpf, frame: &[u8]) {
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    program::tc_egress_program(ebpf)
+        .expect("tc")
+        .test_run(opts)
+        .expect("tc test run");
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn peer(i: usize) -> IpAddr {
+    IpAddr::from([198, 19, (i >> 8) as u8, i as u8])
+}
+
+const HOST: [u8; 4] = [198, 18, 0, 1];
+const K: u32 = 90_000;
+
+fn syn(i: usize) -> TcpPacket {
+    let mut pkt = TcpPacket::new(peer(i), IpAddr::from(HOST), 10_000 + (i % 50_000) as u16, 80, SYN);
+    pkt.seq = i as u32 * 1000;
+    pkt.tcp_options = linux_syn_options(1460, 1, 7);
+    pkt
+}
+
+fn syn_ack(i: usize) -> TcpPacket {
+    let s = syn(i);
+    let mut pkt = TcpPacket::new(s.dst, s.src, s.dst_port, s.src_port, SYN | ACK);
+    pkt.seq = K;
+    pkt.ack = s.seq + 1;
+    pkt
+}
+
+fn final_ack(i: usize) -> TcpPacket {
+    let s = syn(i);
+    let mut pkt = TcpPacket::new(s.src, s.dst, s.src_port, s.dst_port, ACK);
+    pkt.seq = s.seq + 1;
+    pkt.ack = K + 1;
+    pkt
+}
+
+struct Case {
+    name: &'static str,
+    /// The frame for call `i` (distinct flows where state changes).
+    frames: Vec<Vec<u8>>,
+}
+
+fn main() {
+    require_root();
+    let sizes = TableSizes {
+        half_open: 4 * FLOWS_PER_CASE as u32,
+        flows: 4 * FLOWS_PER_CASE as u32,
+    };
+    let mut ebpf = program::load(log::LevelFilter::Off, sizes).expect("load tcp-guard");
+    let baseline: &mut Xdp = ebpf
+        .program_mut(programs::BASELINE)
+        .expect("baseline program")
+        .try_into()
+        .expect("XDP");
+    baseline.load().expect("load baseline");
+
+    // Flows for the final-ACK case: SYN in, SYN-ACK out, before measuring.
+    let offset = 100_000;
+    for i in 0..FLOWS_PER_CASE {
+        let xdp = program::xdp_program(&mut ebpf).expect("xdp");
+        run_once(xdp, &syn(offset + i).frame());
+        tc_once(&mut ebpf, &syn_ack(offset + i).frame());
+    }
+    // One established flow for the data case.
+    let est = 200_000;
+    run_once(program::xdp_program(&mut ebpf).expect("xdp"), &syn(est).frame());
+    tc_once(&mut ebpf, &syn_ack(est).frame());
+    run_once(
+        program::xdp_program(&mut ebpf).expect("xdp"),
+        &final_ack(est).frame(),
+    );
+    let mut data = final_ack(est);
+    data.flags = ACK | PSH;
+    data.payload = vec![0x5a; 100];
+
+    let mut udp = syn(0).ip_packet();
+    udp[9] = 17;
+    let udp = ethernet(0x0800, None, &udp);
+    let mut truncated = syn(0).frame();
+    truncated.truncate(40);
+    let same = |frame: Vec<u8>| vec![frame; FLOWS_PER_CASE];
+    let cases = [
+        Case {
+            name: "SYN, new flow",
+            frames: (0..FLOWS_PER_CASE).map(|i| syn(i).frame()).collect(),
+        },
+        Case {
+            name: "final ACK of a handshake",
+            frames: (0..FLOWS_PER_CASE)
+                .map(|i| final_ack(offset + i).frame())
+                .collect(),
+        },
+        Case {
+            name: "data ACK, established flow",
+            frames: same(data.frame()),
+        },
+        Case {
+            name: "non-TCP (UDP)",
+            frames: same(udp),
+        },
+        Case {
+            name: "malformed (truncated TCP)",
+            frames: same(truncated),
+        },
+    ];
+
+    println!("| packet | tcp-guard ns/pkt | XDP_PASS ns/pkt | difference | ratio |");
+    println!("|---|---:|---:|---:|---:|");
+    for case in &cases {
+        let baseline_frame = &case.frames[0];
+        let mut frames = case.frames.iter();
+        for frame in frames.by_ref().take(WARMUP) {
+            run_once(program::xdp_program(&mut ebpf).expect("xdp"), frame);
+            run_once(baseline_program(&mut ebpf), baseline_frame);
+        }
+        let (mut guard, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let mut g: Vec<f64> = Vec::with_capacity(CHUNK);
+            let mut b: Vec<f64> = Vec::with_capacity(CHUNK);
+            for _ in 0..CHUNK {
+                b.push(run_once(baseline_program(&mut ebpf), baseline_frame).as_nanos() as f64);
+            }
+            let xdp = program::xdp_program(&mut ebpf).expect("xdp");
+            for frame in frames.by_ref().take(CHUNK) {
+                g.push(run_once(xdp, frame).as_nanos() as f64);
+            }
+            guard.push(median(&mut g));
+            base.push(median(&mut b));
+        }
+        let (g, b) = (median(&mut guard), median(&mut base));
+        println!(
+            "| {} | {g:.0} | {b:.0} | {:.0} | {:.2} |",
+            case.name,
+            g - b,
+            g / b
+        );
+    }
+    println!(
+        "\n{} rounds of {} calls per case, one run per call (repeat = 1), medians; kernel {}, {}",
+        ROUNDS,
+        CHUNK,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        cpu_model()
+    );
+}
+
+fn baseline_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(programs::BASELINE)
+        .expect("baseline program")
+        .try_into()
+        .expect("XDP")
+}
+
+fn cpu_model() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    format!("{model}, {cores} cores")
+}

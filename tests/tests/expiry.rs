@@ -1,0 +1,62 @@
+//! The controller expires idle flows by their state's timeout, and counts it.
+//! Needs root.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
+
+use tcp_guard_tests::{
+    daemon::{Daemon, flows, stats_json},
+    inject::Injector,
+    lab::Lab,
+    packets::{SYN, TcpPacket},
+};
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn unanswered_half_open_flows_expire_in_both_views() {
+    let lab = Lab::new().expect("lab");
+    // The kernel sends one SYN-ACK and gives up on the request after ~1 s.
+    lab.server
+        .sysctl("net.ipv4.tcp_synack_retries", "0")
+        .expect("sysctl");
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &["--timeout", "syn_rcvd=2s"]).expect("start");
+    assert!(daemon.log().contains("syn_rcvd=2s"), "{}", daemon.log());
+    let addr = SocketAddr::new(lab.server_addr(false), 8080);
+    let _listener = lab
+        .server
+        .enter(move || TcpListener::bind(addr))
+        .unwrap()
+        .expect("bind");
+
+    let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+    let dst_mac = Lab::mac(&lab.server, &lab.server_iface).expect("MAC");
+    for i in 1..=3u8 {
+        let mut syn = TcpPacket::new(IpAddr::from([198, 19, 5, i]), addr.ip(), 20000, 8080, SYN);
+        syn.dst_mac = dst_mac;
+        injector.send(&syn.frame()).expect("send");
+    }
+    wait_for("3 SYN-RECV flows", || {
+        flows(&lab.server_iface)
+            .iter()
+            .filter(|(s, _, _)| s == "SYN-RECV")
+            .count()
+            == 3
+    });
+    wait_for("both views empty", || {
+        flows(&lab.server_iface).is_empty() && lab.server_sockets().expect("ss").is_empty()
+    });
+    let stats = stats_json(&lab.server_iface);
+    assert_eq!(stats["expired"]["syn_rcvd"], 3, "{stats}");
+    assert_eq!(stats["flows"]["syn_rcvd"], 0, "{stats}");
+    assert_eq!(stats["tables"]["half_open"]["entries"], 0, "{stats}");
+    assert_eq!(stats["counters"]["to_syn_rcvd"], 3, "{stats}");
+}
