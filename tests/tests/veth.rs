@@ -10,7 +10,7 @@ use std::{
 
 use tcp_guard_common::stats::Counter;
 use tcp_guard_tests::{
-    daemon::{Daemon, counter, stats_json},
+    daemon::{Daemon, counter, stats_json, tcp_guard},
     lab::{Lab, Netns},
 };
 
@@ -143,4 +143,66 @@ fn outbound_connections_show_syn_ack_and_rst() {
     assert_eq!(counter(&stats, "syn_ack"), N, "{stats}");
     assert_eq!(counter(&stats, "rst"), 1, "{stats}");
     assert_eq!(counter(&stats, "syn"), 0, "{stats}");
+}
+
+#[test]
+fn flows_filters_limits_and_prints_like_ss() {
+    let lab = Lab::new().expect("lab");
+    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = lab
+        .server
+        .enter(move || TcpListener::bind(addr))
+        .unwrap()
+        .expect("bind");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let client = lab
+            .client
+            .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .unwrap()
+            .expect("connect");
+        held.push((client, listener.accept().expect("accept").0));
+    }
+    let iface = lab.server_iface.as_str();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["flows", "--iface", iface, "--json"];
+        all.extend_from_slice(args);
+        let out = tcp_guard(&all);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    assert_eq!(json(&[])["flows"].as_array().expect("array").len(), 3);
+    assert_eq!(
+        json(&["--state", "estab"])["flows"]
+            .as_array()
+            .expect("array")
+            .len(),
+        3
+    );
+    assert_eq!(
+        json(&["--state", "TIME_WAIT"])["flows"]
+            .as_array()
+            .expect("array")
+            .len(),
+        0
+    );
+    assert_eq!(
+        json(&["--limit", "2"])["flows"].as_array().expect("array").len(),
+        2
+    );
+    let first = &json(&[])["flows"][0];
+    assert_eq!(first["local"], "198.18.0.1:8080");
+    assert_eq!(first["adopted"], false);
+    assert!(first["age_secs"].as_f64().expect("age") >= 0.0);
+
+    let text = tcp_guard(&["flows", "--iface", iface]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("State"), "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[1].starts_with("ESTAB") && lines[1].contains("198.18.0.1:8080"),
+        "{text}"
+    );
 }
