@@ -100,10 +100,14 @@ fn build() -> Result<(), String> {
     if matches!(toolchain, Toolchain::Rustup(_)) {
         cmd.env_remove("RUSTC");
     }
+    // CPU v3 for atomic fetch-and-add (limit counters; Linux 5.12+).
     let rustflags = [
         "--cfg=bpf_target_arch=\"x86_64\"",
         "-Cdebuginfo=2",
         "-Clink-arg=--btf",
+        "-Ctarget-cpu=v3",
+        // Keep the BPF global functions global (see tcp_guard_track).
+        "-Clink-arg=--export=tcp_guard_track",
     ]
     .join("\x1f");
     cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags)

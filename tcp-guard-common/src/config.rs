@@ -1,6 +1,10 @@
-//! Configuration both sides agree on: flow table sizes and per-state timeouts.
+//! Configuration both sides agree on: flow table sizes (fixed at load) and
+//! the defaults of the live [`GuardConfig`].
 
-use crate::flow::TcpState;
+use crate::{
+    flow::TcpState,
+    policy::{GuardConfig, Policy},
+};
 
 /// Sizes of the flow tables (entries). Both are preallocated hash maps, about
 /// 150 bytes an entry in kernel memory.
@@ -19,55 +23,55 @@ impl Default for TableSizes {
     }
 }
 
-/// How long a flow may stay idle in each state before the controller
-/// removes it, in seconds. Defaults follow the kernel where it has a timer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// Indexed by `TcpState as usize - 1`.
-    secs: [u64; 10],
-}
-
-impl Timeouts {
-    pub const fn get(&self, state: TcpState) -> u64 {
-        self.secs[state as usize - 1]
-    }
-
-    pub fn set(&mut self, state: TcpState, secs: u64) {
-        self.secs[state as usize - 1] = secs;
-    }
-
-    /// Why each default is what it is, for `--help` and the README.
-    pub const fn default_reason(state: TcpState) -> &'static str {
-        match state {
-            TcpState::SynSent => "the kernel gives up after 6 SYN retries (tcp_syn_retries), about 127 s",
-            TcpState::SynRcvd => {
-                "the kernel gives up after 5 SYN-ACK retries (tcp_synack_retries), about 63 s"
-            }
-            TcpState::Established => "idle connections: 5 days, as conntrack",
-            TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
-                "FIN retransmissions: 120 s, as conntrack"
-            }
-            TcpState::FinWait2 => "tcp_fin_timeout, 60 s",
-            TcpState::CloseWait => "the kernel has no timer (the application closes); 12 h",
-            TcpState::TimeWait => "TCP_TIMEWAIT_LEN, 60 s",
-            TcpState::Closed => "never stored",
-        }
+/// Default idle timeout of a state, in seconds. Kernel-like where the kernel
+/// has a timer.
+pub const fn default_timeout_secs(state: TcpState) -> u32 {
+    match state {
+        // The kernel gives up after 6 SYN retries (tcp_syn_retries).
+        TcpState::SynSent => 127,
+        // The kernel gives up after 5 SYN-ACK retries (tcp_synack_retries).
+        TcpState::SynRcvd => 63,
+        // Idle connections: 5 days, as conntrack.
+        TcpState::Established => 5 * 24 * 3600,
+        // FIN retransmissions: as conntrack.
+        TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => 120,
+        // tcp_fin_timeout.
+        TcpState::FinWait2 => 60,
+        // The kernel has no timer; the application closes.
+        TcpState::CloseWait => 12 * 3600,
+        // TCP_TIMEWAIT_LEN.
+        TcpState::TimeWait => 60,
+        TcpState::Closed => 0,
     }
 }
 
-impl Default for Timeouts {
+impl Default for GuardConfig {
     fn default() -> Self {
-        let mut t = Timeouts { secs: [0; 10] };
-        t.set(TcpState::SynSent, 127);
-        t.set(TcpState::SynRcvd, 63);
-        t.set(TcpState::Established, 5 * 24 * 3600);
-        t.set(TcpState::FinWait1, 120);
-        t.set(TcpState::FinWait2, 60);
-        t.set(TcpState::CloseWait, 12 * 3600);
-        t.set(TcpState::Closing, 120);
-        t.set(TcpState::LastAck, 120);
-        t.set(TcpState::TimeWait, 60);
-        t.set(TcpState::Closed, 0);
-        t
+        let mut timeout_secs = [0u32; 9];
+        for state in TcpState::STORED {
+            timeout_secs[state as usize - 1] = default_timeout_secs(state);
+        }
+        GuardConfig {
+            global_half_open: 1024,
+            per_source_half_open: 64,
+            per_prefix_half_open: 256,
+            per_port_half_open: 512,
+            syn_rate: 200,
+            syn_burst: 400,
+            attack_enter_half_open: 256,
+            attack_enter_syn_rate: 10_000,
+            attack_leave_half_open: 64,
+            attack_leave_syn_rate: 2_000,
+            attack_cooldown_secs: 10,
+            challenge_window_ms: 5_000,
+            verified_ttl_secs: 3600,
+            block_after_drops: 100,
+            block_ttl_secs: 600,
+            timeout_secs,
+            prefix_len_v4: 24,
+            prefix_len_v6: 64,
+            policy: Policy::RetransmitChallenge as u8,
+            _pad: [0],
+        }
     }
 }

@@ -139,6 +139,10 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+// SAFETY: repr(C), integer and byte-array fields only. The controller hands
+// keys to the expire program as packet data.
+unsafe impl crate::packet::Header for FlowKey {}
+
 impl FlowKey {
     #[inline(always)]
     pub fn new(segment: &TcpSegment, direction: Direction) -> FlowKey {
@@ -168,7 +172,7 @@ impl FlowKey {
 /// What the guard remembers of a flow. Sequence numbers are raw TCP values
 /// (host byte order); times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub created_ns: u64,
     /// Last segment accepted for this flow, either way.
@@ -189,9 +193,11 @@ pub struct Flow {
     pub host_wscale: u8,
     /// A [`TcpState`] as u8.
     pub state: u8,
-    /// [`Flow::HOST_SEQ_KNOWN`], [`Flow::ADOPTED`]
+    /// [`Flow::HOST_SEQ_KNOWN`], [`Flow::ADOPTED`], [`Flow::COUNTED`]
     pub flags: u8,
-    pub _pad: [u8; 7],
+    /// The source prefix length its half-open counts were taken with.
+    pub prefix_len: u8,
+    pub _pad: [u8; 6],
 }
 
 impl Flow {
@@ -201,19 +207,16 @@ impl Flow {
     /// Picked up mid-connection from an egress segment (e.g. the connection
     /// predates the guard): the handshake was not seen.
     pub const ADOPTED: u8 = 0x02;
+    /// Counted in the half-open limits (`COUNTS`) while in SYN-RECV; the
+    /// counts are released when it leaves SYN-RECV.
+    pub const COUNTED: u8 = 0x04;
 
     pub const fn state(&self) -> Option<TcpState> {
         TcpState::from_u8(self.state)
     }
 
-    const fn has(&self, flag: u8) -> bool {
+    pub const fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
-    }
-
-    fn with_state(mut self, state: TcpState, now: u64) -> Flow {
-        self.state = state as u8;
-        self.last_ns = now;
-        self
     }
 }
 
@@ -319,8 +322,8 @@ impl Invalid {
 /// What to do with the flow table after one segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Store this flow (new, or replacing the old value).
-    Store(Flow, Event),
+    /// Store the flow [`transition`] wrote to `out` (new, or replacing the old value).
+    Store(Event),
     /// Remove the flow.
     Remove(Event),
     /// Keep the flow as it is.
@@ -346,16 +349,20 @@ const MAX_WSCALE: u8 = 14;
 
 /// The next state of a flow, given one segment.
 ///
-/// `flow` is the stored flow, if any; `now` the current time in ns.
-#[inline(always)]
-pub fn transition(flow: Option<&Flow>, seg: &Seg, now: u64) -> Step {
+/// `flow` is the stored flow, if any; `now` the current time in ns. When the
+/// step is [`Step::Store`], the flow to store is written to `out`.
+/// (Never inlined, and no flow in the return value: in BPF the stack of a
+/// call chain is 512 bytes in all, so big values go through `out`, which the
+/// kernel side points at per-CPU scratch memory.)
+#[inline(never)]
+pub fn transition(flow: Option<&Flow>, seg: &Seg, now: u64, out: &mut Flow) -> Step {
     let class = seg.flags.class();
     if class == TcpClass::Other {
         return Step::Invalid(Invalid::BadFlags);
     }
     match seg.direction {
-        Direction::Egress => egress(flow, seg, class, now),
-        Direction::Ingress => ingress(flow, seg, class, now),
+        Direction::Egress => egress(flow, seg, class, now, out),
+        Direction::Ingress => ingress(flow, seg, class, now, out),
     }
 }
 
@@ -372,7 +379,8 @@ fn new_flow(now: u64) -> Flow {
         host_wscale: 0,
         state: TcpState::Closed as u8,
         flags: 0,
-        _pad: [0; 7],
+        prefix_len: 0,
+        _pad: [0; 6],
     }
 }
 
@@ -416,115 +424,112 @@ fn note_peer_segment(flow: &mut Flow, seg: &Seg) {
     }
 }
 
+impl Flow {
+    /// Moves to `state` and records activity at `now`.
+    fn enter(&mut self, state: TcpState, now: u64) {
+        self.state = state as u8;
+        self.last_ns = now;
+    }
+}
+
+/// Stores `out` (already updated) in `state`, reporting `event`.
+fn store(out: &mut Flow, state: TcpState, now: u64, event: Event) -> Step {
+    out.enter(state, now);
+    Step::Store(event)
+}
+
+/// Stores `out` in a new `state`, reporting the change.
+fn store_entered(out: &mut Flow, state: TcpState, now: u64) -> Step {
+    store(out, state, now, Event::Entered(state))
+}
+
 /// Segments the host sends: the host's TCP stack is the authority.
-fn egress(flow: Option<&Flow>, seg: &Seg, class: TcpClass, now: u64) -> Step {
-    let Some(old) = flow else {
-        return egress_new(seg, class, now);
+/// The rules below build the next flow in `out` (a copy of the stored one,
+/// or a new one) and say what to do with it.
+fn egress(flow: Option<&Flow>, seg: &Seg, class: TcpClass, now: u64, out: &mut Flow) -> Step {
+    let Some((old, state)) = flow.and_then(|f| f.state().map(|s| (f, s))) else {
+        return egress_new(seg, class, now, out);
     };
-    let Some(state) = old.state() else {
-        return egress_new(seg, class, now);
-    };
-    let mut flow = *old;
     if class == TcpClass::Rst {
         return Step::Remove(Event::Reset);
     }
     if class == TcpClass::Syn {
-        // A new connection on a finished tuple, or the host retransmitting its SYN.
-        return match state {
-            TcpState::SynSent if seg.seq == old.host_isn => {
-                note_host_segment(&mut flow, seg);
-                flow.last_ns = now;
-                Step::Store(flow, Event::SynRetransmit)
-            }
-            _ => egress_new(seg, class, now),
-        };
+        // The host retransmitting its SYN, or a new connection on a finished tuple.
+        if state == TcpState::SynSent && seg.seq == old.host_isn {
+            *out = *old;
+            note_host_segment(out, seg);
+            return store(out, state, now, Event::SynRetransmit);
+        }
+        return egress_new(seg, class, now, out);
     }
-    let retransmit = flow.has(Flow::HOST_SEQ_KNOWN) && !seq_after(seg.end(), flow.host_next);
+    *out = *old;
+    let retransmit = out.has(Flow::HOST_SEQ_KNOWN) && !seq_after(seg.end(), out.host_next);
     if class == TcpClass::SynAck {
         // The host answers the peer's SYN (also in a simultaneous open).
-        let event = if flow.has(Flow::HOST_SEQ_KNOWN) && seg.seq == flow.host_isn {
+        let event = if out.has(Flow::HOST_SEQ_KNOWN) && seg.seq == out.host_isn {
             Event::SynRetransmit
         } else {
             Event::NoChange
         };
-        flow.host_isn = seg.seq;
-        note_host_segment(&mut flow, seg);
+        out.host_isn = seg.seq;
+        note_host_segment(out, seg);
         if state == TcpState::SynSent {
             // Simultaneous open: the peer's SYN arrived after ours.
-            flow.peer_isn = seg.ack.wrapping_sub(1);
-            flow.peer_next = seg.ack;
-            return Step::Store(
-                flow.with_state(TcpState::SynRcvd, now),
-                Event::Entered(TcpState::SynRcvd),
-            );
+            out.peer_isn = seg.ack.wrapping_sub(1);
+            out.peer_next = seg.ack;
+            return store_entered(out, TcpState::SynRcvd, now);
         }
-        return Step::Store(flow.with_state(state, now), event);
+        return store(out, state, now, event);
     }
-    note_host_segment(&mut flow, seg);
-    if class == TcpClass::Fin {
-        let next = match state {
-            TcpState::SynRcvd | TcpState::Established => TcpState::FinWait1,
-            TcpState::CloseWait => TcpState::LastAck,
-            other => other,
-        };
-        if next == state {
-            let event = if retransmit {
-                Event::FinRetransmit
-            } else {
-                Event::NoChange
-            };
-            return Step::Store(flow.with_state(state, now), event);
-        }
-        return Step::Store(flow.with_state(next, now), Event::Entered(next));
-    }
-    // A plain ACK from the host.
-    let next = match state {
-        // The host acknowledges the peer's SYN-ACK (the ingress side moved us
-        // already when it validated the SYN-ACK; this covers a missed one).
-        TcpState::SynSent => TcpState::Established,
-        other => other,
+    note_host_segment(out, seg);
+    let next = match (class, state) {
+        (TcpClass::Fin, TcpState::SynRcvd | TcpState::Established) => TcpState::FinWait1,
+        (TcpClass::Fin, TcpState::CloseWait) => TcpState::LastAck,
+        // The host acknowledges the peer's SYN-ACK (the ingress side moved
+        // the flow already when it validated the SYN-ACK; this covers a missed one).
+        (TcpClass::Ack, TcpState::SynSent) => TcpState::Established,
+        (_, other) => other,
     };
     if next != state {
-        return Step::Store(flow.with_state(next, now), Event::Entered(next));
+        return store_entered(out, next, now);
     }
-    Step::Store(flow.with_state(state, now), Event::NoChange)
+    let event = if class == TcpClass::Fin && retransmit {
+        Event::FinRetransmit
+    } else {
+        Event::NoChange
+    };
+    store(out, state, now, event)
 }
 
 /// An egress segment on a flow the guard does not know.
-fn egress_new(seg: &Seg, class: TcpClass, now: u64) -> Step {
-    let mut flow = new_flow(now);
+fn egress_new(seg: &Seg, class: TcpClass, now: u64, out: &mut Flow) -> Step {
+    *out = new_flow(now);
     match class {
         TcpClass::Syn => {
-            flow.host_isn = seg.seq;
-            note_host_segment(&mut flow, seg);
-            Step::Store(
-                flow.with_state(TcpState::SynSent, now),
-                Event::Entered(TcpState::SynSent),
-            )
+            out.host_isn = seg.seq;
+            note_host_segment(out, seg);
+            store_entered(out, TcpState::SynSent, now)
         }
         TcpClass::SynAck => {
             // Its SYN came before the guard was attached, or its entry expired.
-            flow.host_isn = seg.seq;
-            flow.peer_isn = seg.ack.wrapping_sub(1);
-            flow.peer_next = seg.ack;
-            note_host_segment(&mut flow, seg);
-            Step::Store(
-                flow.with_state(TcpState::SynRcvd, now),
-                Event::Entered(TcpState::SynRcvd),
-            )
+            out.host_isn = seg.seq;
+            out.peer_isn = seg.ack.wrapping_sub(1);
+            out.peer_next = seg.ack;
+            note_host_segment(out, seg);
+            store_entered(out, TcpState::SynRcvd, now)
         }
         TcpClass::Ack | TcpClass::Fin => {
             // Only the host's stack can send on a connection it has: adopt it.
-            flow.host_isn = seg.seq;
-            flow.peer_next = seg.ack;
-            flow.flags |= Flow::ADOPTED;
-            note_host_segment(&mut flow, seg);
+            out.host_isn = seg.seq;
+            out.peer_next = seg.ack;
+            out.flags |= Flow::ADOPTED;
+            note_host_segment(out, seg);
             let state = if class == TcpClass::Fin {
                 TcpState::FinWait1
             } else {
                 TcpState::Established
             };
-            Step::Store(flow.with_state(state, now), Event::Adopted)
+            store(out, state, now, Event::Adopted)
         }
         TcpClass::Rst | TcpClass::Other => Step::Keep(Event::NoChange),
     }
@@ -554,61 +559,51 @@ fn rst_acceptable(flow: &Flow, seg: &Seg) -> bool {
 }
 
 /// Segments from the peer: checked against the flow before they move it.
-fn ingress(flow: Option<&Flow>, seg: &Seg, class: TcpClass, now: u64) -> Step {
-    let existing = match flow {
-        Some(flow) => flow.state().map(|state| (flow, state)),
-        None => None,
-    };
-    let Some((old, state)) = existing else {
+fn ingress(flow: Option<&Flow>, seg: &Seg, class: TcpClass, now: u64, out: &mut Flow) -> Step {
+    let Some((old, state)) = flow.and_then(|f| f.state().map(|s| (f, s))) else {
         return match class {
-            TcpClass::Syn => passive_open(seg, now),
+            TcpClass::Syn => passive_open(seg, now, out),
             _ => Step::Invalid(Invalid::NoFlow),
         };
     };
-    let mut flow = *old;
     match class {
         TcpClass::Syn => match state {
-            TcpState::SynRcvd if seg.seq == flow.peer_isn => {
-                flow.last_ns = now;
-                Step::Store(flow, Event::SynRetransmit)
+            TcpState::SynRcvd if seg.seq == old.peer_isn => {
+                *out = *old;
+                store(out, state, now, Event::SynRetransmit)
             }
             TcpState::SynSent => {
                 // Simultaneous open: both sent SYNs.
-                flow.peer_isn = seg.seq;
-                note_peer_segment(&mut flow, seg);
-                flow.peer_next = seg.end();
-                Step::Store(
-                    flow.with_state(TcpState::SynRcvd, now),
-                    Event::Entered(TcpState::SynRcvd),
-                )
+                *out = *old;
+                out.peer_isn = seg.seq;
+                out.peer_next = seg.end();
+                store_entered(out, TcpState::SynRcvd, now)
             }
-            TcpState::TimeWait if seq_after(seg.seq, flow.peer_next) => match passive_open(seg, now) {
-                Step::Store(new, _) => Step::Store(new, Event::Reopened),
-                other => other,
-            },
+            TcpState::TimeWait if seq_after(seg.seq, old.peer_next) => {
+                passive_open(seg, now, out);
+                store(out, TcpState::SynRcvd, now, Event::Reopened)
+            }
             _ => Step::Invalid(Invalid::UnexpectedSyn),
         },
         TcpClass::SynAck => match state {
-            TcpState::SynSent | TcpState::SynRcvd if seg.ack == flow.host_isn.wrapping_add(1) => {
-                flow.peer_isn = seg.seq;
-                flow.peer_next = seg.end();
-                Step::Store(
-                    flow.with_state(TcpState::Established, now),
-                    Event::Entered(TcpState::Established),
-                )
+            TcpState::SynSent | TcpState::SynRcvd if seg.ack == old.host_isn.wrapping_add(1) => {
+                *out = *old;
+                out.peer_isn = seg.seq;
+                out.peer_next = seg.end();
+                store_entered(out, TcpState::Established, now)
             }
-            TcpState::Established if seg.seq == flow.peer_isn => {
+            TcpState::Established if seg.seq == old.peer_isn => {
                 // A retransmitted SYN-ACK: our ACK was lost.
-                flow.last_ns = now;
-                Step::Store(flow, Event::SynRetransmit)
+                *out = *old;
+                store(out, state, now, Event::SynRetransmit)
             }
             _ => Step::Invalid(Invalid::BadSynAck),
         },
         TcpClass::Rst => {
             let acceptable = match state {
                 // An RST answering our SYN must acknowledge it.
-                TcpState::SynSent => seg.flags.has(TcpFlags::ACK) && seg.ack == flow.host_isn.wrapping_add(1),
-                _ => rst_acceptable(&flow, seg),
+                TcpState::SynSent => seg.flags.has(TcpFlags::ACK) && seg.ack == old.host_isn.wrapping_add(1),
+                _ => rst_acceptable(old, seg),
             };
             if acceptable {
                 Step::Remove(Event::Reset)
@@ -616,39 +611,35 @@ fn ingress(flow: Option<&Flow>, seg: &Seg, class: TcpClass, now: u64) -> Step {
                 Step::Invalid(Invalid::RstOutOfWindow)
             }
         }
-        TcpClass::Ack | TcpClass::Fin => ingress_ack(flow, state, seg, class, now),
+        TcpClass::Ack | TcpClass::Fin => ingress_ack(old, state, seg, class, now, out),
         TcpClass::Other => Step::Invalid(Invalid::BadFlags),
     }
 }
 
-fn passive_open(seg: &Seg, now: u64) -> Step {
-    let mut flow = new_flow(now);
-    flow.peer_isn = seg.seq;
-    flow.peer_next = seg.end();
-    Step::Store(
-        flow.with_state(TcpState::SynRcvd, now),
-        Event::Entered(TcpState::SynRcvd),
-    )
+fn passive_open(seg: &Seg, now: u64, out: &mut Flow) -> Step {
+    *out = new_flow(now);
+    out.peer_isn = seg.seq;
+    out.peer_next = seg.end();
+    store_entered(out, TcpState::SynRcvd, now)
 }
 
 /// An ACK or FIN (with ACK) from the peer on a known flow.
-fn ingress_ack(mut flow: Flow, state: TcpState, seg: &Seg, class: TcpClass, now: u64) -> Step {
+fn ingress_ack(old: &Flow, state: TcpState, seg: &Seg, class: TcpClass, now: u64, out: &mut Flow) -> Step {
     if state == TcpState::SynSent {
         // The host's SYN was not answered with a SYN-ACK.
         return Step::Invalid(Invalid::BadHandshakeAck);
     }
     if state == TcpState::SynRcvd {
         // The handshake's final ACK: ack = K + 1.
-        if flow.has(Flow::HOST_SEQ_KNOWN) && seg.ack != flow.host_isn.wrapping_add(1) {
+        if old.has(Flow::HOST_SEQ_KNOWN) && seg.ack != old.host_isn.wrapping_add(1) {
             return Step::Invalid(Invalid::BadHandshakeAck);
         }
-    } else if !ack_acceptable(&flow, seg.ack) {
+    } else if !ack_acceptable(old, seg.ack) {
         return Step::Invalid(Invalid::AckNotSent);
     }
-    let duplicate_fin = class == TcpClass::Fin && !seq_after(seg.end(), flow.peer_next);
-    note_peer_segment(&mut flow, seg);
     let fin = class == TcpClass::Fin;
-    let our_fin_acked = acks_host_fin(&flow, seg.ack);
+    let duplicate_fin = fin && !seq_after(seg.end(), old.peer_next);
+    let our_fin_acked = acks_host_fin(old, seg.ack);
     let next = match state {
         TcpState::SynRcvd if fin => TcpState::CloseWait,
         TcpState::SynRcvd => TcpState::Established,
@@ -664,13 +655,15 @@ fn ingress_ack(mut flow: Flow, state: TcpState, seg: &Seg, class: TcpClass, now:
     if next == TcpState::Closed {
         return Step::Remove(Event::Entered(TcpState::Closed));
     }
+    *out = *old;
+    note_peer_segment(out, seg);
     if next != state {
-        return Step::Store(flow.with_state(next, now), Event::Entered(next));
+        return store_entered(out, next, now);
     }
     let event = if duplicate_fin {
         Event::FinRetransmit
     } else {
         Event::NoChange
     };
-    Step::Store(flow.with_state(state, now), event)
+    store(out, state, now, event)
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod flow;
 pub mod packet;
+pub mod policy;
 pub mod stats;
 
 /// Names of the maps in the eBPF object, and of their pins under the
@@ -15,14 +16,36 @@ pub mod maps {
     pub const HALF_OPEN: &str = "HALF_OPEN";
     /// Every other tracked flow.
     pub const FLOWS: &str = "FLOWS";
-    /// Flows the controller expired, per state (`TcpState as u32`); written by userspace only.
+    /// Flows the controller expired, per state (`TcpState as u32`).
     pub const EXPIRED: &str = "EXPIRED";
+    /// The live [`crate::policy::GuardConfig`] (one entry).
+    pub const CONFIG: &str = "CONFIG";
+    /// [`crate::policy::AttackState`] (one entry), written by the controller.
+    pub const ATTACK: &str = "ATTACK";
+    /// Half-open flows per [`crate::policy::CountKey`].
+    pub const COUNTS: &str = "COUNTS";
+    /// Per-source SYN token buckets.
+    pub const RATE: &str = "RATE";
+    /// LPM tries of [`crate::policy::LpmAddr`]: sources exempt from SYN limits, and blocked ones.
+    pub const ALLOW: &str = "ALLOW";
+    pub const BLOCK: &str = "BLOCK";
+    /// Sources that completed a handshake, with expiry.
+    pub const VERIFIED: &str = "VERIFIED";
+    /// First SYNs held for the retransmission challenge.
+    pub const CHALLENGE: &str = "CHALLENGE";
+    /// Per-source drop counts for automatic blocking, read and reset by the controller.
+    pub const OFFENDERS: &str = "OFFENDERS";
+    /// Ring buffer of [`crate::policy::Event`]s.
+    pub const EVENTS: &str = "EVENTS";
 }
 
 /// Names of the programs in the eBPF object.
 pub mod programs {
     pub const XDP: &str = "tcp_guard_xdp";
     pub const TC_EGRESS: &str = "tcp_guard_tc_egress";
+    /// Removes one idle flow (and its limit counts); run by the controller
+    /// through BPF_PROG_TEST_RUN, never attached.
+    pub const EXPIRE: &str = "tcp_guard_expire";
     /// A trivial XDP_PASS program, the benchmarks' baseline.
     pub const BASELINE: &str = "baseline_xdp_pass";
 }
@@ -34,4 +57,13 @@ mod user {
     // SAFETY: repr(C), explicit padding fields, any bit pattern is valid.
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::Flow {}
+    unsafe impl aya::Pod for crate::policy::GuardConfig {}
+    unsafe impl aya::Pod for crate::policy::AttackState {}
+    unsafe impl aya::Pod for crate::policy::CountKey {}
+    unsafe impl aya::Pod for crate::policy::LpmAddr {}
+    unsafe impl aya::Pod for crate::policy::BlockEntry {}
+    unsafe impl aya::Pod for crate::policy::SourceKey {}
+    unsafe impl aya::Pod for crate::policy::TokenBucket {}
+    unsafe impl aya::Pod for crate::policy::Challenge {}
+    unsafe impl aya::Pod for crate::policy::Event {}
 }

@@ -7,11 +7,11 @@
 //! returns `None` unless the whole header lies inside the buffer, so no input
 //! can make the parser read out of bounds.
 
-/// Marker for header types that may be read from arbitrary bytes.
+/// Marker for types that may be read from arbitrary bytes (reads are unaligned).
 ///
 /// # Safety
-/// Implementors must be `#[repr(C)]`, have alignment 1 and be valid for every
-/// bit pattern (only `u8` and byte-array fields).
+/// Implementors must be `#[repr(C)]` and valid for every bit pattern (only
+/// integer and byte-array fields).
 pub unsafe trait Header: Copy {}
 
 /// Bounds-checked, read-only access to a packet's bytes.
@@ -37,8 +37,8 @@ impl ByteView for [u8] {
     fn read<T: Header>(&self, offset: usize) -> Option<T> {
         let end = offset.checked_add(core::mem::size_of::<T>())?;
         let bytes = self.get(offset..end)?;
-        // SAFETY: `bytes` holds exactly size_of::<T>() bytes, and `Header`
-        // types have alignment 1 and accept any bit pattern.
+        // SAFETY: `bytes` holds exactly size_of::<T>() bytes, the read is
+        // unaligned, and `Header` types accept any bit pattern.
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
     }
 }
@@ -267,27 +267,50 @@ impl Malformed {
 }
 
 /// A parsed TCP segment: what the fast path needs to know about it.
+///
+/// `repr(C)` without padding, and never inside an enum: in the kernel every
+/// byte must be defined on every path, or LLVM may spill an undefined
+/// register, which the verifier refuses to read.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpSegment {
-    pub family: Family,
     /// Source address; an IPv4 address fills the first 4 bytes, the rest are 0.
     pub src: [u8; 16],
     pub dst: [u8; 16],
-    pub src_port: u16,
-    pub dst_port: u16,
     pub seq: u32,
     pub ack: u32,
-    pub flags: TcpFlags,
-    pub window: u16,
-    /// Offset of the TCP header from the start of the frame.
-    pub tcp_offset: usize,
-    /// TCP header length including options, in bytes.
-    pub tcp_header_len: usize,
     /// Bytes of TCP payload (excluding the header and any link-layer padding).
     pub payload_len: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub window: u16,
+    /// Offset of the TCP header from the start of the frame.
+    pub tcp_offset: u16,
+    /// TCP header length including options, in bytes.
+    pub tcp_header_len: u16,
+    pub flags: TcpFlags,
+    pub family: Family,
 }
 
-/// What a packet is, once parsed.
+impl TcpSegment {
+    /// The segment of a frame that is not TCP.
+    pub const NONE: TcpSegment = TcpSegment {
+        src: [0; 16],
+        dst: [0; 16],
+        seq: 0,
+        ack: 0,
+        payload_len: 0,
+        src_port: 0,
+        dst_port: 0,
+        window: 0,
+        tcp_offset: 0,
+        tcp_header_len: 0,
+        flags: TcpFlags(0),
+        family: Family::V4,
+    };
+}
+
+/// What a packet is, once parsed. (Fieldless but for a fieldless reason: one byte.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
@@ -298,7 +321,8 @@ pub enum Outcome {
     Ipv4Fragment,
     /// IPv6 with an extension header before the transport header; not walked yet.
     Ipv6Extension,
-    Tcp(TcpSegment),
+    /// TCP: see [`Dissection::segment`].
+    Tcp,
     Malformed(Malformed),
 }
 
@@ -310,6 +334,22 @@ pub struct Dissection {
     /// IP version, once the ethertype said IP.
     pub family: Option<Family>,
     pub outcome: Outcome,
+    /// The TCP segment when `outcome` is `Tcp`, else [`TcpSegment::NONE`].
+    pub segment: TcpSegment,
+}
+
+impl Dissection {
+    /// The TCP segment, if the frame is one.
+    pub fn tcp(&self) -> Option<&TcpSegment> {
+        (self.outcome == Outcome::Tcp).then_some(&self.segment)
+    }
+}
+
+/// What the IP layer found: an outcome, and the segment when it is TCP.
+type Layer = (Outcome, TcpSegment);
+
+const fn not_tcp(outcome: Outcome) -> Layer {
+    (outcome, TcpSegment::NONE)
 }
 
 /// IPv6 next-header values that are extension headers, not transports.
@@ -328,6 +368,7 @@ pub fn parse<V: ByteView + ?Sized>(view: &V) -> Dissection {
         vlan: false,
         family: None,
         outcome: Outcome::NonIp,
+        segment: TcpSegment::NONE,
     };
     let Some(eth) = view.read::<EthHdr>(0) else {
         d.outcome = Outcome::Malformed(Malformed::EthernetTruncated);
@@ -344,7 +385,7 @@ pub fn parse<V: ByteView + ?Sized>(view: &V) -> Dissection {
         ether_type = vlan.ether_type.get();
         l3 = ETH_HDR_LEN + VLAN_HDR_LEN;
     }
-    d.outcome = match ether_type {
+    (d.outcome, d.segment) = match ether_type {
         ETH_P_IPV4 => {
             d.family = Some(Family::V4);
             parse_ipv4(view, l3)
@@ -353,33 +394,33 @@ pub fn parse<V: ByteView + ?Sized>(view: &V) -> Dissection {
             d.family = Some(Family::V6);
             parse_ipv6(view, l3)
         }
-        _ => Outcome::NonIp,
+        _ => not_tcp(Outcome::NonIp),
     };
     d
 }
 
 #[inline(always)]
-fn parse_ipv4<V: ByteView + ?Sized>(view: &V, l3: usize) -> Outcome {
+fn parse_ipv4<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     let Some(ip) = view.read::<Ipv4Hdr>(l3) else {
-        return Outcome::Malformed(Malformed::Ipv4Truncated);
+        return not_tcp(Outcome::Malformed(Malformed::Ipv4Truncated));
     };
     if ip.version_ihl >> 4 != 4 {
-        return Outcome::Malformed(Malformed::Ipv4BadVersion);
+        return not_tcp(Outcome::Malformed(Malformed::Ipv4BadVersion));
     }
     let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     if header_len < IPV4_HDR_LEN || !view.contains(l3, header_len) {
-        return Outcome::Malformed(Malformed::Ipv4BadHeaderLength);
+        return not_tcp(Outcome::Malformed(Malformed::Ipv4BadHeaderLength));
     }
     let total_len = ip.total_len.get() as usize;
     if total_len < header_len || !view.contains(l3, total_len) {
-        return Outcome::Malformed(Malformed::Ipv4BadTotalLength);
+        return not_tcp(Outcome::Malformed(Malformed::Ipv4BadTotalLength));
     }
     // More-fragments set or a non-zero offset.
     if ip.frag_off.get() & 0x3fff != 0 {
-        return Outcome::Ipv4Fragment;
+        return not_tcp(Outcome::Ipv4Fragment);
     }
     if ip.protocol != IPPROTO_TCP {
-        return Outcome::NonTcp;
+        return not_tcp(Outcome::NonTcp);
     }
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
@@ -396,23 +437,23 @@ fn parse_ipv4<V: ByteView + ?Sized>(view: &V, l3: usize) -> Outcome {
 }
 
 #[inline(always)]
-fn parse_ipv6<V: ByteView + ?Sized>(view: &V, l3: usize) -> Outcome {
+fn parse_ipv6<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     let Some(ip) = view.read::<Ipv6Hdr>(l3) else {
-        return Outcome::Malformed(Malformed::Ipv6Truncated);
+        return not_tcp(Outcome::Malformed(Malformed::Ipv6Truncated));
     };
     if ip.version_class_flow.get() >> 28 != 6 {
-        return Outcome::Malformed(Malformed::Ipv6BadVersion);
+        return not_tcp(Outcome::Malformed(Malformed::Ipv6BadVersion));
     }
     let payload_len = ip.payload_len.get() as usize;
     if !view.contains(l3 + IPV6_HDR_LEN, payload_len) {
-        return Outcome::Malformed(Malformed::Ipv6BadPayloadLength);
+        return not_tcp(Outcome::Malformed(Malformed::Ipv6BadPayloadLength));
     }
     if ip.next_header != IPPROTO_TCP {
-        return if is_ipv6_extension(ip.next_header) {
+        return not_tcp(if is_ipv6_extension(ip.next_header) {
             Outcome::Ipv6Extension
         } else {
             Outcome::NonTcp
-        };
+        });
     }
     parse_tcp(view, Family::V6, ip.src, ip.dst, l3 + IPV6_HDR_LEN, payload_len)
 }
@@ -426,31 +467,33 @@ fn parse_tcp<V: ByteView + ?Sized>(
     dst: [u8; 16],
     offset: usize,
     ip_payload_len: usize,
-) -> Outcome {
+) -> Layer {
     if ip_payload_len < TCP_HDR_LEN {
-        return Outcome::Malformed(Malformed::TcpTruncated);
+        return not_tcp(Outcome::Malformed(Malformed::TcpTruncated));
     }
     let Some(tcp) = view.read::<TcpHdr>(offset) else {
-        return Outcome::Malformed(Malformed::TcpTruncated);
+        return not_tcp(Outcome::Malformed(Malformed::TcpTruncated));
     };
     let header_len = ((tcp.data_offset >> 4) as usize) * 4;
     if header_len < TCP_HDR_LEN || header_len > ip_payload_len {
-        return Outcome::Malformed(Malformed::TcpBadDataOffset);
+        return not_tcp(Outcome::Malformed(Malformed::TcpBadDataOffset));
     }
-    Outcome::Tcp(TcpSegment {
-        family,
+    let segment = TcpSegment {
         src,
         dst,
-        src_port: tcp.src_port.get(),
-        dst_port: tcp.dst_port.get(),
         seq: tcp.seq.get(),
         ack: tcp.ack.get(),
-        flags: TcpFlags(tcp.flags),
-        window: tcp.window.get(),
-        tcp_offset: offset,
-        tcp_header_len: header_len,
         payload_len: (ip_payload_len - header_len) as u32,
-    })
+        src_port: tcp.src_port.get(),
+        dst_port: tcp.dst_port.get(),
+        window: tcp.window.get(),
+        // Both below 2^16: offsets are at most 18 + 60 bytes into the frame.
+        tcp_offset: offset as u16,
+        tcp_header_len: header_len as u16,
+        flags: TcpFlags(tcp.flags),
+        family,
+    };
+    (Outcome::Tcp, segment)
 }
 
 pub const TCPOPT_EOL: u8 = 0;
@@ -461,57 +504,153 @@ pub const TCPOPT_SACK_PERMITTED: u8 = 4;
 pub const TCPOPT_TIMESTAMP: u8 = 8;
 
 /// The TCP options the fast path cares about (those a SYN negotiates).
+///
+/// Plain fields and presence bits, no `Option`s: the kernel writes this
+/// struct, and an `Option`'s undefined payload may be stored from a stale
+/// register, which the verifier refuses.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpOptions {
-    pub mss: Option<u16>,
-    pub window_scale: Option<u8>,
-    pub sack_permitted: bool,
-    /// (TSval, TSecr)
-    pub timestamp: Option<(u32, u32)>,
+    pub tsval: u32,
+    pub tsecr: u32,
+    pub mss: u16,
+    pub window_scale: u8,
+    /// [`TcpOptions::MSS`], [`TcpOptions::WINDOW_SCALE`], [`TcpOptions::SACK_PERMITTED`], [`TcpOptions::TIMESTAMP`]
+    pub present: u8,
     /// The option list was cut short or had a bad length; what was read before stays.
     pub malformed: bool,
+    pub _pad: [u8; 3],
 }
 
-/// Longest TCP option area: a 60-byte header less the fixed 20.
-pub const TCP_MAX_OPTIONS_LEN: usize = 40;
+impl TcpOptions {
+    pub const MSS: u8 = 0x01;
+    pub const WINDOW_SCALE: u8 = 0x02;
+    pub const SACK_PERMITTED: u8 = 0x04;
+    pub const TIMESTAMP: u8 = 0x08;
 
-/// Walks the options of `segment` (a bounded loop: at most 40 bytes).
-#[inline(always)]
-pub fn parse_tcp_options<V: ByteView + ?Sized>(view: &V, segment: &TcpSegment) -> TcpOptions {
-    let mut opts = TcpOptions::default();
-    let start = segment.tcp_offset + TCP_HDR_LEN;
-    let len = segment.tcp_header_len - TCP_HDR_LEN;
-    let mut i = 0;
-    while i < len && i < TCP_MAX_OPTIONS_LEN {
-        let Some(Byte(kind)) = view.read::<Byte>(start + i) else {
-            opts.malformed = true;
-            break;
-        };
-        match kind {
-            TCPOPT_EOL => break,
-            TCPOPT_NOP => {
-                i += 1;
-                continue;
-            }
-            _ => {}
+    pub const fn mss(&self) -> Option<u16> {
+        if self.present & Self::MSS != 0 {
+            Some(self.mss)
+        } else {
+            None
         }
-        let Some(Byte(opt_len)) = view.read::<Byte>(start + i + 1) else {
-            opts.malformed = true;
-            break;
+    }
+
+    pub const fn window_scale(&self) -> Option<u8> {
+        if self.present & Self::WINDOW_SCALE != 0 {
+            Some(self.window_scale)
+        } else {
+            None
+        }
+    }
+
+    pub const fn sack_permitted(&self) -> bool {
+        self.present & Self::SACK_PERMITTED != 0
+    }
+
+    /// (TSval, TSecr)
+    pub const fn timestamp(&self) -> Option<(u32, u32)> {
+        if self.present & Self::TIMESTAMP != 0 {
+            Some((self.tsval, self.tsecr))
+        } else {
+            None
+        }
+    }
+}
+
+/// Longest TCP header, options included.
+pub const TCP_MAX_HDR_LEN: usize = 60;
+
+/// Longest TCP option area: a 60-byte header less the fixed 20.
+pub const TCP_MAX_OPTIONS_LEN: usize = TCP_MAX_HDR_LEN - TCP_HDR_LEN;
+
+/// Furthest a TCP header can start: Ethernet, one VLAN tag, IPv4 with 40 bytes of options.
+pub const MAX_TCP_OFFSET: usize = ETH_HDR_LEN + VLAN_HDR_LEN + 60;
+
+/// A walk over a segment's options, one option per [`OptionWalk::step`].
+/// Userspace loops over it ([`parse_tcp_options`]); the kernel drives it with
+/// `bpf_loop`, so the verifier checks one step rather than every path
+/// through 40 bytes of options.
+#[derive(Clone, Copy, Debug)]
+pub struct OptionWalk {
+    /// Frame offset of the first option byte.
+    start: usize,
+    /// Bytes of options.
+    len: usize,
+    /// Offset of the next option within the option area.
+    next: usize,
+    pub options: TcpOptions,
+}
+
+impl OptionWalk {
+    pub fn new(segment: &TcpSegment) -> OptionWalk {
+        let offset = segment.tcp_offset as usize;
+        let header_len = segment.tcp_header_len as usize;
+        let mut walk = OptionWalk {
+            start: offset + TCP_HDR_LEN,
+            len: header_len.saturating_sub(TCP_HDR_LEN),
+            next: 0,
+            options: TcpOptions::default(),
+        };
+        // Bounds the verifier can see: every position stays inside a 40-byte
+        // option area no further than MAX_TCP_OFFSET into the frame.
+        if offset > MAX_TCP_OFFSET || !(TCP_HDR_LEN..=TCP_MAX_HDR_LEN).contains(&header_len) {
+            walk.options.malformed = true;
+            walk.start = 0;
+            walk.len = 0;
+        }
+        walk
+    }
+
+    /// Reads the next option; false once there is none left.
+    #[inline(always)]
+    pub fn step<V: ByteView + ?Sized>(&mut self, view: &V) -> bool {
+        let i = self.next;
+        if i >= self.len || i >= TCP_MAX_OPTIONS_LEN || self.start > MAX_TCP_OFFSET + TCP_HDR_LEN {
+            return false;
+        }
+        let at = self.start + i;
+        let Some(Byte(kind)) = view.read::<Byte>(at) else {
+            self.options.malformed = true;
+            return false;
+        };
+        if kind == TCPOPT_EOL {
+            return false;
+        }
+        if kind == TCPOPT_NOP {
+            self.next = i + 1;
+            return true;
+        }
+        let Some(Byte(opt_len)) = view.read::<Byte>(at + 1) else {
+            self.options.malformed = true;
+            return false;
         };
         let opt_len = opt_len as usize;
-        if opt_len < 2 || i + opt_len > len {
-            opts.malformed = true;
-            break;
+        if opt_len < 2 || i + opt_len > self.len {
+            self.options.malformed = true;
+            return false;
         }
-        let body = start + i + 2;
+        let body = at + 2;
+        let opts = &mut self.options;
         match (kind, opt_len) {
-            (TCPOPT_MSS, 4) => opts.mss = view.read::<Be16>(body).map(Be16::get),
-            (TCPOPT_WINDOW_SCALE, 3) => opts.window_scale = view.read::<Byte>(body).map(|b| b.0),
-            (TCPOPT_SACK_PERMITTED, 2) => opts.sack_permitted = true,
+            (TCPOPT_MSS, 4) => {
+                if let Some(mss) = view.read::<Be16>(body) {
+                    opts.mss = mss.get();
+                    opts.present |= TcpOptions::MSS;
+                }
+            }
+            (TCPOPT_WINDOW_SCALE, 3) => {
+                if let Some(Byte(scale)) = view.read::<Byte>(body) {
+                    opts.window_scale = scale;
+                    opts.present |= TcpOptions::WINDOW_SCALE;
+                }
+            }
+            (TCPOPT_SACK_PERMITTED, 2) => opts.present |= TcpOptions::SACK_PERMITTED,
             (TCPOPT_TIMESTAMP, 10) => {
                 if let (Some(val), Some(ecr)) = (view.read::<Be32>(body), view.read::<Be32>(body + 4)) {
-                    opts.timestamp = Some((val.get(), ecr.get()));
+                    opts.tsval = val.get();
+                    opts.tsecr = ecr.get();
+                    opts.present |= TcpOptions::TIMESTAMP;
                 }
             }
             (TCPOPT_MSS | TCPOPT_WINDOW_SCALE | TCPOPT_SACK_PERMITTED | TCPOPT_TIMESTAMP, _) => {
@@ -519,9 +658,20 @@ pub fn parse_tcp_options<V: ByteView + ?Sized>(view: &V, segment: &TcpSegment) -
             }
             _ => {}
         }
-        i += opt_len;
+        self.next = i + opt_len;
+        true
     }
-    opts
+}
+
+/// Walks the options of `segment` (at most 40 steps: one per option byte).
+pub fn parse_tcp_options<V: ByteView + ?Sized>(view: &V, segment: &TcpSegment) -> TcpOptions {
+    let mut walk = OptionWalk::new(segment);
+    for _ in 0..TCP_MAX_OPTIONS_LEN {
+        if !walk.step(view) {
+            break;
+        }
+    }
+    walk.options
 }
 
 // SAFETY: transparent wrappers of byte arrays.

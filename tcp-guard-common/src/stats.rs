@@ -4,6 +4,7 @@
 use crate::{
     flow::{Event, Invalid, TcpState},
     packet::{Dissection, Malformed, Outcome, TcpClass},
+    policy::DropReason,
 };
 
 macro_rules! counters {
@@ -99,6 +100,29 @@ counters! {
     HalfOpenTableFull => "half_open_table_full",
     /// A flow not moved out of the half-open table: the flow table was full.
     FlowTableFull => "flow_table_full",
+    /// Packets dropped: the source is on the block list (any IP packet).
+    DropBlocked => "drop_blocked",
+    /// SYNs dropped: the source's token bucket was empty.
+    DropSynRate => "drop_syn_rate",
+    /// SYNs dropped: a half-open limit was reached.
+    DropGlobalHalfOpen => "drop_global_half_open",
+    DropSourceHalfOpen => "drop_source_half_open",
+    DropPrefixHalfOpen => "drop_prefix_half_open",
+    DropPortHalfOpen => "drop_port_half_open",
+    /// SYNs dropped in attack mode: unverified source (verified-only).
+    DropUnverified => "drop_unverified",
+    /// SYNs dropped in attack mode: an unknown source's first SYN (retransmit-challenge).
+    DropChallenge => "drop_challenge",
+    /// SYNs dropped: the half-open table was full.
+    DropTableFull => "drop_table_full",
+    /// SYNs exempt from limits: the source is on the allow list.
+    SynAllowlisted => "syn_allowlisted",
+    /// SYNs passed in attack mode because the source is verified.
+    SynVerified => "syn_verified",
+    /// SYNs passed in attack mode as retransmissions of a challenged SYN.
+    SynChallengePassed => "syn_challenge_passed",
+    /// Events the ring buffer had no room for.
+    EventsLost => "events_lost",
 }
 
 impl Counter {
@@ -107,6 +131,12 @@ impl Counter {
         let index = self as u32;
         index >= Counter::MalformedEthernetTruncated as u32
             && index <= Counter::MalformedTcpBadDataOffset as u32
+    }
+
+    /// Counters of packets dropped, one per [`DropReason`].
+    pub const fn is_drop(self) -> bool {
+        let index = self as u32;
+        index >= Counter::DropBlocked as u32 && index <= Counter::DropTableFull as u32
     }
 
     /// Counters of ingress segments rejected by the flow tracker, one per [`Invalid`] reason.
@@ -181,6 +211,22 @@ impl Invalid {
     }
 }
 
+impl DropReason {
+    pub const fn counter(self) -> Counter {
+        match self {
+            DropReason::Blocked => Counter::DropBlocked,
+            DropReason::SynRate => Counter::DropSynRate,
+            DropReason::GlobalHalfOpen => Counter::DropGlobalHalfOpen,
+            DropReason::SourceHalfOpen => Counter::DropSourceHalfOpen,
+            DropReason::PrefixHalfOpen => Counter::DropPrefixHalfOpen,
+            DropReason::PortHalfOpen => Counter::DropPortHalfOpen,
+            DropReason::Unverified => Counter::DropUnverified,
+            DropReason::Challenge => Counter::DropChallenge,
+            DropReason::TableFull => Counter::DropTableFull,
+        }
+    }
+}
+
 impl TcpClass {
     pub const fn counter(self) -> Counter {
         match self {
@@ -202,7 +248,7 @@ impl Dissection {
             Outcome::NonTcp => Counter::NonTcp,
             Outcome::Ipv4Fragment => Counter::Ipv4Fragment,
             Outcome::Ipv6Extension => Counter::Ipv6Extension,
-            Outcome::Tcp(segment) => segment.flags.class().counter(),
+            Outcome::Tcp => self.segment.flags.class().counter(),
             Outcome::Malformed(reason) => reason.counter(),
         }
     }

@@ -1,26 +1,35 @@
-//! Applies the shared transition function to the flow tables.
+//! Applies the shared transition function to the flow tables, with
+//! admission control for SYNs that would open a half-open flow.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tcp_guard_common::{
-    flow::{Direction, Flow, FlowKey, Seg, Step, transition},
-    packet::TcpSegment,
-    stats::Counter,
+    flow::{Direction, Event, Flow, FlowKey, Seg, Step, TcpState, transition},
+    packet::{TcpClass, TcpSegment},
+    policy::{DropReason, GuardConfig, SourceKey},
+    stats::{Counter, Stats},
 };
 
-use crate::maps::{Counters, FLOWS, HALF_OPEN};
+use crate::{
+    guard,
+    maps::{CONFIG, Counters, FLOWS, HALF_OPEN, SCRATCH},
+};
+
+/// What to do with the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
 
 /// Where a flow was found.
 #[derive(Clone, Copy)]
-struct Found {
-    entry: *mut Flow,
-    half_open: bool,
+pub struct Found {
+    pub entry: *mut Flow,
+    pub half_open: bool,
 }
 
-/// Tracks one segment of a flow, in either direction.
 #[inline(always)]
-pub fn track(counters: &mut Counters, segment: &TcpSegment, direction: Direction, window_scale: Option<u8>) {
-    let key = FlowKey::new(segment, direction);
-    let found = match FLOWS.get_ptr_mut(key) {
+pub fn lookup(key: &FlowKey) -> Option<Found> {
+    match FLOWS.get_ptr_mut(key) {
         Some(entry) => Some(Found {
             entry,
             half_open: false,
@@ -29,30 +38,139 @@ pub fn track(counters: &mut Counters, segment: &TcpSegment, direction: Direction
             entry,
             half_open: true,
         }),
+    }
+}
+
+/// Removes a found flow; false if another CPU removed it first.
+#[inline(always)]
+pub fn remove(key: &FlowKey, found: Found) -> bool {
+    if found.half_open {
+        HALF_OPEN.remove(key).is_ok()
+    } else {
+        FLOWS.remove(key).is_ok()
+    }
+}
+
+/// Whether this flow holds half-open counts (see `Flow::COUNTED`).
+#[inline(always)]
+pub fn holds_counts(flow: &Flow) -> bool {
+    flow.has(Flow::COUNTED) && flow.state() == Some(TcpState::SynRcvd)
+}
+
+/// `window_scale` argument of [`tcp_guard_track`] when the segment has none.
+pub const NO_WINDOW_SCALE: u32 = 0x100;
+
+/// Tracks one segment of a flow in `direction` (0 ingress, 1 egress); ingress
+/// SYNs that would open a flow must pass admission first. Returns 1 to drop
+/// the packet, 0 to pass it.
+///
+/// A BPF global function (exported, `extern "C"`, scalar and pointer
+/// arguments): the kernel verifies it once, on its own, instead of once per
+/// state of every caller, which took the programs near the verifier's
+/// instruction limit.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tcp_guard_track(
+    stats: *mut Stats,
+    segment: *const TcpSegment,
+    direction: u32,
+    window_scale: u32,
+    now: u64,
+) -> u32 {
+    // Global functions get their pointer arguments unchecked.
+    if stats.is_null() || segment.is_null() {
+        return 0;
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return 0;
     };
-    // SAFETY: map values stay valid for the program run (RCU); copied out
-    // before the pure function looks at them.
-    let old = found.map(|f| unsafe { *f.entry });
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match transition(old.as_ref(), &Seg::new(segment, direction, window_scale), now) {
-        Step::Store(flow, event) => {
+    let mut counters = Counters::from_ptr(stats);
+    // SAFETY: checked non-null; the caller passes its own live segment.
+    let segment = unsafe { &*segment };
+    let direction = if direction == 0 {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    let window_scale = (window_scale < NO_WINDOW_SCALE).then_some(window_scale as u8);
+    match track(&mut counters, segment, direction, window_scale, now, config) {
+        Verdict::Pass => 0,
+        Verdict::Drop => 1,
+    }
+}
+
+#[inline(always)]
+fn track(
+    counters: &mut Counters,
+    segment: &TcpSegment,
+    direction: Direction,
+    window_scale: Option<u8>,
+    now: u64,
+    config: &GuardConfig,
+) -> Verdict {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let scratch = unsafe { &mut *scratch };
+    scratch.key = FlowKey::new(segment, direction);
+    let (key, flow) = (&scratch.key, &mut scratch.flow);
+    let syn_in = direction == Direction::Ingress && segment.flags.class() == TcpClass::Syn;
+    let allowlisted = syn_in && guard::allowed(key.family, key.remote_addr);
+    if syn_in
+        && !allowlisted
+        && !guard::within_rate(&SourceKey::new(key.family, key.remote_addr), config, now)
+    {
+        return drop_syn(counters, key, DropReason::SynRate);
+    }
+
+    let found = lookup(key);
+    // SAFETY: map values stay valid for the program run (RCU); another CPU
+    // may change one meanwhile, and the later write wins.
+    let old: Option<&Flow> = found.map(|f| unsafe { &*f.entry });
+    let counted = old.is_some_and(holds_counts);
+    let old_prefix_len = old.map_or(0, |f| f.prefix_len);
+    let was_syn_rcvd = old.is_some_and(|o| o.state() == Some(TcpState::SynRcvd));
+    match transition(old, &Seg::new(segment, direction, window_scale), now, flow) {
+        Step::Store(event) => {
+            let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
+            if opening {
+                let syn = guard::Syn {
+                    seq: segment.seq,
+                    now,
+                    allowlisted,
+                };
+                match guard::admit(counters, key, config, &syn) {
+                    Ok(prefix_len) => {
+                        flow.flags |= Flow::COUNTED;
+                        flow.prefix_len = prefix_len;
+                    }
+                    Err(reason) => return drop_syn(counters, key, reason),
+                }
+            } else if counted && flow.state() != Some(TcpState::SynRcvd) {
+                guard::release(key, flow.prefix_len);
+                flow.flags &= !Flow::COUNTED;
+            }
+            if event == Event::Entered(TcpState::Established) {
+                guard::verify(key, now, config);
+            }
+            if !store(counters, key, flow, found) && opening {
+                guard::release(key, flow.prefix_len);
+                return drop_syn(counters, key, DropReason::TableFull);
+            }
             if let Some(counter) = event.counter() {
                 counters.bump(counter);
             }
-            store(counters, &key, flow, found);
         }
         Step::Remove(event) => {
+            if let Some(found) = found
+                && remove(key, found)
+                && counted
+            {
+                guard::release(key, old_prefix_len);
+            }
             if let Some(counter) = event.counter() {
                 counters.bump(counter);
-            }
-            if let Some(found) = found {
-                // An error means another CPU removed it first: nothing to do.
-                let _gone = if found.half_open {
-                    HALF_OPEN.remove(key)
-                } else {
-                    FLOWS.remove(key)
-                };
             }
         }
         Step::Keep(event) => {
@@ -62,16 +180,28 @@ pub fn track(counters: &mut Counters, segment: &TcpSegment, direction: Direction
         }
         Step::Invalid(reason) => counters.bump(reason.counter()),
     }
+    Verdict::Pass
+}
+
+#[inline(always)]
+fn drop_syn(counters: &mut Counters, key: &FlowKey, reason: DropReason) -> Verdict {
+    counters.bump(reason.counter());
+    if reason.is_per_source() {
+        guard::note_offence(counters, key.family, key.remote_addr, reason);
+    }
+    Verdict::Drop
 }
 
 /// Writes `flow` to the table its state belongs in, moving it if needed.
+/// False when it could not be stored (its table was full).
 #[inline(always)]
-fn store(counters: &mut Counters, key: &FlowKey, flow: Flow, found: Option<Found>) {
+fn store(counters: &mut Counters, key: &FlowKey, flow: &Flow, found: Option<Found>) -> bool {
     let half_open = flow.state().is_some_and(|s| s.is_half_open());
     match found {
         Some(found) if found.half_open == half_open => {
             // SAFETY: a live map value, see `track`.
-            unsafe { *found.entry = flow };
+            unsafe { *found.entry = *flow };
+            true
         }
         Some(found) => {
             let (to, from) = if half_open {
@@ -80,18 +210,23 @@ fn store(counters: &mut Counters, key: &FlowKey, flow: Flow, found: Option<Found
                 (&FLOWS, &HALF_OPEN)
             };
             if to.insert(key, flow, 0).is_ok() {
+                // An error means another CPU removed it first: nothing to do.
                 let _gone = from.remove(key);
             } else {
                 counters.bump(full_counter(half_open));
                 // Keep it where it is, up to date, rather than lose it.
                 // SAFETY: a live map value, see `track`.
-                unsafe { *found.entry = flow };
+                unsafe { *found.entry = *flow };
             }
+            true
         }
         None => {
             let table = if half_open { &HALF_OPEN } else { &FLOWS };
-            if table.insert(key, flow, 0).is_err() {
+            if table.insert(key, flow, 0).is_ok() {
+                true
+            } else {
                 counters.bump(full_counter(half_open));
+                false
             }
         }
     }

@@ -2,34 +2,58 @@
 //! parsing and decisions live in `tcp-guard-common`.
 #![no_std]
 #![no_main]
+// Atomic fetch-and-add for the limit counters (see maps::atomic_add).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics is the only way to atomic RMW on bpf"
+)]
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use tcp_guard_common::{
-    flow::Direction,
-    packet::{self, Outcome, TcpClass},
+    flow::FlowKey,
+    packet::{self, ByteView, Dissection, Outcome, TcpClass},
     stats::Counter,
 };
 
 mod flow;
+mod guard;
 mod maps;
+mod options;
 mod view;
 
-use maps::Counters;
+use maps::{CONFIG, Counters, EXPIRED, SCRATCH, atomic_add};
 use view::PacketBytes;
 
-/// Ingress: parse, classify, count, track the flow. Every packet is passed for now.
+/// Parses into this CPU's scratch slot. A BPF function of its own, and the
+/// result off the stack: the program's frame, the tracker's and the
+/// transition's must fit in 512 bytes together.
+#[inline(never)]
+fn parse(bytes: &PacketBytes) -> Option<&'static Dissection> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let dissection = unsafe { &mut (*scratch).dissection };
+    *dissection = packet::parse(bytes);
+    Some(dissection)
+}
+
+/// Ingress: parse, classify, count; drop what the block list, the SYN
+/// limits and the attack-mode policy say to drop; track every flow.
 #[xdp]
 pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
     let Some(mut counters) = Counters::this_cpu() else {
         return xdp_action::XDP_PASS;
     };
     let bytes = PacketBytes::new(ctx.data(), ctx.data_end());
-    let dissection = packet::parse(&bytes);
+    let Some(dissection) = parse(&bytes) else {
+        return xdp_action::XDP_PASS;
+    };
 
     counters.bump(Counter::Packets);
     if dissection.vlan {
@@ -42,13 +66,24 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
     }
     counters.bump(dissection.class_counter());
     match dissection.outcome {
-        Outcome::Tcp(segment) => {
+        Outcome::Tcp => {
+            let segment = &dissection.segment;
+            // SAFETY: a helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if guard::blocked(segment.family as u8, segment.src, now) {
+                counters.bump(Counter::DropBlocked);
+                return xdp_action::XDP_DROP;
+            }
+            if flow::tcp_guard_track(counters.as_ptr(), segment, 0, flow::NO_WINDOW_SCALE, now) != 0 {
+                return xdp_action::XDP_DROP;
+            }
+            // Last: the verifier walks the rest of the program once per state
+            // the options loop ends in, so keep the rest short.
             if matches!(segment.flags.class(), TcpClass::Syn | TcpClass::SynAck)
-                && packet::parse_tcp_options(&bytes, &segment).malformed
+                && options::parse(&bytes, segment).malformed
             {
                 counters.bump(Counter::TcpBadOptions);
             }
-            flow::track(&mut counters, &segment, Direction::Ingress, None);
         }
         Outcome::Malformed(reason) => {
             // Only reaches userspace when the daemon runs with -v.
@@ -66,16 +101,60 @@ pub fn tcp_guard_tc_egress(ctx: TcContext) -> i32 {
     if let Some(mut counters) = Counters::this_cpu() {
         counters.bump(Counter::EgressPackets);
         let bytes = PacketBytes::new(ctx.data(), ctx.data_end());
-        if let Outcome::Tcp(segment) = packet::parse(&bytes).outcome {
+        if let Some(segment) = parse(&bytes).and_then(Dissection::tcp) {
             // The host's window scale, for checking the peer's RSTs.
             let window_scale = match segment.flags.class() {
-                TcpClass::Syn | TcpClass::SynAck => packet::parse_tcp_options(&bytes, &segment).window_scale,
-                _ => None,
+                TcpClass::Syn | TcpClass::SynAck => options::parse(&bytes, segment)
+                    .window_scale()
+                    .map_or(flow::NO_WINDOW_SCALE, u32::from),
+                _ => flow::NO_WINDOW_SCALE,
             };
-            flow::track(&mut counters, &segment, Direction::Egress, window_scale);
+            // SAFETY: a helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            // Egress is never dropped: the host's own segments only inform.
+            let _verdict = flow::tcp_guard_track(counters.as_ptr(), segment, 1, window_scale, now);
         }
     }
     TC_ACT_UNSPEC
+}
+
+/// Removes one flow if it has been idle past its state's timeout, releasing
+/// its half-open counts. The controller runs it with BPF_PROG_TEST_RUN, the
+/// packet data being the flow's key; it is never attached. Returns XDP_DROP
+/// when it removed the flow, XDP_PASS when it kept it.
+#[xdp]
+pub fn tcp_guard_expire(ctx: XdpContext) -> u32 {
+    let bytes = PacketBytes::new(ctx.data(), ctx.data_end());
+    let (Some(key), Some(config)) = (bytes.read::<FlowKey>(0), CONFIG.get(0)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let Some(found) = flow::lookup(&key) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: a live map value, copied out.
+    let stored = unsafe { *found.entry };
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Indexed by the raw state byte through the optimisation barrier, so the
+    // bounds check stays on the register the verifier sees used.
+    let index = view::opaque(stored.state as usize).wrapping_sub(1);
+    let timeout_ns = config
+        .timeout_secs
+        .get(index)
+        .map_or(0, |secs| *secs as u64 * 1_000_000_000);
+    if now.saturating_sub(stored.last_ns) <= timeout_ns {
+        return xdp_action::XDP_PASS;
+    }
+    if !flow::remove(&key, found) {
+        return xdp_action::XDP_PASS;
+    }
+    if flow::holds_counts(&stored) {
+        guard::release(&key, stored.prefix_len);
+    }
+    if let Some(count) = EXPIRED.get_ptr_mut(stored.state as u32) {
+        atomic_add(count, 1);
+    }
+    xdp_action::XDP_DROP
 }
 
 /// A trivial XDP_PASS program: the benchmarks' baseline, measured beside

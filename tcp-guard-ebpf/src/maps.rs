@@ -1,17 +1,20 @@
-//! The maps the programs share with the controller.
+//! The maps the programs share with the controller. Sizes here are defaults;
+//! the controller sets the flow tables and their companions at load time.
 
-use crate::view::opaque;
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcp_guard_common::{
     flow::{Flow, FlowKey},
+    packet::Dissection,
+    policy::{AttackState, BlockEntry, Challenge, CountKey, GuardConfig, LpmAddr, SourceKey, TokenBucket},
     stats::{Counter, Stats},
 };
 
-/// Half-open flows. Sizes here are defaults; the controller sets both from
-/// its configuration at load time.
+use crate::view::opaque;
+
+/// Half-open flows.
 #[map]
 pub static HALF_OPEN: HashMap<FlowKey, Flow> = HashMap::with_max_entries(65_536, 0);
 
@@ -19,6 +22,65 @@ pub static HALF_OPEN: HashMap<FlowKey, Flow> = HashMap::with_max_entries(65_536,
 /// cannot displace it.
 #[map]
 pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(262_144, 0);
+
+/// Flows removed for idleness, per state (`TcpState as u32`).
+#[map]
+pub static EXPIRED: Array<u64> = Array::with_max_entries(16, 0);
+
+/// The live configuration (one entry).
+#[map]
+pub static CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
+
+/// Attack mode, as the controller decided it (one entry).
+#[map]
+pub static ATTACK: Array<AttackState> = Array::with_max_entries(1, 0);
+
+/// Half-open flows per global / source / prefix / port key. Every counted
+/// flow uses at most four keys; sized by the controller from the half-open table.
+#[map]
+pub static COUNTS: HashMap<CountKey, u64> = HashMap::with_max_entries(262_144, 0);
+
+/// Per-source SYN token buckets; the least recently seen source goes first.
+#[map]
+pub static RATE: LruHashMap<SourceKey, TokenBucket> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Sources exempt from SYN limits and attack mode.
+#[map]
+pub static ALLOW: LpmTrie<LpmAddr, u8> = LpmTrie::with_max_entries(16_384, 0);
+
+/// Blocked sources: all their TCP is dropped until the entry expires.
+#[map]
+pub static BLOCK: LpmTrie<LpmAddr, BlockEntry> = LpmTrie::with_max_entries(65_536, 0);
+
+/// Sources that completed a handshake: CLOCK_MONOTONIC ns until which they count as verified.
+#[map]
+pub static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// First SYNs of unknown sources in attack mode, awaiting their retransmission.
+#[map]
+pub static CHALLENGE: LruHashMap<FlowKey, Challenge> = LruHashMap::with_max_entries(65_536, 0);
+
+/// SYNs dropped per source for per-source reasons since the controller last looked.
+#[map]
+pub static OFFENDERS: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Working space of the programs, kept off the 512-byte stack.
+pub struct Scratch {
+    /// The packet being handled, as parsed.
+    pub dissection: Dissection,
+    pub key: FlowKey,
+    /// The flow a transition produces.
+    pub flow: Flow,
+}
+
+/// One [`Scratch`] per CPU: the programs never nest on one CPU (both run
+/// with bottom halves disabled).
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Events for the controller.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Per-CPU packet counters: a single entry holding every counter, so a packet
 /// costs one map lookup however many counters it bumps.
@@ -34,6 +96,16 @@ impl Counters {
         STATS.get_ptr_mut(0).map(Counters)
     }
 
+    /// This CPU's counters, as handed to a global function by its caller.
+    #[inline(always)]
+    pub fn from_ptr(stats: *mut Stats) -> Self {
+        Counters(stats)
+    }
+
+    pub fn as_ptr(&self) -> *mut Stats {
+        self.0
+    }
+
     #[inline(always)]
     pub fn bump(&mut self, counter: Counter) {
         // The counter may come from an enum read back from the stack; LLVM
@@ -45,5 +117,19 @@ impl Counters {
         if let Some(slot) = stats.counters.get_mut(index) {
             *slot += 1;
         }
+    }
+}
+
+/// Atomically adds `delta` (two's complement) to a shared u64 and returns the
+/// old value (BPF_ATOMIC | BPF_FETCH, Linux 5.12+).
+///
+/// `core::sync::atomic` has no read-modify-write ops on this target
+/// (atomic-cas is off), hence the intrinsic. SeqCst, not Relaxed: LLVM 22
+/// lowers a relaxed fetch-add to the non-fetching `lock +=`, returning garbage.
+#[inline(always)]
+pub fn atomic_add(value: *mut u64, delta: u64) -> u64 {
+    // SAFETY: `value` points into a live map value; map values are 8-byte aligned.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(value, delta)
     }
 }

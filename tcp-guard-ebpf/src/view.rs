@@ -13,6 +13,7 @@ pub fn opaque(value: usize) -> usize {
 }
 
 /// The bytes between an XDP context's `data` and `data_end`.
+#[derive(Clone, Copy)]
 pub struct PacketBytes {
     start: usize,
     end: usize,
@@ -47,8 +48,8 @@ impl ByteView for PacketBytes {
         if at + core::mem::size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: bounds checked above; Header types accept any bytes and
-        // have alignment 1.
+        // SAFETY: bounds checked above; the read is unaligned and Header
+        // types accept any bytes.
         Some(unsafe { core::ptr::read_unaligned(at as *const T) })
     }
 }

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData};
 use serde_json::{Value, json};
 use tcp_guard_common::{
-    config::Timeouts,
     flow::{Flow, FlowKey, TcpState},
     maps,
+    policy::GuardConfig,
 };
 
 /// Open handles on an instance's flow tables.
@@ -73,16 +73,6 @@ fn open_hash(dir: &Path, name: &str) -> Result<(HashMap<MapData, FlowKey, Flow>,
     Ok((table, max))
 }
 
-/// Creates the expiry counters (a userspace-written array) and pins them in `dir`.
-pub fn create_expired(dir: &Path) -> Result<()> {
-    let path = dir.join(maps::EXPIRED);
-    let array: Array<MapData, u64> =
-        Array::create(TcpState::ALL.len() as u32 + 1, 0).context("cannot create the EXPIRED map")?;
-    array
-        .pin(&path)
-        .with_context(|| format!("cannot pin EXPIRED at {}", path.display()))
-}
-
 impl FlowTables {
     /// Opens the pinned tables of the instance whose directory is `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -139,44 +129,19 @@ impl FlowTables {
         Ok(g)
     }
 
-    /// Removes flows idle longer than their state's timeout; returns how many.
-    pub fn expire(&mut self, timeouts: &Timeouts, now_ns: u64) -> Result<u64> {
-        let mut removed = 0;
-        for half_open in [true, false] {
-            let table = if half_open {
-                &mut self.half_open
-            } else {
-                &mut self.flows
-            };
-            let stale: Vec<(FlowKey, Option<TcpState>)> = read_table(table)?
-                .into_iter()
-                .filter(|(_, flow)| {
-                    let limit = flow
-                        .state()
-                        .map_or(0, |s| timeouts.get(s))
-                        .saturating_mul(1_000_000_000);
-                    now_ns.saturating_sub(flow.last_ns) > limit
-                })
-                .map(|(key, flow)| (key, flow.state()))
-                .collect();
-            for (key, state) in stale {
-                match table.remove(&key) {
-                    Ok(()) => {
-                        removed += 1;
-                        if let Some(state) = state {
-                            let count = expired_count(&self.expired, state)?;
-                            self.expired
-                                .set(state as u32, count + 1, 0)
-                                .context("cannot update EXPIRED")?;
-                        }
-                    }
-                    // Closed by a packet meanwhile.
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(e).context("cannot remove an expired flow"),
+    /// Flows idle longer than their state's timeout: candidates for the
+    /// kernel's expire program, which checks again before removing.
+    pub fn stale(&self, config: &GuardConfig, now_ns: u64) -> Result<Vec<FlowKey>> {
+        let mut stale = Vec::new();
+        for table in [&self.half_open, &self.flows] {
+            for (key, flow) in read_table(table)? {
+                let limit = flow.state().map_or(0, |s| config.timeout_secs(s)) as u64 * 1_000_000_000;
+                if now_ns.saturating_sub(flow.last_ns) > limit {
+                    stale.push(key);
                 }
             }
         }
-        Ok(removed)
+        Ok(stale)
     }
 }
 

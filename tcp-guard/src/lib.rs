@@ -2,7 +2,10 @@
 //! what they count. The binary's subcommands are thin layers over this.
 
 pub mod attach;
+pub mod control;
+pub mod daemon;
 pub mod flows;
 pub mod instance;
 pub mod program;
+pub mod settings;
 pub mod stats;

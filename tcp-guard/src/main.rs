@@ -1,27 +1,22 @@
 //! `tcp-guard`: the daemon and its command-line interface.
 
-use std::io::Write;
+use std::{
+    io::Write,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
-use aya_log::EbpfLogger;
-use clap::{Parser, Subcommand};
-use std::time::Duration;
-
+use clap::{Args, Parser, Subcommand};
 use tcp_guard::{
-    attach::{self, Mode},
-    flows::{self, FlowTables},
-    instance::{self, InstanceLock},
-    program, stats,
+    attach::Mode,
+    control::{self, Cidr, Instance},
+    daemon::{self, RunOptions, SettingsSource},
+    flows::{self, FlowTables, monotonic_now_ns},
+    settings::{MAX_TABLE_SIZE, Settings},
+    stats,
 };
-use tcp_guard_common::{
-    config::{TableSizes, Timeouts},
-    flow::TcpState,
-    maps,
-};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tcp_guard_common::{config::TableSizes, flow::TcpState, maps, policy::BlockEntry};
 
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -29,12 +24,12 @@ const LONG_VERSION: &str = concat!(
     env!("TCP_GUARD_EBPF_TOOLCHAIN")
 );
 
-/// SYN-flood guard for Linux hosts: an XDP fast path that classifies and
-/// counts every TCP segment and tracks every TCP flow's state, and the
-/// controller that runs it.
+/// SYN-flood guard for Linux hosts: an XDP fast path that tracks every TCP
+/// flow and enforces half-open limits, and the controller that runs it.
 ///
-/// State of a running instance lives in pinned BPF maps under
-/// /sys/fs/bpf/tcp-guard/<IFACE>/, so `stats` reads it directly.
+/// A running instance keeps its state in pinned BPF maps under
+/// /sys/fs/bpf/tcp-guard/<IFACE>/; every other command reads or changes
+/// that state directly. Exit codes: 0 success, 1 error, 2 bad command line.
 #[derive(Parser)]
 #[command(version, long_version = LONG_VERSION, propagate_version = true)]
 struct Cli {
@@ -48,26 +43,31 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args)]
+struct Target {
+    /// Interface of the instance; may be left out when only one runs.
+    #[arg(long, short)]
+    iface: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load the programs, attach them to an interface and run until SIGINT or
-    /// SIGTERM, then detach and remove the pinned state. Needs root.
+    /// Load the programs, attach them to an interface and enforce until
+    /// SIGINT or SIGTERM, then detach and remove the pinned state. SIGHUP
+    /// reloads the configuration. Needs root.
     Run(RunArgs),
-    /// Print the counters, flows per state and table fill of a running instance.
+    /// Print the counters, flows per state, attack mode and table fill.
     Stats {
-        /// Interface of the instance; may be left out when only one runs.
-        #[arg(long, short)]
-        iface: Option<String>,
-        /// Print JSON: {"iface", "counters": {NAME: N}, "flows": {STATE: N},
-        /// "expired": {STATE: N}, "tables": {"half_open"|"flows": {"entries", "max"}}}.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON (schema in the README).
         #[arg(long)]
         json: bool,
     },
     /// List tracked flows, like `ss -tan`: state, local and peer address, age.
     Flows {
-        /// Interface of the instance; may be left out when only one runs.
-        #[arg(long, short)]
-        iface: Option<String>,
+        #[command(flatten)]
+        target: Target,
         /// Only flows in this state: an `ss` name (SYN-RECV, ESTAB, TIME-WAIT, ...)
         /// or the RFC name (syn_rcvd, established, ...), any case.
         #[arg(long, short, value_parser = flows::parse_state)]
@@ -79,9 +79,81 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change the running limits, attack-mode settings and timeouts.
+    Limits {
+        #[command(subcommand)]
+        action: LimitsAction,
+    },
+    /// The block list: all TCP from a listed source is dropped.
+    Block {
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// The allow list: listed sources bypass SYN limits and attack mode.
+    Allow {
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// Ask the running daemon to re-read its configuration (as SIGHUP does),
+    /// and report whether it accepted it.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
-#[derive(clap::Args)]
+#[derive(Subcommand)]
+enum LimitsAction {
+    /// Every setting with its value, unit and meaning.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON: {"KEY": VALUE, ...}, values as `limits set` takes them.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change settings of the running instance at once, e.g.
+    /// `limits set limits.per_source_half_open=10 attack.policy=verified-only`.
+    /// Lasts until the next reload or restart, which read the config file.
+    Set {
+        #[command(flatten)]
+        target: Target,
+        /// KEY=VALUE pairs; keys as `limits show` lists them.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListAction {
+    /// Add a source: an address or a CIDR (198.19.0.0/16, 2001:2::/48).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[arg(value_parser = Cidr::parse)]
+        cidr: Cidr,
+        /// Block list only: remove the entry after this long (e.g. 10m, 2h); default never.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Remove an entry, given exactly as listed.
+    Del {
+        #[command(flatten)]
+        target: Target,
+        #[arg(value_parser = Cidr::parse)]
+        cidr: Cidr,
+    },
+    /// Print the entries.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// The interface to guard (e.g. eth0).
     #[arg(long, short)]
@@ -95,27 +167,28 @@ struct RunArgs {
     /// numbers are not checked, and host-initiated closes are not tracked.
     #[arg(long)]
     no_egress: bool,
-    /// Capacity of the half-open flow table (SYN-SENT, SYN-RECV), in flows.
-    #[arg(long, default_value_t = TableSizes::default().half_open,
-          value_parser = clap::value_parser!(u32).range(1..=MAX_TABLE_SIZE))]
-    max_half_open: u32,
-    /// Capacity of the table of all other flows, in flows. Half-open floods
-    /// never take room from it.
-    #[arg(long, default_value_t = TableSizes::default().flows,
-          value_parser = clap::value_parser!(u32).range(1..=MAX_TABLE_SIZE))]
-    max_flows: u32,
+    /// TOML config file. Default: /etc/tcp-guard/config.toml if it exists,
+    /// else built-in defaults (see `tcp-guard limits show`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Set one setting, overriding the config file, e.g. --set limits.syn_rate=50; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Capacity of the half-open flow table (SYN-SENT, SYN-RECV) [= tables.max_half_open].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_TABLE_SIZE as i64))]
+    max_half_open: Option<u32>,
+    /// Capacity of the table of all other flows [= tables.max_flows]. Half-open
+    /// floods never take room from it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_TABLE_SIZE as i64))]
+    max_flows: Option<u32>,
     /// Idle time after which a flow in STATE is forgotten, as STATE=DURATION
-    /// (e.g. syn_rcvd=30s, time_wait=1m); repeatable. Defaults: syn_sent=127s,
-    /// syn_rcvd=63s, established=5days, fin_wait_1=120s, fin_wait_2=60s,
-    /// close_wait=12h, closing=120s, last_ack=120s, time_wait=60s.
+    /// (e.g. syn_rcvd=30s) [= timeouts.STATE]; repeatable.
     #[arg(long = "timeout", value_name = "STATE=DURATION", value_parser = parse_timeout)]
-    timeouts: Vec<(TcpState, Duration)>,
+    timeouts: Vec<String>,
 }
 
-/// 16 Mi flows: about 2.5 GiB of kernel memory in one table.
-const MAX_TABLE_SIZE: i64 = 1 << 24;
-
-fn parse_timeout(value: &str) -> Result<(TcpState, Duration), String> {
+/// `syn_rcvd=30s` (or `SYN-RECV=30s`) as the setting `timeouts.syn_rcvd=30s`.
+fn parse_timeout(value: &str) -> Result<String, String> {
     let (state, duration) = value
         .split_once('=')
         .ok_or_else(|| format!("expected STATE=DURATION (e.g. syn_rcvd=30s), got {value:?}"))?;
@@ -123,30 +196,29 @@ fn parse_timeout(value: &str) -> Result<(TcpState, Duration), String> {
     if state == TcpState::Closed {
         return Err("closed flows are removed at once; they have no timeout".to_string());
     }
-    let duration = humantime::parse_duration(duration).map_err(|e| {
-        format!(
-            "bad duration {duration:?} for {}: {e} (e.g. 30s, 5m, 2h)",
-            state.as_str()
-        )
-    })?;
-    if duration < Duration::from_secs(1) {
-        return Err(format!("timeout for {} must be at least 1s", state.as_str()));
-    }
-    Ok((state, duration))
+    let assignment = format!("timeouts.{}={duration}", state.as_str());
+    Settings::default()
+        .apply(std::slice::from_ref(&assignment), false)
+        .map_err(|e| e.to_string())?;
+    Ok(assignment)
 }
 
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
-        Command::Run(args) => run(&args),
-        Command::Stats { iface, json } => print_stats(iface.as_deref(), json),
+        Command::Run(args) => run(args),
+        Command::Stats { target, json } => print_stats(target.iface.as_deref(), json),
         Command::Flows {
-            iface,
+            target,
             state,
             limit,
             json,
-        } => print_flows(iface.as_deref(), state, limit, json),
+        } => print_flows(target.iface.as_deref(), state, limit, json),
+        Command::Limits { action } => limits(action),
+        Command::Block { action } => list(maps::BLOCK, action),
+        Command::Allow { action } => list(maps::ALLOW, action),
+        Command::Reload { target } => reload(target.iface.as_deref()),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
@@ -174,134 +246,65 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-fn run(args: &RunArgs) -> Result<()> {
+fn run(args: RunArgs) -> Result<()> {
     require_root("tcp-guard run")?;
-    let iface = args.iface.as_str();
-    attach::if_index(iface)?;
-    let sizes = TableSizes {
-        half_open: args.max_half_open,
-        flows: args.max_flows,
-    };
-    let mut timeouts = Timeouts::default();
-    for (state, duration) in &args.timeouts {
-        timeouts.set(*state, duration.as_secs());
+    let mut overrides = Vec::new();
+    if let Some(n) = args.max_half_open {
+        overrides.push(format!("tables.max_half_open={n}"));
     }
-
-    let lock = InstanceLock::claim(iface)?;
-    let mut ebpf = program::load(log::max_level(), sizes)?;
-    for name in [maps::STATS, maps::HALF_OPEN, maps::FLOWS] {
-        let pin = lock.path(name);
-        ebpf.map(name)
-            .with_context(|| format!("map {name} missing from the eBPF object"))?
-            .pin(&pin)
-            .with_context(|| format!("cannot pin {name} at {}", pin.display()))?;
+    if let Some(n) = args.max_flows {
+        overrides.push(format!("tables.max_flows={n}"));
     }
-    flows::create_expired(&instance::dir(iface))?;
-    let tables = FlowTables::open(&instance::dir(iface))?;
-    let logger = EbpfLogger::init(&mut ebpf).context("cannot read the eBPF programs' log ring")?;
-
-    let (xdp_link, mode) = attach::attach_xdp(&mut ebpf, iface, args.mode)?;
-    let egress_link = if args.no_egress {
-        None
-    } else {
-        Some(attach::attach_tc_egress(&mut ebpf, iface)?)
-    };
-    log::info!(
-        "guarding {iface} (XDP, {mode} mode; {}); counters: `tcp-guard stats --iface {iface}`, state in {}",
-        if egress_link.is_some() {
-            "TC egress"
-        } else {
-            "no egress program"
+    overrides.extend(args.timeouts);
+    overrides.extend(args.sets);
+    if let Some(path) = &args.config
+        && !path.exists()
+    {
+        bail!("config file {} does not exist", path.display());
+    }
+    daemon::run(RunOptions {
+        iface: args.iface,
+        mode: args.mode,
+        egress: !args.no_egress,
+        settings: SettingsSource {
+            file: args.config,
+            overrides,
         },
-        instance::dir(iface).display()
-    );
-    log::info!(
-        "flow tables: {} half-open, {} others; timeouts: {}",
-        sizes.half_open,
-        sizes.flows,
-        TcpState::STORED
-            .iter()
-            .map(|s| format!("{}={}s", s.as_str(), timeouts.get(*s)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let signal_name = runtime.block_on(serve(logger, tables, timeouts))?;
-    log::info!("{signal_name} received; detaching from {iface}");
-    if let Some(link) = egress_link {
-        attach::detach_tc_egress(&mut ebpf, link, iface)?;
-    }
-    attach::detach_xdp(&mut ebpf, xdp_link, iface)?;
-    drop(lock);
-    Ok(())
-}
-
-/// Forwards kernel-side log records and expires idle flows every second,
-/// until SIGINT or SIGTERM; returns which.
-async fn serve(
-    logger: EbpfLogger<&'static dyn log::Log>,
-    mut tables: FlowTables,
-    timeouts: Timeouts,
-) -> Result<&'static str> {
-    // SAFETY: the logger owns the ring buffer's fd, which stays open and
-    // unchanged for as long as the AsyncFd owns the logger.
-    let mut logs = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("cannot poll the eBPF log ring")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut expiry = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => return Ok("SIGINT"),
-            _ = terminate.recv() => return Ok("SIGTERM"),
-            ready = logs.readable_mut() => {
-                let mut guard = ready.context("polling the eBPF log ring failed")?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-            _ = expiry.tick() => {
-                let removed = tables.expire(&timeouts, flows::monotonic_now_ns())?;
-                if removed > 0 {
-                    log::debug!("expired {removed} idle flow(s)");
-                }
-            }
-        }
-    }
+    })
 }
 
 fn print_stats(iface: Option<&str>, json: bool) -> Result<()> {
-    let iface = instance::resolve(iface)?;
-    let dir = instance::dir(&iface);
+    let (iface, instance) = Instance::resolve(iface)?;
+    let dir = instance.dir();
     let counters = stats::read_pinned(&dir.join(maps::STATS))?;
-    let gauges = FlowTables::open(&dir)?.gauges()?;
+    let gauges = FlowTables::open(dir)?.gauges()?;
+    let enforcement = stats::Enforcement::read(&instance)?;
     let mut out = std::io::stdout().lock();
     if json {
         let mut value = stats::to_json(&iface, &counters);
-        if let (Some(all), serde_json::Value::Object(extra)) =
-            (value.as_object_mut(), flows::gauges_to_json(&gauges))
-        {
-            all.extend(extra);
+        if let Some(all) = value.as_object_mut() {
+            for extra in [flows::gauges_to_json(&gauges), enforcement.to_json()] {
+                if let serde_json::Value::Object(extra) = extra {
+                    all.extend(extra);
+                }
+            }
         }
         writeln!(out, "{value}")?;
     } else {
         write!(
             out,
-            "{}{}",
+            "{}{}{}",
             stats::to_text(&iface, &counters),
-            flows::gauges_to_text(&gauges)
+            flows::gauges_to_text(&gauges),
+            enforcement.to_text()
         )?;
     }
     Ok(())
 }
 
 fn print_flows(iface: Option<&str>, state: Option<TcpState>, limit: Option<usize>, json: bool) -> Result<()> {
-    let iface = instance::resolve(iface)?;
-    let mut rows = FlowTables::open(&instance::dir(&iface))?.rows(flows::monotonic_now_ns())?;
+    let (iface, instance) = Instance::resolve(iface)?;
+    let mut rows = FlowTables::open(instance.dir())?.rows(monotonic_now_ns())?;
     rows.retain(|r| state.is_none_or(|s| r.state == s));
     rows.truncate(limit.unwrap_or(usize::MAX));
     let mut out = std::io::stdout().lock();
@@ -311,4 +314,115 @@ fn print_flows(iface: Option<&str>, state: Option<TcpState>, limit: Option<usize
         write!(out, "{}", flows::rows_to_text(&rows))?;
     }
     Ok(())
+}
+
+/// The running settings: the live CONFIG and the table sizes.
+fn running_settings(instance: &Instance) -> Result<Settings> {
+    let gauges = FlowTables::open(instance.dir())?.gauges()?;
+    Ok(Settings {
+        live: instance.config()?,
+        tables: TableSizes {
+            half_open: gauges.half_open_max,
+            flows: gauges.flow_max,
+        },
+    })
+}
+
+fn limits(action: LimitsAction) -> Result<()> {
+    match action {
+        LimitsAction::Show { target, json } => {
+            let (_, instance) = Instance::resolve(target.iface.as_deref())?;
+            let settings = running_settings(&instance)?;
+            if json {
+                println!("{}", settings.to_json());
+            } else {
+                print!("{}", settings.to_text());
+            }
+        }
+        LimitsAction::Set { target, assignments } => {
+            let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
+            let mut settings = running_settings(&instance)?;
+            settings.apply(&assignments, true)?;
+            instance.set_config(&settings.live)?;
+            println!(
+                "{iface}: set {}; in force now, until the next reload or restart",
+                assignments.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn list(map: &str, action: ListAction) -> Result<()> {
+    let name = if map == maps::BLOCK { "block" } else { "allow" };
+    match action {
+        ListAction::Add { target, cidr, ttl } => {
+            let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
+            if map == maps::BLOCK {
+                instance.block(&cidr, ttl, BlockEntry::MANUAL)?;
+            } else if ttl.is_some() {
+                bail!("--ttl applies to the block list only");
+            } else {
+                instance.allow(&cidr)?;
+            }
+            let until = ttl.map_or(String::new(), |t| {
+                format!(" for {}", humantime::format_duration(t))
+            });
+            println!("{iface}: {cidr} added to the {name} list{until}");
+        }
+        ListAction::Del { target, cidr } => {
+            let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
+            instance.unlist(map, &cidr)?;
+            println!("{iface}: {cidr} removed from the {name} list");
+        }
+        ListAction::List { target, json } => {
+            let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
+            let now = monotonic_now_ns();
+            if map == maps::BLOCK {
+                let blocks = instance.blocks()?;
+                if json {
+                    println!("{}", control::blocks_to_json(&iface, &blocks, now));
+                } else {
+                    print!("{}", control::blocks_to_text(&blocks, now));
+                }
+            } else {
+                let allows = instance.allows()?;
+                if json {
+                    let entries: Vec<String> = allows.iter().map(Cidr::to_string).collect();
+                    println!("{}", serde_json::json!({ "iface": iface, "allowed": entries }));
+                } else {
+                    for cidr in allows {
+                        println!("{cidr}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reload(iface: Option<&str>) -> Result<()> {
+    let (iface, instance) = Instance::resolve(iface)?;
+    let pid = instance.daemon_pid()?;
+    let before = instance.reloads()?;
+    // SAFETY: kill with a pid and a valid signal number.
+    if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot signal the tcp-guard daemon (pid {pid}) on {iface}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let (accepted, refused) = instance.reloads()?;
+        if accepted > before.0 {
+            println!("{iface}: configuration reloaded");
+            return Ok(());
+        }
+        if refused > before.1 {
+            bail!(
+                "{iface}: the daemon refused the new configuration and kept the running one; its log says why"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{iface}: the daemon (pid {pid}) did not answer the reload within 5 s")
 }

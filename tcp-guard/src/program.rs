@@ -3,9 +3,12 @@
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    programs::{ProgramError, SchedClassifier, Xdp},
+    maps::Array,
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use tcp_guard_common::{config::TableSizes, maps, programs};
+use tcp_guard_common::{flow::FlowKey, maps, policy::GuardConfig, programs};
+
+use crate::settings::Settings;
 
 /// The eBPF object built by build.rs from `tcp-guard-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp-guard-ebpf.o"));
@@ -13,29 +16,75 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// The toolchain build.rs used for [`OBJECT`].
 pub const EBPF_TOOLCHAIN: &str = env!("TCP_GUARD_EBPF_TOOLCHAIN");
 
-/// Opens the object, sizes its flow tables, and loads its programs into the
-/// kernel (not attached).
+/// Opens the object, sizes its tables, loads its programs into the kernel
+/// (not attached) and writes the live configuration.
 ///
 /// `log_level` is the most verbose level the kernel side may emit through
 /// aya-log; records above it cost the program one comparison.
-pub fn load(log_level: log::LevelFilter, sizes: TableSizes) -> Result<Ebpf> {
+pub fn load(log_level: log::LevelFilter, settings: &Settings) -> Result<Ebpf> {
     let level = log_level as u8;
+    let sizes = settings.tables;
     let mut ebpf = EbpfLoader::new()
         .override_global(aya_log::LEVEL, &level, true)
         .map_max_entries(maps::HALF_OPEN, sizes.half_open)
         .map_max_entries(maps::FLOWS, sizes.flows)
+        // A counted flow uses at most four keys (global, source, prefix, port).
+        .map_max_entries(maps::COUNTS, sizes.half_open.saturating_mul(4).saturating_add(16))
+        .map_max_entries(maps::CHALLENGE, sizes.half_open)
         .load(OBJECT)
         .map_err(explain_load_error)
         .context("failed to load the tcp-guard eBPF object")?;
-    xdp_program(&mut ebpf)?
-        .load()
-        .map_err(explain_program_error)
-        .with_context(|| format!("the kernel refused to load program {}", programs::XDP))?;
+    let mut config: Array<_, GuardConfig> = ebpf
+        .map_mut(maps::CONFIG)
+        .context("map CONFIG missing from the eBPF object")?
+        .try_into()
+        .context("CONFIG is not an array")?;
+    config.set(0, settings.live, 0).context("cannot write CONFIG")?;
+    for name in [programs::XDP, programs::EXPIRE] {
+        xdp_named(&mut ebpf, name)?
+            .load()
+            .map_err(explain_program_error)
+            .with_context(|| format!("the kernel refused to load program {name}"))?;
+    }
     tc_egress_program(&mut ebpf)?
         .load()
         .map_err(explain_program_error)
         .with_context(|| format!("the kernel refused to load program {}", programs::TC_EGRESS))?;
     Ok(ebpf)
+}
+
+/// The program that removes one idle flow (run with BPF_PROG_TEST_RUN).
+pub fn expire_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    xdp_named(ebpf, programs::EXPIRE)
+}
+
+fn xdp_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not an XDP program"))
+}
+
+/// Asks the kernel to remove `key` if it is still idle past its timeout;
+/// true if it was removed.
+pub fn expire(program: &Xdp, key: &FlowKey) -> Result<bool> {
+    // SAFETY: FlowKey is repr(C) plain data without padding holes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (key as *const FlowKey).cast::<u8>(),
+            std::mem::size_of::<FlowKey>(),
+        )
+    };
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(bytes);
+    let result = program.test_run(opts).context("running the expire program")?;
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    match result.return_value {
+        XDP_DROP => Ok(true),
+        XDP_PASS => Ok(false),
+        other => anyhow::bail!("the expire program returned {other}"),
+    }
 }
 
 /// The TC egress program of a loaded object.
@@ -48,10 +97,7 @@ pub fn tc_egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
 
 /// The XDP ingress program of a loaded object.
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    ebpf.program_mut(programs::XDP)
-        .with_context(|| format!("program {} missing from the eBPF object", programs::XDP))?
-        .try_into()
-        .with_context(|| format!("program {} is not an XDP program", programs::XDP))
+    xdp_named(ebpf, programs::XDP)
 }
 
 fn explain_load_error(error: EbpfError) -> anyhow::Error {

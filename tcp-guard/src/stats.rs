@@ -5,7 +5,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use serde_json::{Map as JsonMap, Value, json};
-use tcp_guard_common::stats::{Counter, Stats};
+use tcp_guard_common::{
+    policy::{AttackState, GuardConfig},
+    stats::{Counter, Stats},
+};
+
+use crate::{control::Instance, flows::monotonic_now_ns};
 
 /// Sums every CPU's counters in a `STATS` map.
 pub fn read(map: &Map) -> Result<Stats> {
@@ -53,4 +58,52 @@ pub fn to_text(iface: &str, stats: &Stats) -> String {
         ));
     }
     out
+}
+
+/// Attack mode and the half-open count against its limit.
+pub struct Enforcement {
+    pub attack: AttackState,
+    pub config: GuardConfig,
+    pub half_open: u64,
+    now_ns: u64,
+}
+
+impl Enforcement {
+    pub fn read(instance: &Instance) -> Result<Self> {
+        Ok(Enforcement {
+            attack: instance.attack()?,
+            config: instance.config()?,
+            half_open: instance.half_open()?,
+            now_ns: monotonic_now_ns(),
+        })
+    }
+
+    fn attack_secs(&self) -> Option<f64> {
+        (self.attack.active != 0).then(|| self.now_ns.saturating_sub(self.attack.since_ns) as f64 / 1e9)
+    }
+
+    /// `{"attack": {"active", "for_secs", "policy"}, "half_open": {"count", "limit"}}`
+    pub fn to_json(&self) -> Value {
+        json!({
+            "attack": {
+                "active": self.attack.active != 0,
+                "for_secs": self.attack_secs(),
+                "policy": self.config.policy().as_str(),
+            },
+            "half_open": { "count": self.half_open, "limit": self.config.global_half_open },
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let attack = match self.attack_secs() {
+            Some(secs) => format!("ON for {secs:.0}s"),
+            None => "off".to_string(),
+        };
+        format!(
+            "attack mode  {attack} (policy {})\nhalf-open    {} of {}\n",
+            self.config.policy().as_str(),
+            self.half_open,
+            self.config.global_half_open
+        )
+    }
 }

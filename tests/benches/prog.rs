@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use tcp_guard::program;
+use tcp_guard::{program, settings::Settings};
 use tcp_guard_common::{config::TableSizes, programs};
 use tcp_guard_tests::{
     lab::require_root,
@@ -81,11 +81,20 @@ struct Case {
 
 fn main() {
     require_root();
-    let sizes = TableSizes {
-        half_open: 4 * FLOWS_PER_CASE as u32,
-        flows: 4 * FLOWS_PER_CASE as u32,
+    let mut settings = Settings {
+        tables: TableSizes {
+            half_open: 4 * FLOWS_PER_CASE as u32,
+            flows: 4 * FLOWS_PER_CASE as u32,
+        },
+        ..Settings::default()
     };
-    let mut ebpf = program::load(log::LevelFilter::Off, sizes).expect("load tcp-guard");
+    // Distinct flows per call come from few sources: no per-source limits here.
+    settings.live.per_source_half_open = 0;
+    settings.live.per_prefix_half_open = 0;
+    settings.live.per_port_half_open = 0;
+    settings.live.global_half_open = 0;
+    settings.live.syn_rate = 0;
+    let mut ebpf = program::load(log::LevelFilter::Off, &settings).expect("load tcp-guard");
     let baseline: &mut Xdp = ebpf
         .program_mut(programs::BASELINE)
         .expect("baseline program")

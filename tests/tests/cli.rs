@@ -46,7 +46,7 @@ fn foreign_xdp_program_is_reported_with_the_fix() {
     let lab = Lab::new().expect("lab");
     let iface = lab.server_iface.clone();
     // Another program holds the interface: attach one from this process.
-    let mut other = program::load(log::LevelFilter::Off, Default::default()).expect("load");
+    let mut other = program::load(log::LevelFilter::Off, &Default::default()).expect("load");
     lab.server
         .enter(|| attach::attach_xdp(&mut other, &iface, attach::Mode::Native).map(|_| ()))
         .expect("enter")
@@ -107,13 +107,13 @@ fn bad_mode_names_the_choices() {
 #[test]
 fn bad_run_options_name_the_option_and_the_fix() {
     for (args, expected) in [
-        (
-            &["--timeout", "syn_rcvd=abc"][..],
-            "bad duration \"abc\" for syn_rcvd",
-        ),
+        (&["--timeout", "syn_rcvd=abc"][..], "timeouts.syn_rcvd = \"abc\""),
         (&["--timeout", "listen=10s"][..], "unknown state \"listen\""),
         (&["--timeout", "syn_rcvd"][..], "expected STATE=DURATION"),
-        (&["--timeout", "time_wait=10ms"][..], "must be at least 1s"),
+        (
+            &["--timeout", "time_wait=10ms"][..],
+            "timeouts.time_wait = 10ms: must be from 1s",
+        ),
         (
             &["--max-flows", "0"][..],
             "invalid value '0' for '--max-flows <MAX_FLOWS>'",

@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, MapData},
     programs::{TestRun, TestRunOptions},
 };
-use tcp_guard::{program, stats};
+use tcp_guard::{program, settings::Settings, stats};
 use tcp_guard_common::{
     config::TableSizes,
     flow::{Flow, FlowKey, TcpState},
@@ -20,24 +20,32 @@ use tcp_guard_tests::{
     packets::{ACK, FIN, RST, SYN, TcpPacket},
 };
 
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
 struct Tracker(aya::Ebpf);
 
 impl Tracker {
-    fn new(sizes: TableSizes) -> Self {
+    fn new(tables: TableSizes) -> Self {
         require_root();
-        Tracker(program::load(log::LevelFilter::Off, sizes).expect("load the tcp-guard object"))
+        let settings = Settings {
+            tables,
+            ..Settings::default()
+        };
+        Tracker(program::load(log::LevelFilter::Off, &settings).expect("load the tcp-guard object"))
     }
 
-    fn ingress(&mut self, pkt: &TcpPacket) {
+    /// Runs the XDP program on `pkt`; its verdict (1 drop, 2 pass).
+    fn verdict(&mut self, pkt: &TcpPacket) -> u32 {
         let frame = pkt.frame();
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(&frame);
         let xdp = program::xdp_program(&mut self.0).expect("xdp");
-        assert_eq!(
-            xdp.test_run(opts).expect("xdp test run").return_value,
-            2,
-            "XDP_PASS"
-        );
+        xdp.test_run(opts).expect("xdp test run").return_value
+    }
+
+    fn ingress(&mut self, pkt: &TcpPacket) {
+        assert_eq!(self.verdict(pkt), XDP_PASS, "{pkt:?}");
     }
 
     fn egress(&mut self, pkt: &TcpPacket) {
@@ -221,10 +229,15 @@ fn a_full_half_open_table_never_touches_established_flows() {
     for i in 0..10u8 {
         let mut syn = from_peer(false, SYN, u32::from(i), 0);
         syn.src = IpAddr::from([198, 19, 1, i]);
-        t.ingress(&syn);
+        let expected = if i < 4 { XDP_PASS } else { XDP_DROP };
+        assert_eq!(t.verdict(&syn), expected, "SYN {i}");
     }
     assert_eq!(t.table(maps::HALF_OPEN).len(), 4);
-    assert_eq!(delta(&before, &t.stats(), Counter::HalfOpenTableFull), 6);
+    assert_eq!(
+        delta(&before, &t.stats(), Counter::DropTableFull),
+        6,
+        "SYNs that cannot be tracked are dropped"
+    );
     let established = t.table(maps::FLOWS);
     assert_eq!(established.len(), 1);
     assert_eq!(established[0].1.state(), Some(TcpState::Established));

@@ -18,10 +18,9 @@ fn v6() -> (IpAddr, IpAddr) {
 }
 
 fn segment(frame: &[u8]) -> TcpSegment {
-    match parse(frame).outcome {
-        Outcome::Tcp(segment) => segment,
-        other => panic!("expected TCP, got {other:?}"),
-    }
+    let d = parse(frame);
+    *d.tcp()
+        .unwrap_or_else(|| panic!("expected TCP, got {:?}", d.outcome))
 }
 
 fn outcome(frame: &[u8]) -> Outcome {
@@ -49,10 +48,10 @@ fn ipv4_syn_is_parsed_field_by_field() {
     assert_eq!(seg.tcp_header_len, 40);
     assert_eq!(seg.payload_len, 0);
     let opts = parse_tcp_options(frame.as_slice(), &seg);
-    assert_eq!(opts.mss, Some(1460));
-    assert_eq!(opts.window_scale, Some(7));
-    assert!(opts.sack_permitted);
-    assert_eq!(opts.timestamp, Some((7, 0)));
+    assert_eq!(opts.mss(), Some(1460));
+    assert_eq!(opts.window_scale(), Some(7));
+    assert!(opts.sack_permitted());
+    assert_eq!(opts.timestamp(), Some((7, 0)));
     assert!(!opts.malformed);
 }
 
@@ -219,7 +218,7 @@ fn bad_option_lengths_are_flagged_not_read_past() {
     pkt.tcp_options = vec![2, 4, 5, 0xb4, 3, 9, 1, 1]; // good MSS, then a length past the end
     let frame = pkt.frame();
     let opts = parse_tcp_options(frame.as_slice(), &segment(&frame));
-    assert_eq!(opts.mss, Some(0x5b4));
+    assert_eq!(opts.mss(), Some(0x5b4));
     assert!(opts.malformed);
     pkt.tcp_options = vec![2, 0, 0, 0]; // length 0 would loop forever if trusted
     let frame = pkt.frame();
@@ -229,12 +228,12 @@ fn bad_option_lengths_are_flagged_not_read_past() {
 /// Invariants every parse result must satisfy, whatever the input.
 fn check_consistent(frame: &[u8]) {
     let d = parse(frame);
-    if let Outcome::Tcp(seg) = d.outcome {
-        let end = seg.tcp_offset + seg.tcp_header_len + seg.payload_len as usize;
+    if let Some(seg) = d.tcp() {
+        let end = seg.tcp_offset as usize + seg.tcp_header_len as usize + seg.payload_len as usize;
         assert!(end <= frame.len(), "TCP segment runs past the frame");
-        assert!(seg.tcp_header_len >= 20 && seg.tcp_header_len <= 60);
-        let opts = parse_tcp_options(frame, &seg);
-        if let Some(mss) = opts.mss {
+        assert!((20..=60).contains(&seg.tcp_header_len));
+        let opts = parse_tcp_options(frame, seg);
+        if let Some(mss) = opts.mss() {
             assert!(frame.windows(2).any(|w| w == mss.to_be_bytes()));
         }
     }
@@ -276,7 +275,7 @@ proptest! {
     #[test]
     fn valid_frames_parse_as_built(frame in valid_frame()) {
         let seg = segment(&frame);
-        prop_assert_eq!(seg.tcp_offset + seg.tcp_header_len + seg.payload_len as usize, frame.len());
+        prop_assert_eq!(seg.tcp_offset as usize + seg.tcp_header_len as usize + seg.payload_len as usize, frame.len());
     }
 
     #[test]

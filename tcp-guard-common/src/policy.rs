@@ -1,0 +1,573 @@
+//! Enforcement: the live configuration both sides read, the keys of the
+//! limit counters and lists, and the pure decisions (token bucket, SYN
+//! retransmission challenge, attack-mode hysteresis) the kernel and the
+//! controller share.
+
+use crate::flow::{FlowKey, TcpState};
+
+/// Attack-mode policy.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Count only; leave the flood to the kernel's own defences.
+    Pass = 0,
+    /// SYNs pass only from sources that completed a handshake recently.
+    VerifiedOnly = 1,
+    /// As verified-only, and an unknown source's SYN passes when it is
+    /// retransmitted (same ports and sequence number) within the window.
+    RetransmitChallenge = 2,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 3] = [Policy::Pass, Policy::VerifiedOnly, Policy::RetransmitChallenge];
+
+    pub const fn from_u8(value: u8) -> Option<Policy> {
+        match value {
+            0 => Some(Policy::Pass),
+            1 => Some(Policy::VerifiedOnly),
+            2 => Some(Policy::RetransmitChallenge),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Policy::Pass => "pass",
+            Policy::VerifiedOnly => "verified-only",
+            Policy::RetransmitChallenge => "retransmit-challenge",
+        }
+    }
+}
+
+/// The live configuration: one entry of the `CONFIG` array map. Written by
+/// the controller (start, reload, `limits set`), read by the programs on
+/// every SYN and by the controller every tick. A limit of 0 means no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// Half-open (SYN-RECV) flows, all sources together.
+    pub global_half_open: u32,
+    /// Half-open flows per source address.
+    pub per_source_half_open: u32,
+    /// Half-open flows per source prefix (`prefix_len_v4` / `prefix_len_v6`).
+    pub per_prefix_half_open: u32,
+    /// Half-open flows per local (destination) port.
+    pub per_port_half_open: u32,
+    /// SYNs per second per source address (token bucket refill rate).
+    pub syn_rate: u32,
+    /// Bucket depth: SYNs a source may send at once.
+    pub syn_burst: u32,
+    /// Attack mode starts at this many half-open flows...
+    pub attack_enter_half_open: u32,
+    /// ...or this many SYNs per second (all sources),
+    pub attack_enter_syn_rate: u32,
+    /// and ends once both stay at or below these for `attack_cooldown_secs`.
+    pub attack_leave_half_open: u32,
+    pub attack_leave_syn_rate: u32,
+    pub attack_cooldown_secs: u32,
+    /// How long after a dropped first SYN its retransmission is let through.
+    pub challenge_window_ms: u32,
+    /// How long a source stays verified after completing a handshake.
+    pub verified_ttl_secs: u32,
+    /// A source whose SYNs hit a per-source limit this often within one
+    /// second is blocked for `block_ttl_secs` (0: never block automatically).
+    pub block_after_drops: u32,
+    pub block_ttl_secs: u32,
+    /// Idle timeouts per stored state, indexed by `TcpState as usize - 1`.
+    pub timeout_secs: [u32; 9],
+    pub prefix_len_v4: u8,
+    pub prefix_len_v6: u8,
+    /// A [`Policy`] as u8.
+    pub policy: u8,
+    pub _pad: [u8; 1],
+}
+
+impl GuardConfig {
+    pub const fn timeout_secs(&self, state: TcpState) -> u32 {
+        match state {
+            TcpState::Closed => 0,
+            other => self.timeout_secs[other as usize - 1],
+        }
+    }
+
+    pub const fn policy(&self) -> Policy {
+        match Policy::from_u8(self.policy) {
+            Some(p) => p,
+            None => Policy::RetransmitChallenge,
+        }
+    }
+}
+
+/// What the controller tells the programs about attack mode: one entry of
+/// the `ATTACK` array map, written only by the controller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttackState {
+    /// Non-zero while in attack mode.
+    pub active: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC ns when it started (0 when not active).
+    pub since_ns: u64,
+}
+
+/// Which limit a [`CountKey`] counts for.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountKind {
+    Global = 0,
+    Source = 1,
+    Prefix = 2,
+    Port = 3,
+}
+
+impl CountKind {
+    /// Every kind, in the order limits are checked.
+    pub const ALL: [CountKind; 4] = [
+        CountKind::Global,
+        CountKind::Source,
+        CountKind::Prefix,
+        CountKind::Port,
+    ];
+
+    /// The configured limit for this kind (0: none).
+    pub const fn limit(self, config: &GuardConfig) -> u32 {
+        match self {
+            CountKind::Global => config.global_half_open,
+            CountKind::Source => config.per_source_half_open,
+            CountKind::Prefix => config.per_prefix_half_open,
+            CountKind::Port => config.per_port_half_open,
+        }
+    }
+}
+
+/// Key of the `COUNTS` map: how many half-open flows one global, source,
+/// prefix or port has. Addresses as in [`FlowKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CountKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub kind: u8,
+    pub family: u8,
+}
+
+impl CountKey {
+    pub const fn global() -> CountKey {
+        CountKey {
+            addr: [0; 16],
+            port: 0,
+            kind: CountKind::Global as u8,
+            family: 0,
+        }
+    }
+
+    pub const fn source(family: u8, addr: [u8; 16]) -> CountKey {
+        CountKey {
+            addr,
+            port: 0,
+            kind: CountKind::Source as u8,
+            family,
+        }
+    }
+
+    #[inline(always)]
+    pub fn prefix(family: u8, addr: [u8; 16], prefix_len: u8) -> CountKey {
+        let mut key = CountKey {
+            addr,
+            port: prefix_len as u16,
+            kind: CountKind::Prefix as u8,
+            family,
+        };
+        mask(&mut key.addr, prefix_len);
+        key
+    }
+
+    pub const fn port(port: u16) -> CountKey {
+        CountKey {
+            addr: [0; 16],
+            port,
+            kind: CountKind::Port as u8,
+            family: 0,
+        }
+    }
+
+    /// The counter of kind `kind` a half-open flow is counted in.
+    #[inline(always)]
+    pub fn for_flow(key: &FlowKey, prefix_len: u8, kind: CountKind) -> CountKey {
+        match kind {
+            CountKind::Global => CountKey::global(),
+            CountKind::Source => CountKey::source(key.family, key.remote_addr),
+            CountKind::Prefix => CountKey::prefix(key.family, key.remote_addr, prefix_len),
+            CountKind::Port => CountKey::port(key.local_port),
+        }
+    }
+}
+
+/// Clears all but the first `prefix_len` bits of `addr`, in place, on two
+/// 64-bit halves (no loop, no copies: in the kernel every byte of stack
+/// and every branch counts).
+#[inline(always)]
+pub fn mask(addr: &mut [u8; 16], prefix_len: u8) {
+    let len = prefix_len as u32;
+    let keep = |bits: u32| -> u64 {
+        match bits {
+            0 => 0,
+            64.. => u64::MAX,
+            n => u64::MAX << (64 - n),
+        }
+    };
+    let mut high = [0u8; 8];
+    let mut low = [0u8; 8];
+    high.copy_from_slice(&addr[..8]);
+    low.copy_from_slice(&addr[8..]);
+    let high = u64::from_be_bytes(high) & keep(len);
+    let low = u64::from_be_bytes(low) & keep(len.saturating_sub(64));
+    addr[..8].copy_from_slice(&high.to_be_bytes());
+    addr[8..].copy_from_slice(&low.to_be_bytes());
+}
+
+/// Key of the `ALLOW` and `BLOCK` LPM tries: one trie for both families, an
+/// IPv4 address mapped into IPv6 (::ffff:a.b.c.d, prefix length + 96).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LpmAddr(pub [u8; 16]);
+
+impl LpmAddr {
+    /// The trie form of an address from a packet or [`FlowKey`].
+    pub const fn new(family: u8, addr: [u8; 16]) -> LpmAddr {
+        if family == 4 {
+            LpmAddr([
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+            ])
+        } else {
+            LpmAddr(addr)
+        }
+    }
+}
+
+/// Value of a `BLOCK` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// CLOCK_MONOTONIC ns after which the entry no longer applies; 0: never.
+    pub expires_ns: u64,
+    /// Why: [`BlockEntry::MANUAL`] or [`BlockEntry::AUTOMATIC`].
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+impl BlockEntry {
+    pub const MANUAL: u32 = 0;
+    /// Added by the controller for exceeding per-source limits.
+    pub const AUTOMATIC: u32 = 1;
+
+    pub const fn applies(&self, now_ns: u64) -> bool {
+        self.expires_ns == 0 || now_ns < self.expires_ns
+    }
+}
+
+/// Source key of the `VERIFIED`, `RATE` and `OFFENDERS` maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl SourceKey {
+    pub const fn new(family: u8, addr: [u8; 16]) -> SourceKey {
+        SourceKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// A per-source SYN token bucket (value of the `RATE` map). Tokens are kept
+/// in millitokens so slow rates refill smoothly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub millitokens: u64,
+    pub last_ns: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub const fn full(burst: u32, now_ns: u64) -> TokenBucket {
+        TokenBucket {
+            millitokens: burst as u64 * 1000,
+            last_ns: now_ns,
+        }
+    }
+
+    /// Refills by the time elapsed and takes one token; false when empty.
+    #[inline(always)]
+    pub fn take(&mut self, rate: u32, burst: u32, now_ns: u64) -> bool {
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        // rate tokens/s = rate millitokens/ms; elapsed capped so the product cannot overflow.
+        let elapsed_ms = if elapsed > 1 << 40 { 1 << 40 } else { elapsed } / 1_000_000;
+        let refill = elapsed_ms * rate as u64;
+        let cap = burst as u64 * 1000;
+        let mut tokens = self.millitokens + refill;
+        if tokens > cap {
+            tokens = cap;
+        }
+        if refill > 0 {
+            self.last_ns = now_ns;
+        }
+        if tokens >= 1000 {
+            self.millitokens = tokens - 1000;
+            true
+        } else {
+            self.millitokens = tokens;
+            false
+        }
+    }
+}
+
+/// Value of the `CHALLENGE` map: the first SYN of a flow seen in attack mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Challenge {
+    pub first_ns: u64,
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+/// Whether a SYN passes the retransmission challenge: it must repeat a SYN
+/// recorded (same flow, same sequence number) no longer than `window_ms` ago.
+/// A SYN that does not pass is recorded for next time.
+#[inline(always)]
+pub fn challenge_passes(recorded: Option<&Challenge>, seq: u32, now_ns: u64, window_ms: u32) -> bool {
+    match recorded {
+        Some(c) => c.seq == seq && now_ns.saturating_sub(c.first_ns) <= window_ms as u64 * 1_000_000,
+        None => false,
+    }
+}
+
+/// Attack-mode hysteresis, run by the controller every tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttackDetector {
+    pub active: bool,
+    /// When both signals first fell to the leave thresholds (ns), while active.
+    pub calm_since_ns: Option<u64>,
+}
+
+/// Why attack mode started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttackTrigger {
+    HalfOpen,
+    SynRate,
+}
+
+/// A change of attack mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttackChange {
+    Entered(AttackTrigger),
+    Left,
+}
+
+impl AttackDetector {
+    /// Feeds one observation; returns the change it causes, if any.
+    pub fn observe(
+        &mut self,
+        config: &GuardConfig,
+        half_open: u64,
+        syn_rate: u64,
+        now_ns: u64,
+    ) -> Option<AttackChange> {
+        let over = |value: u64, threshold: u32| threshold != 0 && value >= threshold as u64;
+        if !self.active {
+            let trigger = if over(half_open, config.attack_enter_half_open) {
+                AttackTrigger::HalfOpen
+            } else if over(syn_rate, config.attack_enter_syn_rate) {
+                AttackTrigger::SynRate
+            } else {
+                return None;
+            };
+            self.active = true;
+            self.calm_since_ns = None;
+            return Some(AttackChange::Entered(trigger));
+        }
+        let calm = half_open <= config.attack_leave_half_open as u64
+            && syn_rate <= config.attack_leave_syn_rate as u64;
+        if !calm {
+            self.calm_since_ns = None;
+            return None;
+        }
+        let since = *self.calm_since_ns.get_or_insert(now_ns);
+        if now_ns.saturating_sub(since) >= config.attack_cooldown_secs as u64 * 1_000_000_000 {
+            self.active = false;
+            self.calm_since_ns = None;
+            return Some(AttackChange::Left);
+        }
+        None
+    }
+}
+
+/// Why a SYN was dropped; each has a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The source is on the block list.
+    Blocked,
+    /// The source sent SYNs faster than its token bucket allows.
+    SynRate,
+    GlobalHalfOpen,
+    SourceHalfOpen,
+    PrefixHalfOpen,
+    PortHalfOpen,
+    /// Attack mode: the source is not verified (verified-only policy).
+    Unverified,
+    /// Attack mode: an unknown source's first SYN (retransmit-challenge).
+    Challenge,
+    /// The half-open table is full.
+    TableFull,
+}
+
+impl DropReason {
+    /// The reason a limit on this counter gives.
+    pub const fn for_count(kind: CountKind) -> DropReason {
+        match kind {
+            CountKind::Global => DropReason::GlobalHalfOpen,
+            CountKind::Source => DropReason::SourceHalfOpen,
+            CountKind::Prefix => DropReason::PrefixHalfOpen,
+            CountKind::Port => DropReason::PortHalfOpen,
+        }
+    }
+
+    /// Drops the source alone is to blame for: they count toward blocking it.
+    pub const fn is_per_source(self) -> bool {
+        matches!(self, DropReason::SynRate | DropReason::SourceHalfOpen)
+    }
+}
+
+/// An event the programs send the controller through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// [`Event::SOURCE_OVER_LIMIT`]
+    pub kind: u32,
+    /// A [`crate::stats::Counter`] index: the drop counter involved.
+    pub counter: u32,
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 7],
+}
+
+impl Event {
+    /// A source's SYN was dropped for a per-source reason and it had no
+    /// offence on record: sent once per source per controller tick.
+    pub const SOURCE_OVER_LIMIT: u32 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_keeps_exactly_the_prefix() {
+        let all = [0xffu8; 16];
+        for len in 0..=128u8 {
+            let mut addr = all;
+            mask(&mut addr, len);
+            let ones: u32 = addr.iter().map(|b| b.count_ones()).sum();
+            assert_eq!(ones, len as u32, "prefix {len}");
+            assert_eq!(
+                u128::from_be_bytes(addr).leading_ones(),
+                len as u32,
+                "prefix {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_bucket_refills_at_its_rate_and_caps_at_its_burst() {
+        let mut bucket = TokenBucket::full(3, 0);
+        assert!((0..3).all(|_| bucket.take(10, 3, 0)));
+        assert!(!bucket.take(10, 3, 0), "empty after the burst");
+        assert!(
+            !bucket.take(10, 3, 50_000_000),
+            "half a token after 50 ms at 10/s"
+        );
+        assert!(bucket.take(10, 3, 100_000_000), "one token after 100 ms");
+        assert!((0..3).all(|_| bucket.take(10, 3, 60_000_000_000)));
+        assert!(
+            !bucket.take(10, 3, 60_000_000_000),
+            "capped at the burst after a minute"
+        );
+    }
+
+    #[test]
+    fn challenge_passes_only_a_retransmission_within_the_window() {
+        let first = Challenge {
+            first_ns: 1_000_000_000,
+            seq: 42,
+            _pad: 0,
+        };
+        assert!(!challenge_passes(None, 42, 2_000_000_000, 5_000));
+        assert!(challenge_passes(Some(&first), 42, 2_000_000_000, 5_000));
+        assert!(
+            !challenge_passes(Some(&first), 43, 2_000_000_000, 5_000),
+            "another sequence number"
+        );
+        assert!(
+            !challenge_passes(Some(&first), 42, 7_000_000_001, 5_000),
+            "too late"
+        );
+    }
+
+    fn config() -> GuardConfig {
+        GuardConfig {
+            attack_enter_half_open: 100,
+            attack_leave_half_open: 20,
+            attack_enter_syn_rate: 1000,
+            attack_leave_syn_rate: 100,
+            attack_cooldown_secs: 5,
+            ..GuardConfig::default()
+        }
+    }
+
+    #[test]
+    fn attack_mode_enters_on_either_signal_and_leaves_after_a_calm_cooldown() {
+        let c = config();
+        let s = 1_000_000_000;
+        let mut d = AttackDetector::default();
+        assert_eq!(d.observe(&c, 99, 999, 0), None);
+        assert_eq!(
+            d.observe(&c, 100, 0, s),
+            Some(AttackChange::Entered(AttackTrigger::HalfOpen))
+        );
+        assert_eq!(d.observe(&c, 20, 100, 2 * s), None, "calm starts");
+        assert_eq!(
+            d.observe(&c, 21, 100, 4 * s),
+            None,
+            "not calm: the cooldown restarts"
+        );
+        assert_eq!(d.observe(&c, 20, 100, 5 * s), None);
+        assert_eq!(d.observe(&c, 0, 0, 9 * s), None, "4 s calm");
+        assert_eq!(d.observe(&c, 0, 0, 10 * s), Some(AttackChange::Left));
+        let mut r = AttackDetector::default();
+        assert_eq!(
+            r.observe(&c, 0, 1000, s),
+            Some(AttackChange::Entered(AttackTrigger::SynRate))
+        );
+    }
+
+    #[test]
+    fn hysteresis_keeps_attack_mode_between_the_thresholds() {
+        let c = config();
+        let mut d = AttackDetector::default();
+        d.observe(&c, 100, 0, 0);
+        for t in 1..100u64 {
+            assert_eq!(
+                d.observe(&c, 50, 500, t * 1_000_000_000),
+                None,
+                "between leave and enter"
+            );
+        }
+        assert!(d.active);
+    }
+}

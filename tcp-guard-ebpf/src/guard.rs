@@ -1,0 +1,214 @@
+//! Enforcement on the fast path: block and allow lists, per-source SYN rate,
+//! the attack-mode policy and the half-open limits. Decisions that need no
+//! map live in `tcp_guard_common::policy`; this is the map glue around them.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
+use tcp_guard_common::{
+    flow::FlowKey,
+    policy::{
+        Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, LpmAddr, Policy, SourceKey,
+        TokenBucket, challenge_passes,
+    },
+    stats::Counter,
+};
+
+use crate::maps::{
+    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, OFFENDERS, RATE, VERIFIED, atomic_add,
+};
+
+/// Whether `addr` is on the block list now.
+#[inline(always)]
+pub fn blocked(family: u8, addr: [u8; 16], now: u64) -> bool {
+    BLOCK
+        .get(Key::new(128, LpmAddr::new(family, addr)))
+        .is_some_and(|entry| entry.applies(now))
+}
+
+/// Whether `addr` is on the allow list.
+#[inline(always)]
+pub fn allowed(family: u8, addr: [u8; 16]) -> bool {
+    ALLOW.get(Key::new(128, LpmAddr::new(family, addr))).is_some()
+}
+
+/// Takes a token from the source's bucket; false when it is empty.
+/// (Its own BPF function: keeps its locals out of the tracker's frame.)
+#[inline(never)]
+pub fn within_rate(source: &SourceKey, config: &GuardConfig, now: u64) -> bool {
+    if config.syn_rate == 0 {
+        return true;
+    }
+    match RATE.get_ptr_mut(source) {
+        // SAFETY: a live map value; a racing CPU may lose a token update.
+        Some(bucket) => unsafe { (*bucket).take(config.syn_rate, config.syn_burst, now) },
+        None => {
+            let mut bucket = TokenBucket::full(config.syn_burst, now);
+            let ok = bucket.take(config.syn_rate, config.syn_burst, now);
+            // A full LRU map evicts its oldest source: no error to handle.
+            let _inserted = RATE.insert(source, bucket, 0);
+            ok
+        }
+    }
+}
+
+/// The attack-mode policy for a new flow's SYN: `Ok(counter)` passes it
+/// (bumping `counter` if any), `Err` drops it.
+#[inline(always)]
+fn attack_policy(
+    key: &FlowKey,
+    seq: u32,
+    now: u64,
+    config: &GuardConfig,
+) -> Result<Option<Counter>, DropReason> {
+    if ATTACK.get(0).is_none_or(|a| a.active == 0) {
+        return Ok(None);
+    }
+    let policy = config.policy();
+    if policy == Policy::Pass {
+        return Ok(None);
+    }
+    let source = SourceKey::new(key.family, key.remote_addr);
+    // SAFETY: the value is copied out at once; LRU maps may recycle entries.
+    if unsafe { VERIFIED.get(source) }.is_some_and(|until| now < *until) {
+        return Ok(Some(Counter::SynVerified));
+    }
+    if policy == Policy::VerifiedOnly {
+        return Err(DropReason::Unverified);
+    }
+    // SAFETY: as above.
+    let recorded = unsafe { CHALLENGE.get(key) }.copied();
+    if challenge_passes(recorded.as_ref(), seq, now, config.challenge_window_ms) {
+        // Gone or not, the SYN passes.
+        let _removed = CHALLENGE.remove(key);
+        return Ok(Some(Counter::SynChallengePassed));
+    }
+    let challenge = Challenge {
+        first_ns: now,
+        seq,
+        _pad: 0,
+    };
+    // A full LRU map evicts its oldest challenge: no error to handle.
+    let _recorded = CHALLENGE.insert(key, challenge, 0);
+    Err(DropReason::Challenge)
+}
+
+/// The counter for `key`, created at zero if missing; None if COUNTS is full.
+#[inline(always)]
+fn count_of(key: &CountKey) -> Option<*mut u64> {
+    if let Some(count) = COUNTS.get_ptr_mut(key) {
+        return Some(count);
+    }
+    // Another CPU may create it first: then its entry is used.
+    let _created = COUNTS.insert(key, 0, BPF_NOEXIST as u64);
+    COUNTS.get_ptr_mut(key)
+}
+
+/// Releases the half-open counts of a flow that leaves SYN-RECV.
+#[inline(never)]
+pub fn release(key: &FlowKey, prefix_len: u8) {
+    release_first(key, prefix_len, CountKind::ALL.len());
+}
+
+/// Releases the first `n` of a flow's counts (in `CountKind::ALL` order).
+#[inline(always)]
+fn release_first(key: &FlowKey, prefix_len: u8, n: usize) {
+    for (i, kind) in CountKind::ALL.into_iter().enumerate() {
+        if i >= n {
+            break;
+        }
+        let count_key = CountKey::for_flow(key, prefix_len, kind);
+        if let Some(count) = COUNTS.get_ptr_mut(count_key) {
+            let before = atomic_add(count, u64::MAX);
+            if before == 0 {
+                // Never below zero (a key recreated after a race).
+                atomic_add(count, 1);
+            } else if before == 1 && kind != CountKind::Global {
+                let _removed = COUNTS.remove(count_key);
+            }
+        }
+    }
+}
+
+/// Counts a new half-open flow against every limit, or none of them.
+#[inline(always)]
+fn reserve(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<u8, DropReason> {
+    let prefix_len = if key.family == 4 {
+        config.prefix_len_v4
+    } else {
+        config.prefix_len_v6
+    };
+    for (i, kind) in CountKind::ALL.into_iter().enumerate() {
+        // COUNTS full: this limit cannot be counted, so it is not enforced.
+        let Some(count) = count_of(&CountKey::for_flow(key, prefix_len, kind)) else {
+            continue;
+        };
+        let before = atomic_add(count, 1);
+        let limit = kind.limit(config);
+        if enforce && limit != 0 && before >= limit as u64 {
+            atomic_add(count, u64::MAX);
+            release_first(key, prefix_len, i);
+            return Err(DropReason::for_count(kind));
+        }
+    }
+    Ok(prefix_len)
+}
+
+/// A SYN that would open a half-open flow.
+pub struct Syn {
+    pub seq: u32,
+    pub now: u64,
+    /// Its source is on the allow list.
+    pub allowlisted: bool,
+}
+
+/// Decides whether a SYN may open a half-open flow; on success the flow is
+/// counted and the prefix length used is returned.
+#[inline(never)]
+pub fn admit(
+    counters: &mut Counters,
+    key: &FlowKey,
+    config: &GuardConfig,
+    syn: &Syn,
+) -> Result<u8, DropReason> {
+    let passed_by = if syn.allowlisted {
+        Some(Counter::SynAllowlisted)
+    } else {
+        attack_policy(key, syn.seq, syn.now, config)?
+    };
+    let prefix_len = reserve(key, config, !syn.allowlisted)?;
+    if let Some(counter) = passed_by {
+        counters.bump(counter);
+    }
+    Ok(prefix_len)
+}
+
+/// Records a source that earns its drop, and tells the controller the first time.
+/// (Its own BPF function: keeps the event record out of the tracker's frame.)
+#[inline(never)]
+pub fn note_offence(counters: &mut Counters, family: u8, addr: [u8; 16], reason: DropReason) {
+    let source = SourceKey::new(family, addr);
+    if let Some(drops) = OFFENDERS.get_ptr_mut(source) {
+        atomic_add(drops, 1);
+        return;
+    }
+    if OFFENDERS.insert(source, 1, BPF_NOEXIST as u64).is_ok() {
+        let event = Event {
+            kind: Event::SOURCE_OVER_LIMIT,
+            counter: reason.counter() as u32,
+            addr,
+            family,
+            _pad: [0; 7],
+        };
+        if EVENTS.output::<Event>(&event, 0).is_err() {
+            counters.bump(Counter::EventsLost);
+        }
+    }
+}
+
+/// Marks the peer of a flow that completed its handshake as verified.
+/// (Its own BPF function: keeps its locals out of the tracker's frame.)
+#[inline(never)]
+pub fn verify(key: &FlowKey, now: u64, config: &GuardConfig) {
+    let until = now + config.verified_ttl_secs as u64 * 1_000_000_000;
+    // A full LRU map evicts its oldest source: no error to handle.
+    let _inserted = VERIFIED.insert(SourceKey::new(key.family, key.remote_addr), until, 0);
+}

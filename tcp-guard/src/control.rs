@@ -1,0 +1,328 @@
+//! The control plane: typed access to an instance's pinned maps, so the CLI
+//! and the daemon change the same state the fast path reads, and nothing
+//! else. Every write goes through here.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{
+    Array, HashMap, Map, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
+use serde_json::{Value, json};
+use tcp_guard_common::{
+    maps,
+    policy::{AttackState, BlockEntry, CountKey, GuardConfig, LpmAddr},
+};
+
+use crate::{flows::monotonic_now_ns, instance};
+
+/// What the daemon records about itself, for `reload` and `status`.
+pub const INFO: &str = "INFO";
+const INFO_PID: u32 = 0;
+const INFO_STARTED_NS: u32 = 1;
+const INFO_RELOADS: u32 = 2;
+const INFO_RELOADS_REFUSED: u32 = 3;
+
+/// An instance's pinned maps, by interface.
+pub struct Instance {
+    dir: PathBuf,
+}
+
+fn open(dir: &Path, name: &str) -> Result<MapData> {
+    let path = dir.join(name);
+    MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))
+}
+
+fn array<V: aya::Pod>(dir: &Path, name: &str) -> Result<Array<MapData, V>> {
+    Array::try_from(Map::Array(open(dir, name)?)).with_context(|| format!("{name} is not an array"))
+}
+
+fn trie<V: aya::Pod>(dir: &Path, name: &str) -> Result<LpmTrie<MapData, LpmAddr, V>> {
+    LpmTrie::try_from(Map::LpmTrie(open(dir, name)?)).with_context(|| format!("{name} is not an LPM trie"))
+}
+
+impl Instance {
+    pub fn new(dir: PathBuf) -> Self {
+        Instance { dir }
+    }
+
+    /// The running instance on `iface` (or the only one running).
+    pub fn resolve(iface: Option<&str>) -> Result<(String, Instance)> {
+        let iface = instance::resolve(iface)?;
+        let dir = instance::dir(&iface);
+        Ok((iface, Instance { dir }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> Result<GuardConfig> {
+        array::<GuardConfig>(&self.dir, maps::CONFIG)?
+            .get(&0, 0)
+            .context("cannot read CONFIG")
+    }
+
+    pub fn set_config(&self, config: &GuardConfig) -> Result<()> {
+        array::<GuardConfig>(&self.dir, maps::CONFIG)?
+            .set(0, *config, 0)
+            .context("cannot write CONFIG")
+    }
+
+    pub fn attack(&self) -> Result<AttackState> {
+        array::<AttackState>(&self.dir, maps::ATTACK)?
+            .get(&0, 0)
+            .context("cannot read ATTACK")
+    }
+
+    pub fn set_attack(&self, state: &AttackState) -> Result<()> {
+        array::<AttackState>(&self.dir, maps::ATTACK)?
+            .set(0, *state, 0)
+            .context("cannot write ATTACK")
+    }
+
+    /// Half-open flows counted against the global limit now.
+    pub fn half_open(&self) -> Result<u64> {
+        let data = open(&self.dir, maps::COUNTS)?;
+        let counts: HashMap<MapData, CountKey, u64> =
+            HashMap::try_from(Map::HashMap(data)).context("COUNTS is not a hash map")?;
+        match counts.get(&CountKey::global(), 0) {
+            Ok(n) => Ok(n),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(e).context("cannot read COUNTS"),
+        }
+    }
+
+    /// Creates and pins the INFO map of a starting daemon.
+    pub fn create_info(&self) -> Result<()> {
+        let mut info: Array<MapData, u64> = Array::create(4, 0).context("cannot create the INFO map")?;
+        info.set(INFO_PID, std::process::id() as u64, 0)?;
+        info.set(INFO_STARTED_NS, monotonic_now_ns(), 0)?;
+        let path = self.dir.join(INFO);
+        info.pin(&path)
+            .with_context(|| format!("cannot pin INFO at {}", path.display()))
+    }
+
+    /// Counts a reload, accepted or refused, so `tcp-guard reload` can report it.
+    pub fn note_reload(&self, accepted: bool) {
+        let index = if accepted {
+            INFO_RELOADS
+        } else {
+            INFO_RELOADS_REFUSED
+        };
+        let result = array::<u64>(&self.dir, INFO).and_then(|mut info| {
+            let count = info.get(&index, 0)?;
+            Ok(info.set(index, count + 1, 0)?)
+        });
+        if let Err(e) = result {
+            log::error!("cannot record the reload in INFO: {e:#}");
+        }
+    }
+
+    /// (accepted, refused) reloads so far.
+    pub fn reloads(&self) -> Result<(u64, u64)> {
+        let info = array::<u64>(&self.dir, INFO)?;
+        Ok((info.get(&INFO_RELOADS, 0)?, info.get(&INFO_RELOADS_REFUSED, 0)?))
+    }
+
+    /// The pid of the daemon running this instance.
+    pub fn daemon_pid(&self) -> Result<u32> {
+        let pid = array::<u64>(&self.dir, INFO)?
+            .get(&INFO_PID, 0)
+            .context("cannot read INFO")?;
+        Ok(pid as u32)
+    }
+
+    pub fn block(&self, cidr: &Cidr, ttl: Option<Duration>, reason: u32) -> Result<()> {
+        let entry = BlockEntry {
+            expires_ns: ttl.map_or(0, |t| monotonic_now_ns() + t.as_nanos() as u64),
+            reason,
+            _pad: 0,
+        };
+        trie::<BlockEntry>(&self.dir, maps::BLOCK)?
+            .insert(&cidr.key(), entry, 0)
+            .with_context(|| format!("cannot add {cidr} to the block list (is it full?)"))
+    }
+
+    pub fn allow(&self, cidr: &Cidr) -> Result<()> {
+        trie::<u8>(&self.dir, maps::ALLOW)?
+            .insert(&cidr.key(), 1, 0)
+            .with_context(|| format!("cannot add {cidr} to the allow list (is it full?)"))
+    }
+
+    /// Removes `cidr` from list `name` (`maps::BLOCK` or `maps::ALLOW`).
+    pub fn unlist(&self, name: &str, cidr: &Cidr) -> Result<()> {
+        let removed = if name == maps::BLOCK {
+            trie::<BlockEntry>(&self.dir, name)?.remove(&cidr.key())
+        } else {
+            trie::<u8>(&self.dir, name)?.remove(&cidr.key())
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => bail!("{cidr} is not on the {} list", list_name(name)),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {cidr}")),
+        }
+    }
+
+    pub fn blocks(&self) -> Result<Vec<(Cidr, BlockEntry)>> {
+        let trie = trie::<BlockEntry>(&self.dir, maps::BLOCK)?;
+        let mut entries = Vec::new();
+        for entry in trie.iter() {
+            let (key, value) = entry.context("cannot read the block list")?;
+            entries.push((Cidr::from_key(&key), value));
+        }
+        entries.sort_by_key(|(c, _)| c.to_string());
+        Ok(entries)
+    }
+
+    pub fn allows(&self) -> Result<Vec<Cidr>> {
+        let mut entries = Vec::new();
+        for key in trie::<u8>(&self.dir, maps::ALLOW)?.keys() {
+            entries.push(Cidr::from_key(&key.context("cannot read the allow list")?));
+        }
+        entries.sort_by_key(|c| c.to_string());
+        Ok(entries)
+    }
+}
+
+fn list_name(map: &str) -> &'static str {
+    if map == maps::BLOCK { "block" } else { "allow" }
+}
+
+/// A network: address and prefix length, host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// `198.19.0.0/16`, `2001:2::/48`, or a bare address (a single host).
+    pub fn parse(text: &str) -> Result<Cidr> {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| anyhow!("{text:?} is not an address or CIDR (e.g. 198.19.0.0/16, 2001:2::/48)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| anyhow!("{text:?}: prefix length must be from 0 to {max}"))?,
+        };
+        let masked = Cidr { addr, prefix_len }.masked();
+        if masked.addr != addr {
+            bail!("{text:?} has host bits set; did you mean {masked}?");
+        }
+        Ok(masked)
+    }
+
+    fn masked(self) -> Cidr {
+        let addr = match self.addr {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a) & u32::MAX.checked_shl(32 - self.prefix_len as u32).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(bits))
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a) & u128::MAX.checked_shl(128 - self.prefix_len as u32).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        };
+        Cidr { addr, ..self }
+    }
+
+    /// A single host.
+    pub fn host(addr: IpAddr) -> Cidr {
+        Cidr {
+            addr,
+            prefix_len: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
+    /// The key in the kernel's tries (IPv4 mapped into IPv6).
+    pub fn key(&self) -> Key<LpmAddr> {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mut addr = [0u8; 16];
+                addr[..4].copy_from_slice(&a.octets());
+                Key::new(self.prefix_len as u32 + 96, LpmAddr::new(4, addr))
+            }
+            IpAddr::V6(a) => Key::new(self.prefix_len as u32, LpmAddr::new(6, a.octets())),
+        }
+    }
+
+    fn from_key(key: &Key<LpmAddr>) -> Cidr {
+        let data = key.data().0;
+        let mapped = Ipv6Addr::from(data);
+        match mapped.to_ipv4_mapped() {
+            Some(v4) if key.prefix_len() >= 96 => Cidr {
+                addr: IpAddr::V4(v4),
+                prefix_len: (key.prefix_len() - 96) as u8,
+            },
+            _ => Cidr {
+                addr: IpAddr::V6(mapped),
+                prefix_len: key.prefix_len() as u8,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Time left on a block entry, or None if permanent; `Some(ZERO)` if expired.
+pub fn time_left(entry: &BlockEntry, now_ns: u64) -> Option<Duration> {
+    (entry.expires_ns != 0).then(|| Duration::from_nanos(entry.expires_ns.saturating_sub(now_ns)))
+}
+
+pub fn reason_name(reason: u32) -> &'static str {
+    if reason == BlockEntry::AUTOMATIC {
+        "automatic"
+    } else {
+        "manual"
+    }
+}
+
+pub fn blocks_to_json(iface: &str, blocks: &[(Cidr, BlockEntry)], now_ns: u64) -> Value {
+    let entries: Vec<Value> = blocks
+        .iter()
+        .map(|(cidr, entry)| {
+            json!({
+                "cidr": cidr.to_string(),
+                "expires_in_secs": time_left(entry, now_ns).map(|d| d.as_secs()),
+                "reason": reason_name(entry.reason),
+            })
+        })
+        .collect();
+    json!({ "iface": iface, "blocked": entries })
+}
+
+pub fn blocks_to_text(blocks: &[(Cidr, BlockEntry)], now_ns: u64) -> String {
+    let mut out = format!("{:<44} {:>14} {}\n", "CIDR", "Expires in", "Reason");
+    for (cidr, entry) in blocks {
+        let left = match time_left(entry, now_ns) {
+            None => "never".to_string(),
+            Some(d) => humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
+        };
+        out.push_str(&format!(
+            "{:<44} {:>14} {}\n",
+            cidr.to_string(),
+            left,
+            reason_name(entry.reason)
+        ));
+    }
+    out
+}

@@ -1,0 +1,491 @@
+//! Settings: every tunable has one key (`limits.per_source_half_open`), one
+//! parser and one validator, used alike by the TOML config file, `run --set`
+//! and `tcp-guard limits set`. Table sizes are fixed at start; everything
+//! else lives in the pinned `CONFIG` map and can change while running.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tcp_guard_common::{
+    config::TableSizes,
+    flow::TcpState,
+    policy::{GuardConfig, Policy},
+};
+
+/// Everything a running instance is configured with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    pub live: GuardConfig,
+    pub tables: TableSizes,
+}
+
+/// The default config file, read if present when no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/tcp-guard/config.toml";
+
+/// Largest flow table: 16 Mi flows, about 2.5 GiB of kernel memory.
+pub const MAX_TABLE_SIZE: u32 = 1 << 24;
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A count in `min..=max`, with a unit for help text.
+    Count {
+        min: u32,
+        max: u32,
+        unit: &'static str,
+    },
+    /// A duration, stored in whole seconds (or milliseconds).
+    Duration {
+        millis: bool,
+        min_ms: u64,
+        max_ms: u64,
+    },
+    Policy,
+}
+
+/// One settable key.
+struct Key {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    get: fn(&Settings) -> u64,
+    set: fn(&mut Settings, u64),
+    /// Takes effect only at start (`run`), not through `limits set`.
+    restart: bool,
+}
+
+const COUNT: u32 = u32::MAX;
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+macro_rules! live_count {
+    ($name:literal, $field:ident, $min:expr, $max:expr, $unit:literal, $help:literal) => {
+        Key {
+            name: $name,
+            kind: Kind::Count {
+                min: $min,
+                max: $max,
+                unit: $unit,
+            },
+            help: $help,
+            get: |s| s.live.$field as u64,
+            set: |s, v| s.live.$field = v as _,
+            restart: false,
+        }
+    };
+}
+
+macro_rules! live_secs {
+    ($name:literal, $field:ident, $min_ms:expr, $max_ms:expr, $help:literal) => {
+        Key {
+            name: $name,
+            kind: Kind::Duration {
+                millis: false,
+                min_ms: $min_ms,
+                max_ms: $max_ms,
+            },
+            help: $help,
+            get: |s| s.live.$field as u64,
+            set: |s, v| s.live.$field = v as u32,
+            restart: false,
+        }
+    };
+}
+
+macro_rules! timeout {
+    ($name:literal, $state:expr) => {
+        Key {
+            name: $name,
+            kind: Kind::Duration {
+                millis: false,
+                min_ms: 1000,
+                max_ms: 30 * DAY_MS,
+            },
+            help: "idle time after which a flow in this state is forgotten",
+            get: |s| s.live.timeout_secs($state) as u64,
+            set: |s, v| s.live.timeout_secs[$state as usize - 1] = v as u32,
+            restart: false,
+        }
+    };
+}
+
+static KEYS: &[Key] = &[
+    live_count!(
+        "limits.global_half_open",
+        global_half_open,
+        0,
+        COUNT,
+        "flows",
+        "half-open (SYN-RECV) flows, all sources together; 0: no limit"
+    ),
+    live_count!(
+        "limits.per_source_half_open",
+        per_source_half_open,
+        0,
+        COUNT,
+        "flows",
+        "half-open flows per source address; 0: no limit"
+    ),
+    live_count!(
+        "limits.per_prefix_half_open",
+        per_prefix_half_open,
+        0,
+        COUNT,
+        "flows",
+        "half-open flows per source prefix (prefix_len_v4 / prefix_len_v6); 0: no limit"
+    ),
+    live_count!(
+        "limits.per_port_half_open",
+        per_port_half_open,
+        0,
+        COUNT,
+        "flows",
+        "half-open flows per local port, so one flooded service cannot starve another; 0: no limit"
+    ),
+    live_count!(
+        "limits.prefix_len_v4",
+        prefix_len_v4,
+        1,
+        32,
+        "bits",
+        "IPv4 source prefix for per_prefix_half_open"
+    ),
+    live_count!(
+        "limits.prefix_len_v6",
+        prefix_len_v6,
+        1,
+        128,
+        "bits",
+        "IPv6 source prefix for per_prefix_half_open"
+    ),
+    live_count!(
+        "limits.syn_rate",
+        syn_rate,
+        0,
+        10_000_000,
+        "SYN/s",
+        "SYNs per second per source (token bucket, in the kernel); 0: no limit"
+    ),
+    live_count!(
+        "limits.syn_burst",
+        syn_burst,
+        1,
+        10_000_000,
+        "SYNs",
+        "SYNs a source may send at once (bucket depth)"
+    ),
+    Key {
+        name: "attack.policy",
+        kind: Kind::Policy,
+        help: "what attack mode does: retransmit-challenge, verified-only or pass",
+        get: |s| s.live.policy as u64,
+        set: |s, v| s.live.policy = v as u8,
+        restart: false,
+    },
+    live_count!(
+        "attack.enter_half_open",
+        attack_enter_half_open,
+        0,
+        COUNT,
+        "flows",
+        "attack mode starts at this many half-open flows; 0: never on this signal"
+    ),
+    live_count!(
+        "attack.enter_syn_rate",
+        attack_enter_syn_rate,
+        0,
+        COUNT,
+        "SYN/s",
+        "attack mode starts at this many SYNs per second (all sources); 0: never on this signal"
+    ),
+    live_count!(
+        "attack.leave_half_open",
+        attack_leave_half_open,
+        0,
+        COUNT,
+        "flows",
+        "attack mode ends once half-open flows stay at or below this..."
+    ),
+    live_count!(
+        "attack.leave_syn_rate",
+        attack_leave_syn_rate,
+        0,
+        COUNT,
+        "SYN/s",
+        "...and SYNs per second at or below this..."
+    ),
+    live_secs!(
+        "attack.cooldown",
+        attack_cooldown_secs,
+        0,
+        DAY_MS,
+        "...for this long"
+    ),
+    Key {
+        name: "attack.challenge_window",
+        kind: Kind::Duration {
+            millis: true,
+            min_ms: 100,
+            max_ms: 600_000,
+        },
+        help: "retransmit-challenge: how long after a dropped first SYN its retransmission passes",
+        get: |s| s.live.challenge_window_ms as u64,
+        set: |s, v| s.live.challenge_window_ms = v as u32,
+        restart: false,
+    },
+    live_secs!(
+        "attack.verified_ttl",
+        verified_ttl_secs,
+        1000,
+        30 * DAY_MS,
+        "how long a source that completed a handshake stays verified"
+    ),
+    live_count!(
+        "blocking.block_after_drops",
+        block_after_drops,
+        0,
+        COUNT,
+        "drops/s",
+        "block a source whose SYNs are dropped this often in one second for per-source reasons; 0: never"
+    ),
+    live_secs!(
+        "blocking.block_ttl",
+        block_ttl_secs,
+        1000,
+        365 * DAY_MS,
+        "how long an automatic block lasts"
+    ),
+    timeout!("timeouts.syn_sent", TcpState::SynSent),
+    timeout!("timeouts.syn_rcvd", TcpState::SynRcvd),
+    timeout!("timeouts.established", TcpState::Established),
+    timeout!("timeouts.fin_wait_1", TcpState::FinWait1),
+    timeout!("timeouts.fin_wait_2", TcpState::FinWait2),
+    timeout!("timeouts.close_wait", TcpState::CloseWait),
+    timeout!("timeouts.closing", TcpState::Closing),
+    timeout!("timeouts.last_ack", TcpState::LastAck),
+    timeout!("timeouts.time_wait", TcpState::TimeWait),
+    Key {
+        name: "tables.max_half_open",
+        kind: Kind::Count {
+            min: 1,
+            max: MAX_TABLE_SIZE,
+            unit: "flows",
+        },
+        help: "capacity of the half-open flow table (preallocated, ~150 bytes a flow)",
+        get: |s| s.tables.half_open as u64,
+        set: |s, v| s.tables.half_open = v as u32,
+        restart: true,
+    },
+    Key {
+        name: "tables.max_flows",
+        kind: Kind::Count {
+            min: 1,
+            max: MAX_TABLE_SIZE,
+            unit: "flows",
+        },
+        help: "capacity of the table of all other flows (preallocated, ~150 bytes a flow)",
+        get: |s| s.tables.flows as u64,
+        set: |s, v| s.tables.flows = v as u32,
+        restart: true,
+    },
+];
+
+fn find(name: &str) -> Result<&'static Key> {
+    KEYS.iter().find(|k| k.name == name).ok_or_else(|| {
+        let section = name.split('.').next().unwrap_or_default();
+        let near: Vec<&str> = KEYS
+            .iter()
+            .filter(|k| k.name.starts_with(&format!("{section}.")))
+            .map(|k| k.name)
+            .collect();
+        if near.is_empty() {
+            anyhow!("unknown setting {name:?}; sections are limits, attack, blocking, timeouts, tables")
+        } else {
+            anyhow!("unknown setting {name:?}; {section} has: {}", near.join(", "))
+        }
+    })
+}
+
+fn parse_value(key: &Key, text: &str) -> Result<u64> {
+    let text = text.trim().trim_matches('"');
+    match key.kind {
+        Kind::Count { min, max, .. } => {
+            let value: u64 = text.parse().map_err(|_| {
+                anyhow!(
+                    "{} = {text:?}: expected a whole number from {min} to {max}",
+                    key.name
+                )
+            })?;
+            if value < min as u64 || value > max as u64 {
+                bail!("{} = {value}: must be from {min} to {max}", key.name);
+            }
+            Ok(value)
+        }
+        Kind::Duration {
+            millis,
+            min_ms,
+            max_ms,
+        } => {
+            let duration = humantime::parse_duration(text).map_err(|e| {
+                anyhow!(
+                    "{} = {text:?}: {e} (a duration such as 500ms, 30s, 10m, 2h)",
+                    key.name
+                )
+            })?;
+            let ms = duration.as_millis() as u64;
+            if ms < min_ms || ms > max_ms {
+                bail!(
+                    "{} = {text}: must be from {} to {}",
+                    key.name,
+                    humantime::format_duration(Duration::from_millis(min_ms)),
+                    humantime::format_duration(Duration::from_millis(max_ms))
+                );
+            }
+            if !millis && !ms.is_multiple_of(1000) {
+                bail!("{} = {text}: whole seconds only", key.name);
+            }
+            Ok(if millis { ms } else { ms / 1000 })
+        }
+        Kind::Policy => Policy::ALL
+            .iter()
+            .find(|p| p.as_str() == text)
+            .map(|p| *p as u64)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} = {text:?}: one of retransmit-challenge, verified-only, pass",
+                    key.name
+                )
+            }),
+    }
+}
+
+fn format_value(key: &Key, value: u64) -> String {
+    match key.kind {
+        Kind::Count { .. } => value.to_string(),
+        Kind::Duration { millis: true, .. } => {
+            humantime::format_duration(Duration::from_millis(value)).to_string()
+        }
+        Kind::Duration { millis: false, .. } => {
+            humantime::format_duration(Duration::from_secs(value)).to_string()
+        }
+        Kind::Policy => Policy::from_u8(value as u8)
+            .map_or("?", Policy::as_str)
+            .to_string(),
+    }
+}
+
+impl Settings {
+    /// Sets `name` from its text form, validating the value on its own.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        let key = find(name)?;
+        let value = parse_value(key, value)?;
+        (key.set)(self, value);
+        Ok(())
+    }
+
+    /// Applies `KEY=VALUE` pairs; with `live_only`, refuses keys that need a restart.
+    pub fn apply(&mut self, assignments: &[String], live_only: bool) -> Result<()> {
+        for assignment in assignments {
+            let (name, value) = assignment.split_once('=').ok_or_else(|| {
+                anyhow!("expected KEY=VALUE (e.g. limits.syn_rate=100), got {assignment:?}")
+            })?;
+            let name = name.trim();
+            if live_only && find(name)?.restart {
+                bail!(
+                    "{name} is fixed while running: set it in the config file (or with `run --set`) and restart"
+                );
+            }
+            self.set(name, value)?;
+        }
+        self.validate()
+    }
+
+    /// Checks the rules that tie settings together.
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.live;
+        if c.attack_leave_half_open > c.attack_enter_half_open && c.attack_enter_half_open != 0 {
+            bail!(
+                "attack.leave_half_open ({}) must not exceed attack.enter_half_open ({}), or attack mode would flap",
+                c.attack_leave_half_open,
+                c.attack_enter_half_open
+            );
+        }
+        if c.attack_leave_syn_rate > c.attack_enter_syn_rate && c.attack_enter_syn_rate != 0 {
+            bail!(
+                "attack.leave_syn_rate ({}) must not exceed attack.enter_syn_rate ({}), or attack mode would flap",
+                c.attack_leave_syn_rate,
+                c.attack_enter_syn_rate
+            );
+        }
+        if c.global_half_open != 0 && c.global_half_open > self.tables.half_open {
+            bail!(
+                "limits.global_half_open ({}) exceeds tables.max_half_open ({}): the table would fill first",
+                c.global_half_open,
+                self.tables.half_open
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads a TOML config file: sections of keys, e.g. `[limits] syn_rate = 100`.
+    pub fn load_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        for (section, entries) in &table {
+            let entries = entries
+                .as_table()
+                .ok_or_else(|| anyhow!("{}: {section} must be a [section] of settings", path.display()))?;
+            for (name, value) in entries {
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    other => bail!(
+                        "{}: {section}.{name} = {other}: expected a number or a string",
+                        path.display()
+                    ),
+                };
+                self.set(&format!("{section}.{name}"), &text)
+                    .with_context(|| format!("in {}", path.display()))?;
+            }
+        }
+        self.validate().with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Every setting, its value and what it means.
+    pub fn describe(&self) -> Vec<(&'static str, String, &'static str)> {
+        KEYS.iter()
+            .map(|k| {
+                let value = format_value(k, (k.get)(self));
+                let shown = match k.kind {
+                    Kind::Count { unit, .. } => format!("{value} {unit}"),
+                    _ => value,
+                };
+                (k.name, shown, k.help)
+            })
+            .collect()
+    }
+
+    /// `{"limits.global_half_open": 1024, "attack.cooldown": "10s", ...}`: values
+    /// in the form `limits set` takes back (counts as numbers).
+    pub fn to_json(&self) -> serde_json::Value {
+        KEYS.iter()
+            .map(|k| {
+                let value = (k.get)(self);
+                let json = match k.kind {
+                    Kind::Count { .. } => serde_json::Value::from(value),
+                    _ => serde_json::Value::String(format_value(k, value)),
+                };
+                (k.name.to_string(), json)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
+    pub fn to_text(&self) -> String {
+        self.describe()
+            .into_iter()
+            .map(|(name, value, help)| format!("{name:<28} {value:<18} {help}\n"))
+            .collect()
+    }
+}
