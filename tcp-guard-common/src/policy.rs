@@ -204,9 +204,9 @@ impl CountKey {
 }
 
 /// Clears all but the first `prefix_len` bits of `addr`, in place, on two
-/// 64-bit halves (no loop, no copies: in the kernel every byte of stack
-/// and every branch counts).
-#[inline(always)]
+/// 64-bit halves (no loop, no copies, and a BPF function of its own: in the
+/// kernel every byte of stack and every branch counts).
+#[inline(never)]
 pub fn mask(addr: &mut [u8; 16], prefix_len: u8) {
     let len = prefix_len as u32;
     let keep = |bits: u32| -> u64 {
@@ -371,6 +371,14 @@ pub enum AttackChange {
 }
 
 impl AttackDetector {
+    /// Takes note that the fast path entered attack mode on its own.
+    pub fn entered_by_kernel(&mut self) {
+        if !self.active {
+            self.active = true;
+            self.calm_since_ns = None;
+        }
+    }
+
     /// Feeds one observation; returns the change it causes, if any.
     pub fn observe(
         &mut self,
@@ -461,6 +469,9 @@ impl Event {
     /// A source's SYN was dropped for a per-source reason and it had no
     /// offence on record: sent once per source per controller tick.
     pub const SOURCE_OVER_LIMIT: u32 = 1;
+    /// The fast path entered attack mode: half-open flows reached
+    /// `attack_enter_half_open` (`counter` holds their number).
+    pub const ATTACK_MODE_ON: u32 = 2;
 }
 
 #[cfg(test)]

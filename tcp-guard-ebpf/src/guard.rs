@@ -50,16 +50,54 @@ pub fn within_rate(source: &SourceKey, config: &GuardConfig, now: u64) -> bool {
     }
 }
 
+/// Enters attack mode the moment half-open flows reach the threshold: the
+/// controller's tick would let a fast flood take every half-open slot first.
+/// (Leaving, with hysteresis, is the controller's.) Returns whether attack
+/// mode is on. (Its own BPF function: keeps the event record off the stack
+/// of the call chain through `admit`.)
+#[inline(never)]
+fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> bool {
+    let Some(attack) = ATTACK.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a live array map value; racing writers all write "on".
+    let attack = unsafe { &mut *attack };
+    if attack.active != 0 {
+        return true;
+    }
+    let half_open = COUNTS.get_ptr(CountKey::global()).map_or(0, |count| {
+        // SAFETY: a live map value, read once.
+        unsafe { *count }
+    });
+    if config.attack_enter_half_open == 0 || half_open < config.attack_enter_half_open as u64 {
+        return false;
+    }
+    attack.active = 1;
+    attack.since_ns = now;
+    let event = Event {
+        kind: Event::ATTACK_MODE_ON,
+        counter: half_open as u32,
+        addr: [0; 16],
+        family: 0,
+        _pad: [0; 7],
+    };
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        counters.bump(Counter::EventsLost);
+    }
+    true
+}
+
 /// The attack-mode policy for a new flow's SYN: `Ok(counter)` passes it
 /// (bumping `counter` if any), `Err` drops it.
 #[inline(always)]
 fn attack_policy(
+    counters: &mut Counters,
     key: &FlowKey,
     seq: u32,
     now: u64,
     config: &GuardConfig,
 ) -> Result<Option<Counter>, DropReason> {
-    if ATTACK.get(0).is_none_or(|a| a.active == 0) {
+    if !attack_mode(counters, now, config) {
         return Ok(None);
     }
     let policy = config.policy();
@@ -172,7 +210,7 @@ pub fn admit(
     let passed_by = if syn.allowlisted {
         Some(Counter::SynAllowlisted)
     } else {
-        attack_policy(key, syn.seq, syn.now, config)?
+        attack_policy(counters, key, syn.seq, syn.now, config)?
     };
     let prefix_len = reserve(key, config, !syn.allowlisted)?;
     if let Some(counter) = passed_by {

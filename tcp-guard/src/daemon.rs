@@ -263,6 +263,10 @@ impl Control {
             None => 0,
         };
         let half_open = self.instance.half_open()?;
+        if self.instance.attack()?.active != 0 {
+            // The fast path may have entered it (its event says so in the log).
+            self.detector.entered_by_kernel();
+        }
         match self.detector.observe(config, half_open, rate, now) {
             Some(AttackChange::Entered(trigger)) => {
                 self.instance.set_attack(&AttackState {
@@ -300,15 +304,23 @@ impl Control {
             }
             // SAFETY: at least size_of::<Event>() bytes, read unaligned; Event is plain data.
             let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if event.kind == Event::SOURCE_OVER_LIMIT {
-                let reason = Counter::ALL
-                    .get(event.counter as usize)
-                    .map_or("unknown", |c| c.as_str());
-                log::warn!(
-                    "event=source_over_limit iface={} source={} reason={reason}",
+            match event.kind {
+                Event::SOURCE_OVER_LIMIT => {
+                    let reason = Counter::ALL
+                        .get(event.counter as usize)
+                        .map_or("unknown", |c| c.as_str());
+                    log::warn!(
+                        "event=source_over_limit iface={} source={} reason={reason}",
+                        self.iface,
+                        source_addr(&SourceKey::new(event.family, event.addr))
+                    );
+                }
+                Event::ATTACK_MODE_ON => log::warn!(
+                    "event=attack_mode_on iface={} trigger=half_open half_open={} (entered by the fast path)",
                     self.iface,
-                    source_addr(&SourceKey::new(event.family, event.addr))
-                );
+                    event.counter
+                ),
+                other => log::error!("event of unknown kind {other}; ignored"),
             }
         }
     }

@@ -45,9 +45,10 @@ pub fn require_root() {
 static SWEEP: Once = Once::new();
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// One namespace, deleted on drop.
+/// One namespace; deleted on drop if this process created it.
 pub struct Netns {
     name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -55,8 +56,21 @@ impl Netns {
         run(Command::new("ip").args(["netns", "add", name]))?;
         let ns = Netns {
             name: name.to_string(),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A namespace made by someone else (`ip netns add`); left alone on drop.
+    pub fn existing(name: &str) -> Result<Self> {
+        let ns = Netns {
+            name: name.to_string(),
+            owned: false,
+        };
+        if !ns.path().exists() {
+            bail!("no network namespace {name} (see `ip netns list`)");
+        }
         Ok(ns)
     }
 
@@ -112,6 +126,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.name])) {
             eprintln!("lab cleanup: {e:#}");
         }
@@ -322,4 +339,25 @@ pub fn reset_on_close(stream: &std::net::TcpStream) -> Result<()> {
         return Err(io::Error::last_os_error()).context("SO_LINGER");
     }
     Ok(())
+}
+
+impl Lab {
+    /// How many sockets the server namespace has in SYN-RECV (`ss -tan state syn-recv`).
+    pub fn server_syn_recv(&self) -> Result<usize> {
+        let out = run(self.server.command("ss").args(["-tanH", "state", "syn-recv"]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+    }
+}
+
+/// A listening socket in `ns` with an explicit `listen()` backlog (std uses 128).
+pub fn listen(ns: &Netns, addr: std::net::SocketAddr, backlog: i32) -> Result<std::net::TcpListener> {
+    ns.enter(move || -> Result<std::net::TcpListener> {
+        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+        // Listening again only changes the backlog.
+        // SAFETY: listen on a socket we own.
+        if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+            return Err(io::Error::last_os_error()).context("listen");
+        }
+        Ok(listener)
+    })?
 }

@@ -4,6 +4,7 @@
 //! ranges, bounded traffic, cleanup even on failure).
 
 pub mod daemon;
+pub mod flood;
 pub mod inject;
 pub mod lab;
 pub mod packets;

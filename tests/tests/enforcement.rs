@@ -1,0 +1,482 @@
+//! Enforcement against real floods in the lab: a real listener with a small
+//! backlog and SYN cookies off (so a flood really hurts), real clients, and
+//! the project's flood generator sending SYNs from spoofed random sources.
+//! Needs root.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tcp_guard_tests::{
+    daemon::{Daemon, counter, stats_json, tcp_guard},
+    flood::{FloodReport, FloodSpec, Sources, flood},
+    inject::Injector,
+    lab::{Lab, listen},
+    packets::{SYN, TcpPacket},
+};
+
+const PORT: u16 = 8080;
+/// listen(16): the kernel holds at most 17 connections in SYN-RECV.
+const BACKLOG: i32 = 16;
+
+/// A server that accepts and closes connections until dropped.
+struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(listener: TcpListener) -> Server {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Server {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle.join().expect("server thread");
+        }
+    }
+}
+
+/// A flood running in the background until stopped (or its bounds).
+struct Flood {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<FloodReport>>,
+}
+
+impl Flood {
+    fn start(lab: &Lab, dst: IpAddr, sources: Sources, rate: u64, duration: Duration) -> Flood {
+        let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+        let spec = FloodSpec {
+            dst,
+            dst_port: PORT,
+            dst_mac: Lab::mac(&lab.server, &lab.server_iface).expect("MAC"),
+            sources,
+            rate,
+            count: rate * duration.as_secs().max(1),
+            duration,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || flood(&injector, &spec, &flag).expect("flood"));
+        Flood {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(mut self) -> FloodReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().expect("flood").join().expect("flood thread")
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _report = handle.join();
+        }
+    }
+}
+
+fn random_sources(v6: bool) -> Sources {
+    if v6 {
+        Sources::Random {
+            network: "2001:2:0:8000::".parse().unwrap(),
+            prefix_len: 49,
+        }
+    } else {
+        Sources::Random {
+            network: "198.19.0.0".parse().unwrap(),
+            prefix_len: 16,
+        }
+    }
+}
+
+/// `n` connects from the client namespace, in `threads` parallel series;
+/// how many succeeded within `timeout` each.
+fn connects(lab: &Lab, addr: SocketAddr, n: usize, threads: usize, timeout: Duration) -> usize {
+    let ok = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..n / threads {
+                    let result = lab
+                        .client
+                        .enter(move || TcpStream::connect_timeout(&addr, timeout))
+                        .expect("enter");
+                    if result.is_ok() {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    ok.load(Ordering::Relaxed)
+}
+
+/// The server namespace of a flood test: small backlog, SYN cookies off,
+/// request sockets given up after one SYN-ACK retry (~3 s) so the test ends.
+fn flood_lab() -> Lab {
+    let lab = Lab::new().expect("lab");
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").expect("sysctl");
+    lab.server
+        .sysctl("net.ipv4.tcp_synack_retries", "1")
+        .expect("sysctl");
+    lab
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn without_the_guard_a_flood_denies_real_clients() {
+    let lab = flood_lab();
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
+    assert_eq!(
+        connects(&lab, addr, 3, 1, Duration::from_secs(3)),
+        3,
+        "the lab works without a flood"
+    );
+    let flood = Flood::start(
+        &lab,
+        addr.ip(),
+        random_sources(false),
+        20_000,
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let ok = connects(&lab, addr, 10, 2, Duration::from_secs(2));
+    let report = flood.stop();
+    assert!(report.sent > 10_000, "the flood ran: {report:?}");
+    assert!(
+        ok <= 1,
+        "the control run must show the flood hurting: {ok}/10 connects succeeded"
+    );
+}
+
+fn guard_keeps_real_clients_served(v6: bool) {
+    const GLOBAL: usize = 12;
+    let lab = flood_lab();
+    let daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "limits.global_half_open=12",
+            "--set",
+            "attack.enter_half_open=4",
+            "--set",
+            "attack.leave_half_open=2",
+            "--set",
+            "attack.leave_syn_rate=1000",
+            "--set",
+            "attack.cooldown=2s",
+            "--set",
+            "timeouts.syn_rcvd=4s",
+        ],
+    )
+    .expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(v6), PORT);
+    let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
+
+    let flood = Flood::start(
+        &lab,
+        addr.ip(),
+        random_sources(v6),
+        20_000,
+        Duration::from_secs(60),
+    );
+    let sampling = Arc::new(AtomicBool::new(true));
+    let max_syn_recv = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (sampling, max) = (sampling.clone(), max_syn_recv.clone());
+        let ns = lab.server.name().to_string();
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                let out = std::process::Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{ns}"))
+                    .args(["ss", "-tanH", "state", "syn-recv"])
+                    .output()
+                    .expect("ss");
+                max.fetch_max(
+                    String::from_utf8_lossy(&out.stdout).lines().count(),
+                    Ordering::Relaxed,
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let during = stats_json(&lab.server_iface);
+    assert_eq!(
+        during["attack"]["active"], true,
+        "attack mode under a flood: {during}"
+    );
+
+    let ok = connects(&lab, addr, 30, 3, Duration::from_secs(5));
+    let report = flood.stop();
+    sampling.store(false, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+
+    let stats = stats_json(&lab.server_iface);
+    assert!(report.sent > 10_000, "the flood ran: {report:?}");
+    assert!(
+        ok * 100 >= 30 * 99,
+        "at least 99 % of real connects succeed: {ok}/30; {stats}"
+    );
+    let peak = max_syn_recv.load(Ordering::Relaxed);
+    assert!(
+        peak <= GLOBAL,
+        "ss saw {peak} SYN-RECV sockets, more than the limit of {GLOBAL}"
+    );
+    assert!(counter(&stats, "drop_challenge") > 1000, "{stats}");
+    assert!(
+        stats["half_open"]["count"].as_u64().expect("half-open") <= GLOBAL as u64,
+        "{stats}"
+    );
+
+    wait_for(
+        "attack mode to end after the flood",
+        Duration::from_secs(20),
+        || stats_json(&lab.server_iface)["attack"]["active"] == false,
+    );
+    let log = daemon.log();
+    assert!(log.contains("event=attack_mode_on"), "{log}");
+    assert!(log.contains("event=attack_mode_off"), "{log}");
+}
+
+#[test]
+fn ipv4_guard_keeps_real_clients_served_under_a_flood() {
+    guard_keeps_real_clients_served(false);
+}
+
+#[test]
+fn ipv6_guard_keeps_real_clients_served_under_a_flood() {
+    guard_keeps_real_clients_served(true);
+}
+
+#[test]
+fn a_noisy_source_is_blocked_then_unblocked_on_expiry() {
+    let lab = flood_lab();
+    let daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "limits.syn_rate=20",
+            "--set",
+            "limits.syn_burst=20",
+            "--set",
+            "blocking.block_after_drops=50",
+            "--set",
+            "blocking.block_ttl=3s",
+            "--set",
+            "attack.enter_half_open=0",
+            "--set",
+            "attack.enter_syn_rate=0",
+        ],
+    )
+    .expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
+    let noisy: IpAddr = "198.19.9.9".parse().unwrap();
+    let iface = lab.server_iface.clone();
+    let blocked = || {
+        let out = tcp_guard(&["block", "list", "--iface", &iface, "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        list["blocked"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|e| e["cidr"] == "198.19.9.9/32" && e["reason"] == "automatic")
+    };
+
+    let flood = Flood::start(
+        &lab,
+        addr.ip(),
+        Sources::Fixed(noisy),
+        2_000,
+        Duration::from_secs(4),
+    );
+    wait_for("the noisy source to be blocked", Duration::from_secs(5), &blocked);
+    let report = flood.stop();
+    let stats = stats_json(&lab.server_iface);
+    assert!(counter(&stats, "drop_syn_rate") > 50, "{stats}");
+    assert!(
+        counter(&stats, "drop_blocked") > 0,
+        "blocked SYNs are dropped: {stats}; {report:?}"
+    );
+    wait_for("the block to expire", Duration::from_secs(10), || !blocked());
+    let log = daemon.log();
+    assert!(
+        log.contains("event=source_over_limit") && log.contains("source=198.19.9.9"),
+        "{log}"
+    );
+    assert!(log.contains("event=source_blocked"), "{log}");
+    assert!(log.contains("event=source_unblocked"), "{log}");
+}
+
+#[test]
+fn allow_listed_sources_skip_the_challenge() {
+    let lab = flood_lab();
+    let _daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "attack.enter_half_open=4",
+            "--set",
+            "attack.leave_half_open=2",
+            "--set",
+            "timeouts.syn_rcvd=4s",
+        ],
+    )
+    .expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
+    let out = tcp_guard(&["allow", "add", "--iface", &lab.server_iface, "198.18.0.2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let flood = Flood::start(
+        &lab,
+        addr.ip(),
+        random_sources(false),
+        5_000,
+        Duration::from_secs(30),
+    );
+    wait_for("attack mode", Duration::from_secs(5), || {
+        stats_json(&lab.server_iface)["attack"]["active"] == true
+    });
+    let before = stats_json(&lab.server_iface);
+    let ok = connects(&lab, addr, 5, 1, Duration::from_millis(900));
+    flood.stop();
+    let after = stats_json(&lab.server_iface);
+    assert_eq!(ok, 5, "allow-listed connects need no retransmission: {after}");
+    assert_eq!(
+        counter(&after, "syn_allowlisted") - counter(&before, "syn_allowlisted"),
+        5,
+        "{after}"
+    );
+}
+
+#[test]
+fn live_changes_take_effect_without_dropping_established_connections() {
+    let lab = Lab::new().expect("lab");
+    let config = std::env::temp_dir().join(format!("tcp-guard-{}.toml", lab.server_iface));
+    std::fs::write(&config, "[limits]\nsyn_rate = 100\n").expect("config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let _daemon =
+        Daemon::start(&lab.server, &lab.server_iface, &["--config", &config_arg]).expect("start tcp-guard");
+    let iface = lab.server_iface.clone();
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = listen(&lab.server, addr, BACKLOG).expect("listen");
+    let mut client = lab
+        .client
+        .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .unwrap()
+        .expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    let exchange = |client: &mut TcpStream, server: &mut TcpStream| {
+        let mut buf = [0u8; 4];
+        client.write_all(b"ping").expect("client write");
+        server.read_exact(&mut buf).expect("server read");
+        server.write_all(b"pong").expect("server write");
+        client.read_exact(&mut buf).expect("client read");
+        assert_eq!(&buf, b"pong");
+    };
+    exchange(&mut client, &mut server);
+    let limits = |key: &str| -> serde_json::Value {
+        let out = tcp_guard(&["limits", "show", "--iface", &iface, "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")[key].clone()
+    };
+    assert_eq!(limits("limits.syn_rate"), 100, "from the config file");
+
+    let set = tcp_guard(&[
+        "limits",
+        "set",
+        "--iface",
+        &iface,
+        "limits.per_source_half_open=1",
+    ]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert_eq!(limits("limits.per_source_half_open"), 1);
+    let bad = tcp_guard(&["limits", "set", "--iface", &iface, "tables.max_flows=10"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("fixed while running"));
+
+    let block = tcp_guard(&["block", "add", "--iface", &iface, "198.19.50.0/24", "--ttl", "1m"]);
+    assert!(
+        block.status.success(),
+        "{}",
+        String::from_utf8_lossy(&block.stderr)
+    );
+    let before = stats_json(&iface);
+    let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+    let mut syn = TcpPacket::new("198.19.50.7".parse().unwrap(), addr.ip(), 4242, PORT, SYN);
+    syn.dst_mac = Lab::mac(&lab.server, &iface).expect("MAC");
+    injector.send(&syn.frame()).expect("send");
+    wait_for("the blocked SYN to be counted", Duration::from_secs(2), || {
+        counter(&stats_json(&iface), "drop_blocked") > counter(&before, "drop_blocked")
+    });
+
+    std::fs::write(&config, "[limits]\nsyn_rate = 77\n").expect("config");
+    let reload = tcp_guard(&["reload", "--iface", &iface]);
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    assert_eq!(limits("limits.syn_rate"), 77);
+    assert_eq!(
+        limits("limits.per_source_half_open"),
+        64,
+        "a reload returns to the file and defaults"
+    );
+
+    std::fs::write(&config, "[limits]\nsyn_rate = 5\nbogus = 1\n").expect("config");
+    let refused = tcp_guard(&["reload", "--iface", &iface]);
+    assert!(!refused.status.success(), "a bad config must be refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("refused"));
+    assert_eq!(limits("limits.syn_rate"), 77, "the running configuration stays");
+
+    exchange(&mut client, &mut server);
+    let flows = tcp_guard(&["flows", "--iface", &iface, "--json", "--state", "estab"]);
+    let flows: serde_json::Value = serde_json::from_slice(&flows.stdout).expect("JSON");
+    assert_eq!(flows["flows"].as_array().expect("array").len(), 1, "{flows}");
+    std::fs::remove_file(&config).expect("remove config");
+}
