@@ -489,3 +489,98 @@ impl Settings {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("tcp-guard-settings-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text)?;
+        let mut settings = Settings::default();
+        let result = settings.load_file(&path).map(|()| settings);
+        std::fs::remove_file(&path)?;
+        result
+    }
+
+    #[test]
+    fn the_example_config_is_the_defaults() {
+        let example = include_str!("../../docs/config.example.toml");
+        assert_eq!(load(example).expect("example parses"), Settings::default());
+    }
+
+    #[test]
+    fn every_key_round_trips_through_show_and_set() {
+        let defaults = Settings::default();
+        let json = defaults.to_json();
+        let mut again = Settings::default();
+        for (key, value) in json.as_object().expect("object") {
+            let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            again
+                .set(key, &text)
+                .unwrap_or_else(|e| panic!("{key} = {text}: {e:#}"));
+        }
+        assert_eq!(again, defaults);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let cases = [
+            (
+                "[limits]\nsyn_rte = 5\n",
+                "unknown setting \"limits.syn_rte\"; limits has:",
+            ),
+            (
+                "[limit]\nsyn_rate = 5\n",
+                "unknown setting \"limit.syn_rate\"; sections are",
+            ),
+            (
+                "[limits]\nsyn_rate = -1\n",
+                "limits.syn_rate = \"-1\": expected a whole number",
+            ),
+            (
+                "[limits]\nprefix_len_v4 = 33\n",
+                "limits.prefix_len_v4 = 33: must be from 1 to 32",
+            ),
+            (
+                "[attack]\npolicy = \"drop\"\n",
+                "one of retransmit-challenge, verified-only, pass",
+            ),
+            ("[attack]\ncooldown = \"soon\"\n", "attack.cooldown = \"soon\""),
+            ("[timeouts]\ntime_wait = \"1500ms\"\n", "whole seconds only"),
+            ("limits = 5\n", "limits must be a [section] of settings"),
+            ("[limits\n", "is not valid TOML"),
+            (
+                "[attack]\nenter_half_open = 10\nleave_half_open = 20\n",
+                "must not exceed attack.enter_half_open",
+            ),
+            (
+                "[limits]\nglobal_half_open = 100000\n",
+                "exceeds tables.max_half_open",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = format!("{:#}", load(text).expect_err(text));
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn live_changes_refuse_restart_only_keys() {
+        let mut settings = Settings::default();
+        let error = settings
+            .apply(&["tables.max_flows=10".to_string()], true)
+            .expect_err("tables are fixed");
+        assert!(format!("{error:#}").contains("fixed while running"));
+        settings
+            .apply(
+                &["limits.syn_rate=5".to_string(), "attack.policy=pass".to_string()],
+                true,
+            )
+            .expect("live keys");
+        assert_eq!(settings.live.syn_rate, 5);
+        assert_eq!(settings.live.policy(), Policy::Pass);
+    }
+}

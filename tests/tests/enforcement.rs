@@ -480,3 +480,60 @@ fn live_changes_take_effect_without_dropping_established_connections() {
     assert_eq!(flows["flows"].as_array().expect("array").len(), 1, "{flows}");
     std::fs::remove_file(&config).expect("remove config");
 }
+
+#[test]
+fn an_hping3_flood_is_contained_as_well() {
+    const GLOBAL: usize = 12;
+    let lab = flood_lab();
+    let _daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "limits.global_half_open=12",
+            "--set",
+            "attack.enter_half_open=4",
+            "--set",
+            "attack.leave_half_open=2",
+            "--set",
+            "timeouts.syn_rcvd=4s",
+        ],
+    )
+    .expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
+    // Debian's hping3, bounded by count and by timeout: ~10k SYN/s for ~6 s
+    // from random sources (they stay in the lab: the server's replies go
+    // back into the veth pair, where the client drops them).
+    let mut hping = lab
+        .client
+        .command("timeout")
+        .args([
+            "10",
+            "hping3",
+            "-q",
+            "-S",
+            "-p",
+            "8080",
+            "--rand-source",
+            "-i",
+            "u100",
+            "-c",
+            "60000",
+        ])
+        .arg(addr.ip().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("hping3 (installed by `cargo xtask setup`)");
+    std::thread::sleep(Duration::from_secs(1));
+    let ok = connects(&lab, addr, 10, 2, Duration::from_secs(5));
+    let peak = lab.server_syn_recv().expect("ss");
+    let stats = stats_json(&lab.server_iface);
+    let status = hping.wait().expect("hping3");
+    assert!(status.success() || status.code() == Some(124), "hping3: {status}");
+    assert_eq!(ok, 10, "real connects under an hping3 flood: {stats}");
+    assert!(peak <= GLOBAL, "{peak} SYN-RECV");
+    assert_eq!(stats["attack"]["active"], true, "{stats}");
+    assert!(counter(&stats, "drop_challenge") > 1000, "{stats}");
+}

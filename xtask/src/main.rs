@@ -35,11 +35,12 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Set up, then run tcp-guard on a built-in two-namespace lab with a
-    /// client connecting to a server, showing live counters. Needs root.
+    /// Set up, then run tcp-guard on a built-in two-namespace lab: a client
+    /// connects to a server while a spoofed SYN flood and a noisy source come
+    /// and go; live figures every second. Needs root.
     Demo {
         /// How long to run; Ctrl-C ends it early. Everything is removed at exit.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 25)]
         seconds: u64,
     },
     /// Benchmarks (not part of the tests). Needs root.

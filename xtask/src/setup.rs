@@ -21,6 +21,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter and setpriv for the test lab"),
     ("procps", "sysctl inside lab namespaces"),
     ("nftables", "holds back a FIN in the simultaneous-close test"),
+    (
+        "hping3",
+        "an independent SYN flood generator, to cross-check our own",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
