@@ -8,10 +8,19 @@ use std::{net::IpAddr, time::Duration};
 
 use aya::{
     Ebpf,
+    maps::{
+        Array,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use tcp_guard::{program, settings::Settings};
-use tcp_guard_common::{config::TableSizes, programs};
+use tcp_guard_common::{
+    config::TableSizes,
+    maps,
+    policy::{AttackState, BlockEntry, LpmAddr},
+    programs,
+};
 use tcp_guard_tests::{
     lab::require_root,
     packets::{ACK, PSH, SYN, TcpPacket, ethernet, linux_syn_options},
@@ -94,6 +103,8 @@ fn main() {
     settings.live.per_port_half_open = 0;
     settings.live.global_half_open = 0;
     settings.live.syn_rate = 0;
+    // Attack mode only where a case turns it on.
+    settings.live.attack_enter_half_open = 0;
     let mut ebpf = program::load(log::LevelFilter::Off, &settings).expect("load tcp-guard");
     let baseline: &mut Xdp = ebpf
         .program_mut(programs::BASELINE)
@@ -127,6 +138,12 @@ fn main() {
     let mut truncated = syn(0).frame();
     truncated.truncate(40);
     let same = |frame: Vec<u8>| vec![frame; FLOWS_PER_CASE];
+    // Sources 198.18.200.0/24 are blocked below, before their case.
+    let blocked = |i: usize| {
+        let mut pkt = syn(i);
+        pkt.src = IpAddr::from([198, 18, 200, i as u8]);
+        pkt.frame()
+    };
     let cases = [
         Case {
             name: "SYN, new flow",
@@ -150,11 +167,33 @@ fn main() {
             name: "malformed (truncated TCP)",
             frames: same(truncated),
         },
+        Case {
+            name: "SYN from a blocked source",
+            frames: (0..FLOWS_PER_CASE).map(blocked).collect(),
+        },
+        // Last: attack mode stays on from here.
+        Case {
+            name: "SYN in attack mode, unknown source (challenged)",
+            frames: (0..FLOWS_PER_CASE).map(|i| syn(300_000 + i).frame()).collect(),
+        },
     ];
 
     println!("| packet | tcp-guard ns/pkt | XDP_PASS ns/pkt | difference | ratio |");
     println!("|---|---:|---:|---:|---:|");
     for case in &cases {
+        if case.name.starts_with("SYN from a blocked") {
+            block(&mut ebpf, [198, 18, 200, 0], 24);
+        }
+        if case.name.starts_with("SYN in attack mode") {
+            let mut attack: Array<_, AttackState> =
+                ebpf.map_mut(maps::ATTACK).expect("ATTACK").try_into().expect("array");
+            let on = AttackState {
+                active: 1,
+                _pad: 0,
+                since_ns: 1,
+            };
+            attack.set(0, on, 0).expect("attack mode on");
+        }
         let baseline_frame = &case.frames[0];
         let mut frames = case.frames.iter();
         for frame in frames.by_ref().take(WARMUP) {
@@ -192,6 +231,16 @@ fn main() {
             .trim(),
         cpu_model()
     );
+}
+
+/// Blocks an IPv4 network, as `tcp-guard block add` would.
+fn block(ebpf: &mut Ebpf, network: [u8; 4], prefix_len: u32) {
+    let mut trie: LpmTrie<_, LpmAddr, BlockEntry> =
+        ebpf.map_mut(maps::BLOCK).expect("BLOCK").try_into().expect("LPM trie");
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&network);
+    trie.insert(&Key::new(prefix_len + 96, LpmAddr::new(4, addr)), BlockEntry::default(), 0)
+        .expect("block");
 }
 
 fn baseline_program(ebpf: &mut Ebpf) -> &mut Xdp {
