@@ -185,8 +185,11 @@ fn main() {
             block(&mut ebpf, [198, 18, 200, 0], 24);
         }
         if case.name.starts_with("SYN in attack mode") {
-            let mut attack: Array<_, AttackState> =
-                ebpf.map_mut(maps::ATTACK).expect("ATTACK").try_into().expect("array");
+            let mut attack: Array<_, AttackState> = ebpf
+                .map_mut(maps::ATTACK)
+                .expect("ATTACK")
+                .try_into()
+                .expect("array");
             let on = AttackState {
                 active: 1,
                 _pad: 0,
@@ -235,12 +238,19 @@ fn main() {
 
 /// Blocks an IPv4 network, as `tcp-guard block add` would.
 fn block(ebpf: &mut Ebpf, network: [u8; 4], prefix_len: u32) {
-    let mut trie: LpmTrie<_, LpmAddr, BlockEntry> =
-        ebpf.map_mut(maps::BLOCK).expect("BLOCK").try_into().expect("LPM trie");
+    let mut trie: LpmTrie<_, LpmAddr, BlockEntry> = ebpf
+        .map_mut(maps::BLOCK)
+        .expect("BLOCK")
+        .try_into()
+        .expect("LPM trie");
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&network);
-    trie.insert(&Key::new(prefix_len + 96, LpmAddr::new(4, addr)), BlockEntry::default(), 0)
-        .expect("block");
+    trie.insert(
+        &Key::new(prefix_len + 96, LpmAddr::new(4, addr)),
+        BlockEntry::default(),
+        0,
+    )
+    .expect("block");
 }
 
 fn baseline_program(ebpf: &mut Ebpf) -> &mut Xdp {
