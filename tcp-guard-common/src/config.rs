@@ -71,7 +71,7 @@ impl Default for GuardConfig {
             prefix_len_v4: 24,
             prefix_len_v6: 64,
             policy: Policy::RetransmitChallenge as u8,
-            _pad: [0],
+            egress: 0,
         }
     }
 }

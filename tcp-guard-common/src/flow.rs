@@ -210,6 +210,11 @@ impl Flow {
     /// Counted in the half-open limits (`COUNTS`) while in SYN-RECV; the
     /// counts are released when it leaves SYN-RECV.
     pub const COUNTED: u8 = 0x04;
+    /// Opened by a peer's SYN while the egress program watches: the host's
+    /// SYN-ACK must be seen before an ACK may complete the handshake (if the
+    /// kernel never answered the SYN, a spoofed ACK would otherwise open a
+    /// phantom connection).
+    pub const AWAIT_SYN_ACK: u8 = 0x08;
 
     pub const fn state(&self) -> Option<TcpState> {
         TcpState::from_u8(self.state)
@@ -630,8 +635,11 @@ fn ingress_ack(old: &Flow, state: TcpState, seg: &Seg, class: TcpClass, now: u64
         return Step::Invalid(Invalid::BadHandshakeAck);
     }
     if state == TcpState::SynRcvd {
-        // The handshake's final ACK: ack = K + 1.
-        if old.has(Flow::HOST_SEQ_KNOWN) && seg.ack != old.host_isn.wrapping_add(1) {
+        // The handshake's final ACK: ack = K + 1, K from the host's SYN-ACK.
+        let answered = old.has(Flow::HOST_SEQ_KNOWN);
+        if (answered && seg.ack != old.host_isn.wrapping_add(1))
+            || (!answered && old.has(Flow::AWAIT_SYN_ACK))
+        {
             return Step::Invalid(Invalid::BadHandshakeAck);
         }
     } else if !ack_acceptable(old, seg.ack) {

@@ -11,6 +11,10 @@ pub mod stats;
 /// Names of the maps in the eBPF object, and of their pins under the
 /// instance directory.
 pub mod maps {
+    /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
+    /// adopts pinned state only from the same version.
+    pub const LAYOUT_VERSION: u64 = 1;
+
     pub const STATS: &str = "STATS";
     /// Half-open flows (SYN-SENT, SYN-RECV), keyed by [`crate::flow::FlowKey`].
     pub const HALF_OPEN: &str = "HALF_OPEN";

@@ -79,7 +79,9 @@ pub struct GuardConfig {
     pub prefix_len_v6: u8,
     /// A [`Policy`] as u8.
     pub policy: u8,
-    pub _pad: [u8; 1],
+    /// Non-zero when the egress program is attached (set by the daemon):
+    /// half-open flows then wait for the host's SYN-ACK (`Flow::AWAIT_SYN_ACK`).
+    pub egress: u8,
 }
 
 impl GuardConfig {

@@ -160,6 +160,23 @@ fn final_ack_must_acknowledge_the_syn_ack() {
 }
 
 #[test]
+fn with_egress_watched_no_ack_completes_a_handshake_the_host_never_answered() {
+    let mut c = Conn::default();
+    c.peer(SYN, J, 0);
+    // What the kernel side does for a flow opened while egress is watched.
+    c.flow.as_mut().unwrap().flags |= Flow::AWAIT_SYN_ACK;
+    assert_eq!(c.peer(ACK, J + 1, 12345), Step::Invalid(Invalid::BadHandshakeAck));
+    assert_eq!(
+        c.peer(FIN | ACK, J + 1, 12345),
+        Step::Invalid(Invalid::BadHandshakeAck)
+    );
+    assert_eq!(c.state(), Some(TcpState::SynRcvd));
+    c.host(SYN | ACK, K, J + 1);
+    c.peer(ACK, J + 1, K + 1);
+    assert_eq!(c.state(), Some(TcpState::Established), "once answered, as usual");
+}
+
+#[test]
 fn ack_fin_rst_without_a_flow_are_invalid() {
     for flags in [ACK, ACK | PSH, FIN | ACK, RST, RST | ACK, SYN | ACK] {
         let mut c = Conn::default();

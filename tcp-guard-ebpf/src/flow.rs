@@ -144,6 +144,9 @@ fn track(
                     Ok(prefix_len) => {
                         flow.flags |= Flow::COUNTED;
                         flow.prefix_len = prefix_len;
+                        if config.egress != 0 {
+                            flow.flags |= Flow::AWAIT_SYN_ACK;
+                        }
                     }
                     Err(reason) => return drop_syn(counters, key, reason),
                 }

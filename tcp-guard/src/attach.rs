@@ -1,11 +1,16 @@
 //! Attaching the XDP program to an interface, with errors that say what to do.
 
-use std::{ffi::CString, fmt};
+use std::{ffi::CString, fmt, io, path::Path};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    programs::{ProgramError, TcAttachType, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TcAttachType, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 
 use crate::program;
@@ -108,8 +113,74 @@ fn explain(error: ProgramError, iface: &str, mode: Mode) -> anyhow::Error {
     anyhow::Error::new(error).context(hint)
 }
 
+/// Pin names of the links that keep the programs attached without the daemon.
+pub const XDP_LINK: &str = "link_xdp";
+pub const TC_LINK: &str = "link_tc_egress";
+
+/// The link pinned at `pin`, if any.
+fn pinned(pin: &Path) -> Result<Option<FdLink>> {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => Ok(Some(FdLink::from(link))),
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open the pinned link {}", pin.display())),
+    }
+}
+
+/// Attaches the XDP program to `iface` and pins the link at `pin`, or, when
+/// a previous instance left a link there, swaps the program into it
+/// atomically (no packet goes unprocessed). Returns the mode, and whether a
+/// link was adopted (its mode is kept).
+pub fn attach_xdp_pinned(ebpf: &mut Ebpf, iface: &str, mode: Mode, pin: &Path) -> Result<(Mode, bool)> {
+    if let Some(link) = pinned(pin)? {
+        let link = XdpLink::try_from(link).context("the pinned XDP link is not an XDP link")?;
+        program::xdp_program(ebpf)?
+            .attach_to_link(link)
+            .with_context(|| format!("cannot replace the program in the pinned XDP link of {iface}"))?;
+        return Ok((mode, true));
+    }
+    let (link_id, mode) = attach_xdp(ebpf, iface, mode)?;
+    let link = program::xdp_program(ebpf)?.take_link(link_id)?;
+    FdLink::try_from(link)
+        .context("the XDP attachment is not a BPF link (kernel before 5.9?); it cannot survive the daemon")?
+        .pin(pin)
+        .with_context(|| format!("cannot pin the XDP link at {}", pin.display()))?;
+    Ok((mode, false))
+}
+
+/// Attaches the TC egress program (TCX, Linux 6.6+) and pins its link, or
+/// swaps the program into a pinned one. Returns whether one was adopted.
+pub fn attach_tc_pinned(ebpf: &mut Ebpf, iface: &str, pin: &Path) -> Result<bool> {
+    if let Some(link) = pinned(pin)? {
+        let link = SchedClassifierLink::try_from(link).context("the pinned TC link is not a TC link")?;
+        program::tc_egress_program(ebpf)?
+            .attach_to_link(link)
+            .with_context(|| format!("cannot replace the program in the pinned TC link of {iface}"))?;
+        return Ok(true);
+    }
+    let link_id = attach_tc_egress(ebpf, iface)?;
+    let link = program::tc_egress_program(ebpf)?.take_link(link_id)?;
+    FdLink::try_from(link)
+        .context("the TC attachment is not a TCX link (kernel before 6.6?); it cannot survive the daemon")?
+        .pin(pin)
+        .with_context(|| format!("cannot pin the TC link at {}", pin.display()))?;
+    Ok(false)
+}
+
+/// Unpins the link at `pin`, which detaches its program (nothing else holds
+/// it). False if there was none.
+pub fn detach_pinned(pin: &Path) -> Result<bool> {
+    match pinned(pin)? {
+        Some(link) => {
+            drop(link);
+            std::fs::remove_file(pin).with_context(|| format!("cannot unpin {}", pin.display()))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// Attaches the TC egress program to `iface` (TCX, kernel 6.6 or later).
-pub fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str) -> Result<SchedClassifierLinkId> {
+fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str) -> Result<aya::programs::tc::SchedClassifierLinkId> {
     program::tc_egress_program(ebpf)?
         .attach(iface, TcAttachType::Egress)
         .with_context(|| {
@@ -118,18 +189,4 @@ pub fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str) -> Result<SchedClassifierL
                  --no-egress runs with XDP alone"
             )
         })
-}
-
-/// Detaches the TC egress program from `iface`.
-pub fn detach_tc_egress(ebpf: &mut Ebpf, link: SchedClassifierLinkId, iface: &str) -> Result<()> {
-    program::tc_egress_program(ebpf)?
-        .detach(link)
-        .with_context(|| format!("failed to detach the TC egress program from {iface}"))
-}
-
-/// Detaches the XDP program from `iface`.
-pub fn detach_xdp(ebpf: &mut Ebpf, link: XdpLinkId, iface: &str) -> Result<()> {
-    program::xdp_program(ebpf)?
-        .detach(link)
-        .with_context(|| format!("failed to detach XDP from {iface}"))
 }

@@ -19,14 +19,41 @@ use tcp_guard_common::{
     policy::{AttackState, BlockEntry, CountKey, GuardConfig, LpmAddr},
 };
 
-use crate::{flows::monotonic_now_ns, instance};
+use crate::{attach::Mode, flows::monotonic_now_ns, instance};
 
-/// What the daemon records about itself, for `reload` and `status`.
+/// What the daemon records about itself, for `reload`, `status` and the
+/// next daemon (which adopts the state only from the same layout).
 pub const INFO: &str = "INFO";
 const INFO_PID: u32 = 0;
 const INFO_STARTED_NS: u32 = 1;
 const INFO_RELOADS: u32 = 2;
 const INFO_RELOADS_REFUSED: u32 = 3;
+const INFO_LAYOUT: u32 = 4;
+const INFO_MODE: u32 = 5;
+const INFO_EGRESS: u32 = 6;
+const INFO_STARTED_UNIX: u32 = 7;
+const INFO_LEN: u32 = 8;
+
+/// What `INFO` says about the daemon of an instance.
+#[derive(Clone, Copy, Debug)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    /// XDP mode: `Mode::Native` or `Mode::Skb`.
+    pub mode: Mode,
+    pub egress: bool,
+    /// Seconds since the Unix epoch.
+    pub started_unix: u64,
+    pub reloads: u64,
+    pub reloads_refused: u64,
+}
+
+impl DaemonInfo {
+    /// Whether the process is alive (and not a zombie).
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')))
+    }
+}
 
 /// An instance's pinned maps, by interface.
 pub struct Instance {
@@ -98,14 +125,67 @@ impl Instance {
         }
     }
 
-    /// Creates and pins the INFO map of a starting daemon.
-    pub fn create_info(&self) -> Result<()> {
-        let mut info: Array<MapData, u64> = Array::create(4, 0).context("cannot create the INFO map")?;
-        info.set(INFO_PID, std::process::id() as u64, 0)?;
-        info.set(INFO_STARTED_NS, monotonic_now_ns(), 0)?;
+    /// Creates and pins the INFO map of a starting daemon, replacing any a
+    /// previous one left.
+    pub fn create_info(&self, mode: Mode, egress: bool) -> Result<()> {
+        let mut info: Array<MapData, u64> =
+            Array::create(INFO_LEN, 0).context("cannot create the INFO map")?;
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (index, value) in [
+            (INFO_PID, std::process::id() as u64),
+            (INFO_STARTED_NS, monotonic_now_ns()),
+            (INFO_LAYOUT, maps::LAYOUT_VERSION),
+            (INFO_MODE, if mode == Mode::Skb { 2 } else { 1 }),
+            (INFO_EGRESS, u64::from(egress)),
+            (INFO_STARTED_UNIX, unix),
+        ] {
+            info.set(index, value, 0)?;
+        }
         let path = self.dir.join(INFO);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot replace {}", path.display()));
+            }
+            _ => {}
+        }
         info.pin(&path)
             .with_context(|| format!("cannot pin INFO at {}", path.display()))
+    }
+
+    /// What the daemon recorded about itself.
+    pub fn info(&self) -> Result<DaemonInfo> {
+        let info = array::<u64>(&self.dir, INFO)?;
+        let get = |index| info.get(&index, 0).context("cannot read INFO");
+        Ok(DaemonInfo {
+            pid: get(INFO_PID)? as u32,
+            mode: if get(INFO_MODE)? == 2 {
+                Mode::Skb
+            } else {
+                Mode::Native
+            },
+            egress: get(INFO_EGRESS)? != 0,
+            started_unix: get(INFO_STARTED_UNIX)?,
+            reloads: get(INFO_RELOADS)?,
+            reloads_refused: get(INFO_RELOADS_REFUSED)?,
+        })
+    }
+
+    /// Refuses pinned state this version cannot adopt.
+    pub fn check_layout(&self) -> Result<()> {
+        let layout = array::<u64>(&self.dir, INFO)
+            .and_then(|info| info.get(&INFO_LAYOUT, 0).context("cannot read INFO"))
+            .unwrap_or(0);
+        if layout != maps::LAYOUT_VERSION {
+            bail!(
+                "the state pinned in {} is from an incompatible tcp-guard (layout {layout}, this one uses {}); \
+                 run `tcp-guard detach` for this interface first (its flows and blocks are dropped)",
+                self.dir.display(),
+                maps::LAYOUT_VERSION
+            );
+        }
+        Ok(())
     }
 
     /// Counts a reload, accepted or refused, so `tcp-guard reload` can report it.
@@ -122,20 +202,6 @@ impl Instance {
         if let Err(e) = result {
             log::error!("cannot record the reload in INFO: {e:#}");
         }
-    }
-
-    /// (accepted, refused) reloads so far.
-    pub fn reloads(&self) -> Result<(u64, u64)> {
-        let info = array::<u64>(&self.dir, INFO)?;
-        Ok((info.get(&INFO_RELOADS, 0)?, info.get(&INFO_RELOADS_REFUSED, 0)?))
-    }
-
-    /// The pid of the daemon running this instance.
-    pub fn daemon_pid(&self) -> Result<u32> {
-        let pid = array::<u64>(&self.dir, INFO)?
-            .get(&INFO_PID, 0)
-            .context("cannot read INFO")?;
-        Ok(pid as u32)
     }
 
     pub fn block(&self, cidr: &Cidr, ttl: Option<Duration>, reason: u32) -> Result<()> {

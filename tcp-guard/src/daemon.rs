@@ -27,28 +27,11 @@ use crate::{
     attach::{self, Mode},
     control::{Cidr, Instance, reason_name},
     flows::{FlowTables, monotonic_now_ns},
-    instance::{self, InstanceLock},
+    instance::{self, Claim, InstanceLock},
     program,
     settings::{self, Settings},
     stats,
 };
-
-/// Every map the programs use, pinned under the instance directory.
-const PINNED: &[&str] = &[
-    maps::STATS,
-    maps::HALF_OPEN,
-    maps::FLOWS,
-    maps::EXPIRED,
-    maps::CONFIG,
-    maps::ATTACK,
-    maps::COUNTS,
-    maps::RATE,
-    maps::ALLOW,
-    maps::BLOCK,
-    maps::VERIFIED,
-    maps::CHALLENGE,
-    maps::OFFENDERS,
-];
 
 /// The control loop's period. Expiry, automatic blocks and block expiry run
 /// every second tick.
@@ -91,25 +74,118 @@ pub struct RunOptions {
     pub iface: String,
     pub mode: Mode,
     pub egress: bool,
+    /// Take over from a running daemon on the same interface.
+    pub replace: bool,
     pub settings: SettingsSource,
+}
+
+/// How the control loop ended.
+enum Exit {
+    /// SIGINT or SIGTERM: detach and remove everything.
+    Stop(&'static str),
+    /// SIGUSR2 (`run --replace` from a new daemon): leave the programs
+    /// attached and the state pinned, for the new daemon to adopt.
+    HandOver,
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
     let iface = options.iface.as_str();
     attach::if_index(iface)?;
-    let settings = options.settings.resolve()?;
-
-    let lock = InstanceLock::claim(iface)?;
-    let mut ebpf = program::load(log::max_level(), &settings)?;
-    for name in PINNED {
-        let pin = lock.path(name);
-        ebpf.map(name)
-            .with_context(|| format!("map {name} missing from the eBPF object"))?
-            .pin(&pin)
-            .with_context(|| format!("cannot pin {name} at {}", pin.display()))?;
-    }
+    let mut settings = options.settings.resolve()?;
+    settings.live.egress = u8::from(options.egress);
+    let lock = if options.replace {
+        take_over(iface)?
+    } else {
+        InstanceLock::claim(iface)?
+    };
     let instance = Instance::new(instance::dir(iface));
-    instance.create_info()?;
+    let adopting = lock.has_pins()?;
+    if adopting {
+        instance.check_layout()?;
+    }
+    let (mut ebpf, logger, mut control) = match start(&lock, instance, &settings, &options, adopting) {
+        Ok(started) => started,
+        Err(e) => {
+            if !adopting {
+                // A fresh start that failed leaves nothing behind.
+                for link in [attach::XDP_LINK, attach::TC_LINK] {
+                    attach::detach_pinned(&lock.path(link))?;
+                }
+                lock.remove_all()?;
+            }
+            return Err(e);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let exit = runtime.block_on(serve(logger, &mut ebpf, &mut control, &options.settings));
+    match exit {
+        Ok(Exit::Stop(signal_name)) => {
+            log::info!("{signal_name} received; detaching from {iface} and removing the pinned state");
+            for link in [attach::XDP_LINK, attach::TC_LINK] {
+                attach::detach_pinned(&lock.path(link))?;
+            }
+            drop(ebpf);
+            lock.remove_all()
+        }
+        Ok(Exit::HandOver) => {
+            log::info!(
+                "handing {iface} over to a new daemon: the programs stay attached and the state pinned"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            log::error!(
+                "the control loop failed; the fast path stays attached with the last limits \
+                 (restart tcp-guard to adopt it, or `tcp-guard detach --iface {iface}`)"
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Asks the daemon holding `iface` to hand over (SIGUSR2) and claims the
+/// instance once it has exited.
+fn take_over(iface: &str) -> Result<InstanceLock> {
+    if let Claim::Claimed(lock) = InstanceLock::try_claim(iface)? {
+        return Ok(lock);
+    }
+    let info = Instance::new(instance::dir(iface)).info()?;
+    log::info!(
+        "asking the tcp-guard daemon on {iface} (pid {}) to hand over",
+        info.pid
+    );
+    // SAFETY: kill with a pid and a valid signal number.
+    if unsafe { libc::kill(info.pid as i32, libc::SIGUSR2) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot signal the daemon (pid {})", info.pid));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Claim::Claimed(lock) = InstanceLock::try_claim(iface)? {
+            return Ok(lock);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "the daemon on {iface} (pid {}) did not hand over within 15 s",
+        info.pid
+    )
+}
+
+/// Loads (adopting pinned maps), attaches (adopting pinned links) and
+/// prepares the control loop.
+fn start(
+    lock: &InstanceLock,
+    instance: Instance,
+    settings: &Settings,
+    options: &RunOptions,
+    adopting: bool,
+) -> Result<(Ebpf, EbpfLogger<&'static dyn log::Log>, Control)> {
+    let iface = options.iface.as_str();
+    let mut ebpf = program::load(log::max_level(), settings, Some(instance.dir()))?;
     let logger = EbpfLogger::init(&mut ebpf).context("cannot read the eBPF programs' log ring")?;
     let events: RingBuf<MapData> = ebpf
         .take_map(maps::EVENTS)
@@ -117,46 +193,61 @@ pub fn run(options: RunOptions) -> Result<()> {
         .try_into()
         .context("EVENTS is not a ring buffer")?;
 
-    let (xdp_link, mode) = attach::attach_xdp(&mut ebpf, iface, options.mode)?;
-    let egress_link = if options.egress {
-        Some(attach::attach_tc_egress(&mut ebpf, iface)?)
+    let (mode, xdp_adopted) =
+        attach::attach_xdp_pinned(&mut ebpf, iface, options.mode, &lock.path(attach::XDP_LINK))?;
+    let mode = if xdp_adopted {
+        instance.info().map_or(mode, |info| info.mode)
     } else {
-        None
+        mode
     };
+    if options.egress {
+        attach::attach_tc_pinned(&mut ebpf, iface, &lock.path(attach::TC_LINK))?;
+    } else if attach::detach_pinned(&lock.path(attach::TC_LINK))? {
+        log::info!("detached the egress program a previous instance left on {iface} (--no-egress)");
+    }
+    instance.create_info(mode, options.egress)?;
+    let tables = FlowTables::open(instance.dir())?;
+    if adopting {
+        let gauges = tables.gauges()?;
+        let blocks = instance.blocks()?.len();
+        log::info!(
+            "adopted the state a previous instance pinned in {}: {} half-open and {} other flows, {blocks} \
+             block(s), its counters; the new programs replaced the old in the attached links",
+            instance.dir().display(),
+            gauges.half_open_entries,
+            gauges.flow_entries
+        );
+        if (gauges.half_open_max, gauges.flow_max) != (settings.tables.half_open, settings.tables.flows) {
+            log::warn!(
+                "the adopted flow tables keep their sizes ({} half-open, {} others); detach and restart to resize",
+                gauges.half_open_max,
+                gauges.flow_max
+            );
+        }
+    }
     log::info!(
         "guarding {iface} (XDP, {mode} mode; {}); config from {}; state in {}",
-        if egress_link.is_some() {
+        if options.egress {
             "TC egress"
         } else {
             "no egress program"
         },
         options.settings.describe(),
-        instance::dir(iface).display()
+        instance.dir().display()
     );
-    log_settings(&settings);
-
-    let mut control = Control {
+    log_settings(settings);
+    let control = Control {
         iface: iface.to_string(),
-        tables: FlowTables::open(instance.dir())?,
+        tables,
         instance,
         events,
         detector: AttackDetector::default(),
         last_syns: None,
         ticks: 0,
         running_tables: settings.tables,
+        egress: settings.live.egress,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let signal_name = runtime.block_on(serve(logger, &mut ebpf, &mut control, &options.settings))?;
-    log::info!("{signal_name} received; detaching from {iface}");
-    if let Some(link) = egress_link {
-        attach::detach_tc_egress(&mut ebpf, link, iface)?;
-    }
-    attach::detach_xdp(&mut ebpf, xdp_link, iface)?;
-    drop(lock);
-    Ok(())
+    Ok((ebpf, logger, control))
 }
 
 fn log_settings(settings: &Settings) {
@@ -186,14 +277,14 @@ fn log_settings(settings: &Settings) {
     );
 }
 
-/// Forwards kernel log records and runs the control loop until SIGINT or
-/// SIGTERM (returned); SIGHUP reloads.
+/// Forwards kernel log records and runs the control loop until SIGINT,
+/// SIGTERM or SIGUSR2; SIGHUP reloads.
 async fn serve(
     logger: EbpfLogger<&'static dyn log::Log>,
     ebpf: &mut Ebpf,
     control: &mut Control,
     source: &SettingsSource,
-) -> Result<&'static str> {
+) -> Result<Exit> {
     // SAFETY: the logger owns the ring buffer's fd, which stays open and
     // unchanged for as long as the AsyncFd owns the logger.
     let mut logs = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
@@ -202,11 +293,13 @@ async fn serve(
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut hand_over = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            _ = interrupt.recv() => return Ok("SIGINT"),
-            _ = terminate.recv() => return Ok("SIGTERM"),
+            _ = interrupt.recv() => return Ok(Exit::Stop("SIGINT")),
+            _ = terminate.recv() => return Ok(Exit::Stop("SIGTERM")),
+            _ = hand_over.recv() => return Ok(Exit::HandOver),
             _ = hangup.recv() => control.reload(source),
             ready = logs.readable_mut() => {
                 let mut guard = ready.context("polling the eBPF log ring failed")?;
@@ -228,6 +321,8 @@ struct Control {
     last_syns: Option<(u64, Instant)>,
     ticks: u64,
     running_tables: tcp_guard_common::config::TableSizes,
+    /// `GuardConfig::egress` of this daemon, kept across reloads.
+    egress: u8,
 }
 
 impl Control {
@@ -374,7 +469,8 @@ impl Control {
 
     /// Re-reads the settings; a bad configuration is refused and the running one stays.
     fn reload(&mut self, source: &SettingsSource) {
-        let outcome = source.resolve().and_then(|settings| {
+        let outcome = source.resolve().and_then(|mut settings| {
+            settings.live.egress = self.egress;
             if settings.tables != self.running_tables {
                 bail!("tables.* cannot change while running (restart tcp-guard to resize the flow tables)");
             }

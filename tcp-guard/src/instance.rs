@@ -104,69 +104,78 @@ pub fn ensure_bpffs() -> Result<()> {
 }
 
 /// Exclusive ownership of an interface's instance directory, for as long as
-/// the daemon runs. Dropping it removes the directory and every pin in it.
+/// the daemon runs. Dropping it releases the lock and leaves the pins: they
+/// are what keeps the fast path running when the daemon is gone.
 pub struct InstanceLock {
     dir: PathBuf,
     // Keeps the flock; closed on drop.
     _handle: File,
 }
 
+/// Why a directory could not be locked.
+pub enum Claim {
+    Claimed(InstanceLock),
+    /// Another process (a running daemon) holds it.
+    Busy,
+}
+
 impl InstanceLock {
-    /// Claims `iface`'s directory, or explains who holds it.
-    pub fn claim(iface: &str) -> Result<Self> {
+    /// Claims `iface`'s directory, creating it (mode 0700) if needed.
+    pub fn try_claim(iface: &str) -> Result<Claim> {
         ensure_bpffs()?;
         let dir = dir(iface);
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
         let handle = File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = io::Error::last_os_error();
             if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                bail!(
-                    "tcp-guard is already running on {iface} (it holds {}); stop it first, or read it with `tcp-guard stats --iface {iface}`",
-                    dir.display()
-                );
+                return Ok(Claim::Busy);
             }
             return Err(error).with_context(|| format!("cannot lock {}", dir.display()));
         }
-        let lock = InstanceLock { dir, _handle: handle };
-        let stale = lock.remove_pins()?;
-        if stale > 0 {
-            log::warn!(
-                "removed {stale} stale pin(s) left in {} by an instance that did not exit cleanly",
-                lock.dir.display()
-            );
+        Ok(Claim::Claimed(InstanceLock { dir, _handle: handle }))
+    }
+
+    /// Claims `iface`'s directory, or explains who holds it.
+    pub fn claim(iface: &str) -> Result<Self> {
+        match Self::try_claim(iface)? {
+            Claim::Claimed(lock) => Ok(lock),
+            Claim::Busy => bail!(
+                "tcp-guard is already running on {iface} (it holds {}); stop it first, take over with \
+                 `tcp-guard run --iface {iface} --replace`, or read it with `tcp-guard status`",
+                dir(iface).display()
+            ),
         }
-        Ok(lock)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    fn remove_pins(&self) -> Result<usize> {
-        let mut removed = 0;
+    /// Whether a previous instance left pinned state here.
+    pub fn has_pins(&self) -> Result<bool> {
+        Ok(fs::read_dir(&self.dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?
+            .next()
+            .is_some())
+    }
+
+    /// Removes every pin and the directory (and the parent once empty).
+    /// Pinned links must have been unpinned first, or the programs stay attached.
+    pub fn remove_all(self) -> Result<()> {
         for entry in fs::read_dir(&self.dir).with_context(|| format!("cannot read {}", self.dir.display()))? {
             let path = entry?.path();
             fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-            removed += 1;
         }
-        Ok(removed)
-    }
-}
-
-impl Drop for InstanceLock {
-    fn drop(&mut self) {
-        let result = self.remove_pins().and_then(|_| {
-            fs::remove_dir(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))
-        });
-        if let Err(e) = result {
-            log::error!("{e:#}");
-        }
-        // The parent goes too once the last instance is gone.
+        fs::remove_dir(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))?;
         match fs::remove_dir(ROOT) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOTEMPTY) => log::error!("cannot remove {ROOT}: {e}"),
-            _ => {}
+            Err(e) if e.raw_os_error() != Some(libc::ENOTEMPTY) => {
+                Err(e).with_context(|| format!("cannot remove {ROOT}"))
+            }
+            _ => Ok(()),
         }
     }
 }

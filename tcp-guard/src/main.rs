@@ -9,10 +9,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tcp_guard::{
-    attach::Mode,
+    attach::{self, Mode},
     control::{self, Cidr, Instance},
     daemon::{self, RunOptions, SettingsSource},
     flows::{self, FlowTables, monotonic_now_ns},
+    instance::{Claim, InstanceLock},
     settings::{MAX_TABLE_SIZE, Settings},
     stats,
 };
@@ -100,6 +101,19 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Remove tcp-guard from an interface: stop its daemon if one runs, detach
+    /// the programs, delete the pinned state (flows, blocks, counters).
+    Detach {
+        /// The interface.
+        #[arg(long, short)]
+        iface: String,
+    },
+    /// What is attached where: daemon, mode, since when, attack mode, limits.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +181,12 @@ struct RunArgs {
     /// numbers are not checked, and host-initiated closes are not tracked.
     #[arg(long)]
     no_egress: bool,
+    /// Take over from the daemon running on this interface (an upgrade): it
+    /// hands over (SIGUSR2) without detaching, and this one adopts the
+    /// attached programs' links and the pinned state. Without a running
+    /// daemon, pinned state left by one that died is adopted in any case.
+    #[arg(long)]
+    replace: bool,
     /// TOML config file. Default: /etc/tcp-guard/config.toml if it exists,
     /// else built-in defaults (see `tcp-guard limits show`).
     #[arg(long, short)]
@@ -204,6 +224,10 @@ fn parse_timeout(value: &str) -> Result<String, String> {
 }
 
 fn main() {
+    // Like other command-line tools, end quietly when the reader of our
+    // output goes away (`tcp-guard flows | head`) instead of panicking.
+    // SAFETY: restores the default disposition of a signal; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
@@ -219,6 +243,8 @@ fn main() {
         Command::Block { action } => list(maps::BLOCK, action),
         Command::Allow { action } => list(maps::ALLOW, action),
         Command::Reload { target } => reload(target.iface.as_deref()),
+        Command::Detach { iface } => detach(&iface),
+        Command::Status { json } => status(json),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
@@ -266,6 +292,7 @@ fn run(args: RunArgs) -> Result<()> {
         iface: args.iface,
         mode: args.mode,
         egress: !args.no_egress,
+        replace: args.replace,
         settings: SettingsSource {
             file: args.config,
             overrides,
@@ -403,8 +430,9 @@ fn list(map: &str, action: ListAction) -> Result<()> {
 
 fn reload(iface: Option<&str>) -> Result<()> {
     let (iface, instance) = Instance::resolve(iface)?;
-    let pid = instance.daemon_pid()?;
-    let before = instance.reloads()?;
+    let info = instance.info()?;
+    let pid = info.pid;
+    let before = (info.reloads, info.reloads_refused);
     // SAFETY: kill with a pid and a valid signal number.
     if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
         return Err(std::io::Error::last_os_error())
@@ -412,7 +440,8 @@ fn reload(iface: Option<&str>) -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let (accepted, refused) = instance.reloads()?;
+        let now = instance.info()?;
+        let (accepted, refused) = (now.reloads, now.reloads_refused);
         if accepted > before.0 {
             println!("{iface}: configuration reloaded");
             return Ok(());
@@ -425,4 +454,142 @@ fn reload(iface: Option<&str>) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("{iface}: the daemon (pid {pid}) did not answer the reload within 5 s")
+}
+
+fn detach(iface: &str) -> Result<()> {
+    require_root("tcp-guard detach")?;
+    if !tcp_guard::instance::dir(iface).exists() {
+        bail!(
+            "tcp-guard is not attached to {iface} (nothing at {})",
+            tcp_guard::instance::dir(iface).display()
+        );
+    }
+    match InstanceLock::try_claim(iface)? {
+        Claim::Busy => {
+            let info = Instance::new(tcp_guard::instance::dir(iface)).info()?;
+            // SAFETY: kill with a pid and a valid signal number.
+            if unsafe { libc::kill(info.pid as i32, libc::SIGTERM) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("cannot stop the tcp-guard daemon (pid {})", info.pid));
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while tcp_guard::instance::dir(iface).exists() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the daemon (pid {}) did not detach from {iface} within 15 s",
+                        info.pid
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!(
+                "{iface}: stopped the tcp-guard daemon (pid {}), which detached",
+                info.pid
+            );
+        }
+        Claim::Claimed(lock) => {
+            for link in [attach::XDP_LINK, attach::TC_LINK] {
+                attach::detach_pinned(&lock.path(link))?;
+            }
+            lock.remove_all()?;
+            println!("{iface}: detached (no daemon was running) and removed the pinned state");
+        }
+    }
+    Ok(())
+}
+
+/// One instance as `status` shows it.
+struct Snapshot {
+    info: control::DaemonInfo,
+    enforcement: stats::Enforcement,
+    gauges: flows::Gauges,
+    blocked: usize,
+}
+
+impl Snapshot {
+    fn read(instance: &Instance) -> Result<Snapshot> {
+        Ok(Snapshot {
+            info: instance.info()?,
+            enforcement: stats::Enforcement::read(instance)?,
+            gauges: FlowTables::open(instance.dir())?.gauges()?,
+            blocked: instance.blocks()?.len(),
+        })
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({
+            "daemon": { "pid": self.info.pid, "running": self.info.alive() },
+            "mode": self.info.mode.to_string(),
+            "egress": self.info.egress,
+            "started_unix": self.info.started_unix,
+            "flows": self.gauges.half_open_entries + self.gauges.flow_entries,
+            "blocked": self.blocked,
+        });
+        if let (Some(all), serde_json::Value::Object(extra)) =
+            (value.as_object_mut(), self.enforcement.to_json())
+        {
+            all.extend(extra);
+        }
+        value
+    }
+
+    fn to_text(&self, iface: &str) -> String {
+        let info = &self.info;
+        let since =
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(info.started_unix));
+        let daemon = if info.alive() {
+            format!("running (pid {})", info.pid)
+        } else {
+            format!(
+                "NO DAEMON (pid {} is gone): the programs stay attached and enforce the last limits, \
+                 but nothing expires; restart tcp-guard to adopt the state, or `tcp-guard detach --iface {iface}`",
+                info.pid
+            )
+        };
+        format!(
+            "{iface}: {daemon}\n  XDP {} mode, egress {}, since {since}\n  {}\n  flows        {} (+{} half-open), blocked sources {}\n",
+            info.mode,
+            if info.egress { "on" } else { "off" },
+            self.enforcement.to_text().trim_end().replace('\n', "\n  "),
+            self.gauges.flow_entries,
+            self.gauges.half_open_entries,
+            self.blocked
+        )
+    }
+}
+
+fn status(json: bool) -> Result<()> {
+    // One unreadable instance (one starting up, say) does not hide the others.
+    let entries: Vec<(String, Result<Snapshot>)> = tcp_guard::instance::list()?
+        .into_iter()
+        .map(|iface| {
+            let snapshot = Snapshot::read(&Instance::new(tcp_guard::instance::dir(&iface)));
+            (iface, snapshot)
+        })
+        .collect();
+    if json {
+        let list: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(iface, snapshot)| {
+                let mut value = match snapshot {
+                    Ok(snapshot) => snapshot.to_json(),
+                    Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                };
+                value["iface"] = serde_json::json!(iface);
+                value
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "instances": list }));
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("tcp-guard is not attached anywhere");
+    }
+    for (iface, snapshot) in entries {
+        match snapshot {
+            Ok(snapshot) => print!("{}", snapshot.to_text(&iface)),
+            Err(e) => println!("{iface}: cannot read its state: {e:#}"),
+        }
+    }
+    Ok(())
 }

@@ -16,15 +16,47 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// The toolchain build.rs used for [`OBJECT`].
 pub const EBPF_TOOLCHAIN: &str = env!("TCP_GUARD_EBPF_TOOLCHAIN");
 
+/// Every map the programs share with the controller, pinned under the
+/// instance directory (the aya-log ring is not: it is per daemon).
+pub const PINNED_MAPS: &[&str] = &[
+    maps::STATS,
+    maps::HALF_OPEN,
+    maps::FLOWS,
+    maps::EXPIRED,
+    maps::CONFIG,
+    maps::ATTACK,
+    maps::COUNTS,
+    maps::RATE,
+    maps::ALLOW,
+    maps::BLOCK,
+    maps::VERIFIED,
+    maps::CHALLENGE,
+    maps::OFFENDERS,
+    maps::EVENTS,
+];
+
 /// Opens the object, sizes its tables, loads its programs into the kernel
 /// (not attached) and writes the live configuration.
 ///
 /// `log_level` is the most verbose level the kernel side may emit through
-/// aya-log; records above it cost the program one comparison.
-pub fn load(log_level: log::LevelFilter, settings: &Settings) -> Result<Ebpf> {
+/// aya-log; records above it cost the program one comparison. With
+/// `pin_dir`, every map in [`PINNED_MAPS`] is taken from its pin there if a
+/// previous instance left one (its size then stays), else created and pinned.
+pub fn load(
+    log_level: log::LevelFilter,
+    settings: &Settings,
+    pin_dir: Option<&std::path::Path>,
+) -> Result<Ebpf> {
     let level = log_level as u8;
     let sizes = settings.tables;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    let pins: Vec<(&str, std::path::PathBuf)> = pin_dir
+        .map(|dir| PINNED_MAPS.iter().map(|name| (*name, dir.join(name))).collect())
+        .unwrap_or_default();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
         .override_global(aya_log::LEVEL, &level, true)
         .map_max_entries(maps::HALF_OPEN, sizes.half_open)
         .map_max_entries(maps::FLOWS, sizes.flows)

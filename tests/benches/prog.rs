@@ -105,7 +105,7 @@ fn main() {
     settings.live.syn_rate = 0;
     // Attack mode only where a case turns it on.
     settings.live.attack_enter_half_open = 0;
-    let mut ebpf = program::load(log::LevelFilter::Off, &settings).expect("load tcp-guard");
+    let mut ebpf = program::load(log::LevelFilter::Off, &settings, None).expect("load tcp-guard");
     let baseline: &mut Xdp = ebpf
         .program_mut(programs::BASELINE)
         .expect("baseline program")

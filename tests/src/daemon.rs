@@ -70,7 +70,9 @@ impl Daemon {
     /// Starts `tcp-guard run --iface IFACE EXTRA...` inside `ns` and waits
     /// until it reports that it guards the interface.
     pub fn start(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
-        let log_path = std::env::temp_dir().join(format!("tcp-guard-{iface}.log"));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = std::env::temp_dir().join(format!("tcp-guard-{iface}-{}-{n}.log", std::process::id()));
         let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
         let child = ns
             .command(tcp_guard_bin())

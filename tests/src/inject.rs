@@ -18,12 +18,21 @@ impl Injector {
         ns.enter(move || open_packet_socket(&iface))?
     }
 
-    /// Sends one complete Ethernet frame.
+    /// Sends one complete Ethernet frame. When the interface's queue is full
+    /// (ENOBUFS: sending faster than the receiver drains), waits and retries.
     pub fn send(&self, frame: &[u8]) -> Result<()> {
-        // SAFETY: send on a socket we own, from a valid buffer.
-        let sent = unsafe { libc::send(self.socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error()).context("sending a frame");
+        let mut sent;
+        loop {
+            // SAFETY: send on a socket we own, from a valid buffer.
+            sent = unsafe { libc::send(self.socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            if sent >= 0 {
+                break;
+            }
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOBUFS) {
+                return Err(error).context("sending a frame");
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
         if sent as usize != frame.len() {
             bail!("short send: {sent} of {} bytes", frame.len());

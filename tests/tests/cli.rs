@@ -46,7 +46,7 @@ fn foreign_xdp_program_is_reported_with_the_fix() {
     let lab = Lab::new().expect("lab");
     let iface = lab.server_iface.clone();
     // Another program holds the interface: attach one from this process.
-    let mut other = program::load(log::LevelFilter::Off, &Default::default()).expect("load");
+    let mut other = program::load(log::LevelFilter::Off, &Default::default(), None).expect("load");
     lab.server
         .enter(|| attach::attach_xdp(&mut other, &iface, attach::Mode::Native).map(|_| ()))
         .expect("enter")

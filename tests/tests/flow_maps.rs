@@ -32,7 +32,7 @@ impl Tracker {
             tables,
             ..Settings::default()
         };
-        Tracker(program::load(log::LevelFilter::Off, &settings).expect("load the tcp-guard object"))
+        Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load the tcp-guard object"))
     }
 
     /// Runs the XDP program on `pkt`; its verdict (1 drop, 2 pass).

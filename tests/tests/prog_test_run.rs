@@ -25,7 +25,10 @@ struct Loaded(aya::Ebpf);
 impl Loaded {
     fn new() -> Self {
         require_root();
-        Loaded(program::load(log::LevelFilter::Off, &Default::default()).expect("load the tcp-guard object"))
+        Loaded(
+            program::load(log::LevelFilter::Off, &Default::default(), None)
+                .expect("load the tcp-guard object"),
+        )
     }
 
     fn stats(&self) -> Stats {

@@ -1,0 +1,472 @@
+//! Operating tcp-guard: surviving its daemon (kill -9, hand-over), detach,
+//! status, several interfaces, refusing unprivileged users, hostile packets,
+//! and bounded resources under millions of spoofed sources. Needs root.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    sync::atomic::AtomicBool,
+    time::{Duration, Instant},
+};
+
+use tcp_guard_tests::{
+    daemon::{Daemon, counter, stats_json, tcp_guard, tcp_guard_bin},
+    flood::{FloodSpec, Sources, flood},
+    inject::Injector,
+    lab::{Lab, listen, run},
+    packets::{ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet},
+};
+
+const PORT: u16 = 8080;
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn xdp_prog_id(lab: &Lab) -> Option<String> {
+    let out = lab
+        .server
+        .ip(&["link", "show", &lab.server_iface])
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("prog/xdp id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+}
+
+fn status_json() -> serde_json::Value {
+    let out = tcp_guard(&["status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn instance<'a>(status: &'a serde_json::Value, iface: &str) -> &'a serde_json::Value {
+    status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["iface"] == iface)
+        .unwrap_or_else(|| panic!("{iface} not in {status}"))
+}
+
+/// A held connection that must keep working through whatever the test does.
+struct Held {
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl Held {
+    fn open(lab: &Lab, listener: &TcpListener, addr: SocketAddr) -> Held {
+        let client = lab
+            .client
+            .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .unwrap()
+            .expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        Held { client, server }
+    }
+
+    fn exchange(&mut self) {
+        let mut buf = [0u8; 4];
+        self.client.write_all(b"ping").expect("client write");
+        self.server.read_exact(&mut buf).expect("server read");
+        self.server.write_all(b"pong").expect("server write");
+        self.client.read_exact(&mut buf).expect("client read");
+        assert_eq!(&buf, b"pong");
+    }
+}
+
+#[test]
+fn a_killed_daemon_leaves_the_host_protected_and_its_successor_adopts_the_state() {
+    let lab = Lab::new().expect("lab");
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").expect("sysctl");
+    let settings = [
+        "--set",
+        "limits.global_half_open=12",
+        "--set",
+        "attack.enter_half_open=4",
+        "--set",
+        "attack.leave_half_open=2",
+    ];
+    let mut daemon = Daemon::start(&lab.server, &lab.server_iface, &settings).expect("start");
+    let iface = lab.server_iface.clone();
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = listen(&lab.server, addr, 16).expect("listen");
+    let mut held = Held::open(&lab, &listener, addr);
+    let block = tcp_guard(&["block", "add", "--iface", &iface, "198.19.77.0/24"]);
+    assert!(
+        block.status.success(),
+        "{}",
+        String::from_utf8_lossy(&block.stderr)
+    );
+
+    // A flood puts it in attack mode; then the daemon dies hard.
+    let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+    let spec = FloodSpec {
+        dst: addr.ip(),
+        dst_port: PORT,
+        dst_mac: Lab::mac(&lab.server, &iface).expect("MAC"),
+        sources: Sources::Random {
+            network: "198.19.0.0".parse().unwrap(),
+            prefix_len: 16,
+        },
+        rate: 10_000,
+        count: 30_000,
+        duration: Duration::from_secs(3),
+    };
+    flood(&injector, &spec, &AtomicBool::new(false)).expect("flood");
+    let before = stats_json(&iface);
+    assert_eq!(before["attack"]["active"], true, "{before}");
+    let pid = daemon.pid();
+    let status = daemon.stop_with(libc::SIGKILL).expect("kill -9");
+    assert!(!status.success());
+
+    // Still attached, still enforcing, and status says the daemon is gone.
+    assert!(
+        xdp_prog_id(&lab).is_some(),
+        "XDP must stay attached after kill -9"
+    );
+    let orphan = status_json();
+    assert_eq!(instance(&orphan, &iface)["daemon"]["running"], false, "{orphan}");
+    assert_eq!(instance(&orphan, &iface)["daemon"]["pid"], pid);
+    flood(&injector, &spec, &AtomicBool::new(false)).expect("flood without a daemon");
+    let during = stats_json(&iface);
+    assert!(
+        counter(&during, "drop_challenge") > counter(&before, "drop_challenge") + 10_000,
+        "the flood is still dropped without a daemon: {during}"
+    );
+    listener.set_nonblocking(false).expect("blocking");
+    let fresh = lab
+        .client
+        .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .unwrap();
+    assert!(
+        fresh.is_ok(),
+        "a real client still connects (verified source) without a daemon"
+    );
+    held.exchange();
+
+    // The successor adopts flows, blocks and counters.
+    let successor = Daemon::start(&lab.server, &iface, &settings).expect("restart");
+    assert!(
+        successor.log().contains("adopted the state"),
+        "{}",
+        successor.log()
+    );
+    let after = stats_json(&iface);
+    assert!(
+        counter(&after, "syn") >= counter(&during, "syn"),
+        "counters kept: {after}"
+    );
+    assert!(
+        after["flows"]["established"].as_u64().expect("flows") >= 1,
+        "{after}"
+    );
+    let blocks = tcp_guard(&["block", "list", "--iface", &iface, "--json"]);
+    let blocks: serde_json::Value = serde_json::from_slice(&blocks.stdout).expect("JSON");
+    assert_eq!(blocks["blocked"][0]["cidr"], "198.19.77.0/24", "{blocks}");
+    assert_eq!(instance(&status_json(), &iface)["daemon"]["running"], true);
+    held.exchange();
+}
+
+#[test]
+fn replace_hands_over_without_detaching_and_detach_removes_everything() {
+    let lab = Lab::new().expect("lab");
+    let first = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start");
+    let iface = lab.server_iface.clone();
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = listen(&lab.server, addr, 16).expect("listen");
+    let mut held = Held::open(&lab, &listener, addr);
+    let old_prog = xdp_prog_id(&lab).expect("attached");
+
+    let second = Daemon::start(&lab.server, &iface, &["--replace"]).expect("take over");
+    assert!(second.log().contains("adopted the state"), "{}", second.log());
+    assert!(first.log().contains("handing"), "{}", first.log());
+    let new_prog = xdp_prog_id(&lab).expect("still attached");
+    assert_ne!(old_prog, new_prog, "the new program runs in the same link");
+    held.exchange();
+    let flows = tcp_guard(&["flows", "--iface", &iface, "--json", "--state", "estab"]);
+    let flows: serde_json::Value = serde_json::from_slice(&flows.stdout).expect("JSON");
+    assert_eq!(
+        flows["flows"].as_array().expect("flows").len(),
+        1,
+        "the flow table came along: {flows}"
+    );
+
+    // detach with a daemon running: it is stopped and everything goes.
+    let out = tcp_guard(&["detach", "--iface", &iface]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(xdp_prog_id(&lab).is_none());
+    assert!(!Path::new("/sys/fs/bpf/tcp-guard").join(&iface).exists());
+    drop(second);
+
+    // detach with no daemon left (killed): the pinned links are removed too.
+    let third = Daemon::start(&lab.server, &iface, &[]).expect("start again");
+    third.stop_with(libc::SIGKILL).expect("kill -9");
+    assert!(xdp_prog_id(&lab).is_some());
+    let out = tcp_guard(&["detach", "--iface", &iface]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no daemon was running"));
+    assert!(xdp_prog_id(&lab).is_none(), "detached");
+    let egress = run(lab
+        .server
+        .command("tc")
+        .args(["filter", "show", "dev", &iface, "egress"]))
+    .expect("tc");
+    assert!(String::from_utf8_lossy(&egress.stdout).trim().is_empty());
+    assert!(!Path::new("/sys/fs/bpf/tcp-guard").join(&iface).exists());
+    let again = tcp_guard(&["detach", "--iface", &iface]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not attached"));
+}
+
+#[test]
+fn several_interfaces_each_have_their_own_state_and_limits() {
+    let lab = Lab::new().expect("lab");
+    // A second pair on the same server namespace.
+    let second = format!("{}x", &lab.server_iface[..lab.server_iface.len() - 1]);
+    let peer = format!("{}y", &lab.server_iface[..lab.server_iface.len() - 1]);
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        &second,
+        "netns",
+        lab.server.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        lab.client.name(),
+    ]))
+    .expect("second veth");
+    lab.server.ip(&["link", "set", &second, "up"]).expect("up");
+    lab.client.ip(&["link", "set", &peer, "up"]).expect("up");
+    let a = Daemon::start(&lab.server, &lab.server_iface, &["--set", "limits.syn_rate=11"]).expect("first");
+    let b = Daemon::start(&lab.server, &second, &["--set", "limits.syn_rate=22"]).expect("second");
+    let rate = |iface: &str| {
+        let out = tcp_guard(&["limits", "show", "--iface", iface, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")["limits.syn_rate"].clone()
+    };
+    assert_eq!(rate(&lab.server_iface), 11);
+    assert_eq!(rate(&second), 22);
+    let status = status_json();
+    assert_eq!(instance(&status, &lab.server_iface)["daemon"]["running"], true);
+    assert_eq!(instance(&status, &second)["daemon"]["running"], true);
+    let ambiguous = tcp_guard(&["stats"]);
+    assert!(String::from_utf8_lossy(&ambiguous.stderr).contains("choose one with --iface"));
+    drop(b);
+    drop(a);
+}
+
+#[test]
+fn unprivileged_users_cannot_read_or_change_the_guard() {
+    let lab = Lab::new().expect("lab");
+    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start");
+    for args in [
+        vec!["stats", "--iface", &lab.server_iface],
+        vec!["block", "add", "--iface", &lab.server_iface, "198.19.0.0/16"],
+        vec!["limits", "set", "--iface", &lab.server_iface, "limits.syn_rate=1"],
+        vec!["detach", "--iface", &lab.server_iface],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(tcp_guard_bin())
+            .args(&args)
+            .output()
+            .expect("setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("root"), "{args:?} must say it needs root: {err}");
+    }
+    let limits = tcp_guard(&["limits", "show", "--iface", &lab.server_iface, "--json"]);
+    let limits: serde_json::Value = serde_json::from_slice(&limits.stdout).expect("JSON");
+    assert_eq!(limits["limits.syn_rate"], 200, "nothing changed");
+}
+
+#[test]
+fn hostile_packets_are_counted_passed_and_leave_real_connections_alone() {
+    let lab = Lab::new().expect("lab");
+    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start");
+    let iface = lab.server_iface.clone();
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = listen(&lab.server, addr, 16).expect("listen");
+    let mut held = Held::open(&lab, &listener, addr);
+    let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+    let mac = Lab::mac(&lab.server, &iface).expect("MAC");
+    let spoof: IpAddr = "198.19.66.1".parse().unwrap();
+    // Each packet its own flow: none may build on another's state.
+    let next_port = std::cell::Cell::new(5000u16);
+    let pkt = |flags: u8| {
+        next_port.set(next_port.get() + 1);
+        let mut p = TcpPacket::new(spoof, addr.ip(), next_port.get(), PORT, flags);
+        p.dst_mac = mac;
+        p
+    };
+    let send = |frame: Vec<u8>| injector.send(&frame).expect("send");
+    let before = stats_json(&iface);
+
+    for flags in [SYN | FIN, SYN | RST, 0, 0xff, FIN] {
+        send(pkt(flags).frame());
+    }
+    let mut bad_checksum = pkt(SYN).frame();
+    bad_checksum[14 + 20 + 16] ^= 0xff;
+    send(bad_checksum);
+    let mut zero_window = pkt(ACK | PSH);
+    zero_window.window = 0;
+    send(zero_window.frame());
+    let mut fragment = pkt(SYN).ip_packet();
+    fragment[6] = 0x20; // more fragments
+    fragment[10..12].copy_from_slice(&[0, 0]);
+    let sum = tcp_guard_tests::packets::checksum(&fragment[..20], 0);
+    fragment[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = ethernet(0x0800, None, &fragment);
+    frame[..6].copy_from_slice(&mac);
+    send(frame);
+    let mut fragment6 = TcpPacket::new(
+        "2001:2:0:66::1".parse().unwrap(),
+        lab.server_addr(true),
+        5555,
+        PORT,
+        SYN,
+    )
+    .ip_packet();
+    fragment6[6] = 44; // a fragment header comes first
+    let mut frame6 = ethernet(0x86dd, None, &fragment6);
+    frame6[..6].copy_from_slice(&mac);
+    send(frame6);
+    send(pkt(RST | ACK).frame());
+
+    wait_for("the odd packets to be counted", Duration::from_secs(2), || {
+        let now = stats_json(&iface);
+        counter(&now, "ipv6_extension") > counter(&before, "ipv6_extension")
+    });
+    let after = stats_json(&iface);
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    assert_eq!(
+        delta("tcp_other_flags"),
+        5,
+        "SYN+FIN, SYN+RST, none, all, FIN alone: {after}"
+    );
+    assert_eq!(delta("ipv4_fragment"), 1);
+    assert_eq!(delta("ipv6_extension"), 1);
+    assert_eq!(delta("invalid_bad_flags"), 5);
+    assert_eq!(
+        delta("invalid_no_flow"),
+        2,
+        "the zero-window ACK and the RST: no such flow"
+    );
+    assert_eq!(
+        delta("syn"),
+        1,
+        "the SYN with a bad checksum (checksums are the kernel's to check)"
+    );
+    assert_eq!(
+        delta("drop_blocked") + delta("drop_challenge"),
+        0,
+        "passed: the kernel drops them"
+    );
+    held.exchange();
+}
+
+/// VmRSS of a process, in kB.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_million_spoofed_sources_stay_within_the_tables_and_established_flows_survive() {
+    const HALF_OPEN: u64 = 4096;
+    let lab = Lab::new().expect("lab");
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").expect("sysctl");
+    lab.server
+        .sysctl("net.ipv4.tcp_synack_retries", "0")
+        .expect("sysctl");
+    // No limits and no attack mode: every spoofed SYN goes into the half-open
+    // table, which fills, and expires behind the flood.
+    let mut daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--max-half-open",
+            "4096",
+            "--set",
+            "limits.global_half_open=0",
+            "--set",
+            "attack.policy=pass",
+            "--set",
+            "limits.per_prefix_half_open=0",
+            "--set",
+            "limits.per_port_half_open=0",
+            "--set",
+            "timeouts.syn_rcvd=2s",
+        ],
+    )
+    .expect("start");
+    let iface = lab.server_iface.clone();
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = listen(&lab.server, addr, 4096).expect("listen");
+    let mut held = Held::open(&lab, &listener, addr);
+    let pid = daemon.pid();
+    let rss_before = rss_kb(pid);
+
+    let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+    let spec = FloodSpec {
+        dst: addr.ip(),
+        dst_port: PORT,
+        dst_mac: Lab::mac(&lab.server, &iface).expect("MAC"),
+        sources: Sources::Random {
+            network: "198.19.0.0".parse().unwrap(),
+            prefix_len: 16,
+        },
+        rate: 0,
+        count: 2_500_000,
+        duration: Duration::from_secs(120),
+    };
+    let report = flood(&injector, &spec, &AtomicBool::new(false)).expect("flood");
+    let stats = stats_json(&iface);
+    assert!(report.sent >= 2_000_000, "the soak sent {report:?}");
+    assert!(
+        stats["tables"]["half_open"]["entries"].as_u64().expect("entries") <= HALF_OPEN,
+        "{stats}"
+    );
+    assert!(
+        counter(&stats, "drop_table_full") > 0,
+        "the half-open table filled: {stats}"
+    );
+    assert!(
+        counter(&stats, "to_syn_rcvd") > HALF_OPEN,
+        "and was refilled as it expired: {stats}"
+    );
+    assert_eq!(
+        stats["flows"]["established"], 1,
+        "the established flow was never evicted: {stats}"
+    );
+    held.exchange();
+    let rss_after = rss_kb(pid);
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "daemon memory stays flat: {rss_before} kB before, {rss_after} kB after"
+    );
+    wait_for("the half-open table to drain", Duration::from_secs(15), || {
+        stats_json(&iface)["tables"]["half_open"]["entries"] == 0
+    });
+    assert!(daemon.stop().expect("stop").success());
+}
