@@ -83,6 +83,23 @@ fn vlan_tag_is_skipped() {
 }
 
 #[test]
+fn stacked_vlan_tags_are_not_ip() {
+    // 802.1ad outer tag, then an 802.1Q inner one: one tag is walked; the
+    // inner one's ethertype is not IP, so the frame is counted as non-IP.
+    let (src, dst) = v4();
+    let ip = TcpPacket::new(src, dst, 1, 2, SYN).ip_packet();
+    let mut inner = vec![0x00, 0x07, 0x08, 0x00];
+    inner.extend_from_slice(&ip);
+    let mut frame = ethernet(0x88a8, Some(3), &inner);
+    frame[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
+    frame[16..18].copy_from_slice(&0x8100u16.to_be_bytes());
+    let d = parse(frame.as_slice());
+    assert!(d.vlan);
+    assert_eq!(d.outcome, Outcome::NonIp);
+    assert_eq!(d.family, None);
+}
+
+#[test]
 fn ipv4_options_move_the_tcp_header() {
     let (src, dst) = v4();
     let mut pkt = TcpPacket::new(src, dst, 1, 2, SYN);
