@@ -1,6 +1,6 @@
 //! Types and pure logic shared by the tcp-guard kernel programs and the
 //! controller: packet layout and parser, counters, map names.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod config;
 pub mod flow;
@@ -13,7 +13,7 @@ pub mod stats;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 1;
+    pub const LAYOUT_VERSION: u64 = 2;
 
     pub const STATS: &str = "STATS";
     /// Half-open flows (SYN-SENT, SYN-RECV), keyed by [`crate::flow::FlowKey`].
@@ -35,7 +35,8 @@ pub mod maps {
     pub const BLOCK: &str = "BLOCK";
     /// Sources that completed a handshake, with expiry.
     pub const VERIFIED: &str = "VERIFIED";
-    /// First SYNs held for the retransmission challenge.
+    /// First SYNs held for the retransmission challenge (a direct-mapped
+    /// array of [`crate::policy::CHALLENGE_SLOTS`] slots).
     pub const CHALLENGE: &str = "CHALLENGE";
     /// Per-source drop counts for automatic blocking, read and reset by the controller.
     pub const OFFENDERS: &str = "OFFENDERS";

@@ -330,24 +330,54 @@ impl TokenBucket {
     }
 }
 
-/// Value of the `CHALLENGE` map: the first SYN of a flow seen in attack mode.
+/// Slots of the `CHALLENGE` array (a power of two; 16 bytes each, 4 MiB).
+pub const CHALLENGE_SLOTS: u32 = 1 << 18;
+
+/// A slot of the `CHALLENGE` array: the first SYN of a flow seen in attack
+/// mode. The array is direct-mapped (a flow's slot comes from a hash of its
+/// key; a newer flow overwrites an older one): no allocation and no lock per
+/// flood packet, unlike a hash map insert. The tag tells flows sharing a
+/// slot apart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Challenge {
     pub first_ns: u64,
     pub seq: u32,
-    pub _pad: u32,
+    pub tag: u32,
+}
+
+/// The slot index and tag of a flow in the `CHALLENGE` array (FNV-1a over
+/// the key's words, then a 64-bit finaliser).
+#[inline(always)]
+pub fn challenge_slot(key: &FlowKey) -> (u32, u32) {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |word: u32| {
+        hash ^= word as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for chunk in [&key.local_addr, &key.remote_addr] {
+        mix(u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
+        mix(u32::from_ne_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]));
+        mix(u32::from_ne_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]));
+        mix(u32::from_ne_bytes([chunk[12], chunk[13], chunk[14], chunk[15]]));
+    }
+    mix(((key.local_port as u32) << 16) | key.remote_port as u32);
+    mix(key.family as u32);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    ((hash as u32) & (CHALLENGE_SLOTS - 1), (hash >> 32) as u32)
 }
 
 /// Whether a SYN passes the retransmission challenge: it must repeat a SYN
-/// recorded (same flow, same sequence number) no longer than `window_ms` ago.
-/// A SYN that does not pass is recorded for next time.
+/// recorded for the same flow (`tag`), with the same sequence number, no
+/// longer than `window_ms` ago. A SYN that does not pass is recorded for next time.
 #[inline(always)]
-pub fn challenge_passes(recorded: Option<&Challenge>, seq: u32, now_ns: u64, window_ms: u32) -> bool {
-    match recorded {
-        Some(c) => c.seq == seq && now_ns.saturating_sub(c.first_ns) <= window_ms as u64 * 1_000_000,
-        None => false,
-    }
+pub fn challenge_passes(recorded: &Challenge, tag: u32, seq: u32, now_ns: u64, window_ms: u32) -> bool {
+    recorded.first_ns != 0
+        && recorded.tag == tag
+        && recorded.seq == seq
+        && now_ns.saturating_sub(recorded.first_ns) <= window_ms as u64 * 1_000_000
 }
 
 /// Attack-mode hysteresis, run by the controller every tick.
@@ -518,18 +548,49 @@ mod tests {
         let first = Challenge {
             first_ns: 1_000_000_000,
             seq: 42,
-            _pad: 0,
+            tag: 7,
         };
-        assert!(!challenge_passes(None, 42, 2_000_000_000, 5_000));
-        assert!(challenge_passes(Some(&first), 42, 2_000_000_000, 5_000));
         assert!(
-            !challenge_passes(Some(&first), 43, 2_000_000_000, 5_000),
+            !challenge_passes(&Challenge::default(), 0, 0, 2_000_000_000, 5_000),
+            "an empty slot"
+        );
+        assert!(challenge_passes(&first, 7, 42, 2_000_000_000, 5_000));
+        assert!(
+            !challenge_passes(&first, 8, 42, 2_000_000_000, 5_000),
+            "another flow in the slot"
+        );
+        assert!(
+            !challenge_passes(&first, 7, 43, 2_000_000_000, 5_000),
             "another sequence number"
         );
+        assert!(!challenge_passes(&first, 7, 42, 7_000_000_001, 5_000), "too late");
+    }
+
+    #[test]
+    fn challenge_slots_spread_flows_and_tell_them_apart() {
+        let mut key = FlowKey {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: 80,
+            remote_port: 0,
+            family: 4,
+            _pad: [0; 3],
+        };
+        let mut slots = std::collections::HashSet::new();
+        let mut tags = std::collections::HashSet::new();
+        for port in 0..4096u16 {
+            key.remote_port = port;
+            let (slot, tag) = challenge_slot(&key);
+            assert!(slot < CHALLENGE_SLOTS);
+            slots.insert(slot);
+            tags.insert(tag);
+        }
         assert!(
-            !challenge_passes(Some(&first), 42, 7_000_000_001, 5_000),
-            "too late"
+            slots.len() > 4000,
+            "few collisions among 4096 flows: {}",
+            slots.len()
         );
+        assert!(tags.len() > 4090);
     }
 
     fn config() -> GuardConfig {

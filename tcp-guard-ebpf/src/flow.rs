@@ -117,11 +117,17 @@ fn track(
     let (key, flow) = (&scratch.key, &mut scratch.flow);
     let syn_in = direction == Direction::Ingress && segment.flags.class() == TcpClass::Syn;
     let allowlisted = syn_in && guard::allowed(key.family, key.remote_addr);
-    if syn_in
-        && !allowlisted
-        && !guard::within_rate(&SourceKey::new(key.family, key.remote_addr), config, now)
-    {
-        return drop_syn(counters, key, DropReason::SynRate);
+    if syn_in {
+        if allowlisted {
+            counters.bump(Counter::SynAllowlisted);
+        } else {
+            if let Err(reason) = guard::attack_gate(counters, key, segment.seq, now, config) {
+                return drop_syn(counters, key, reason);
+            }
+            if !guard::within_rate(&SourceKey::new(key.family, key.remote_addr), config, now) {
+                return drop_syn(counters, key, DropReason::SynRate);
+            }
+        }
     }
 
     let found = lookup(key);
@@ -135,12 +141,7 @@ fn track(
         Step::Store(event) => {
             let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
             if opening {
-                let syn = guard::Syn {
-                    seq: segment.seq,
-                    now,
-                    allowlisted,
-                };
-                match guard::admit(counters, key, config, &syn) {
+                match guard::admit(key, config, !allowlisted) {
                     Ok(prefix_len) => {
                         flow.flags |= Flow::COUNTED;
                         flow.prefix_len = prefix_len;

@@ -8,7 +8,10 @@ use aya_ebpf::{
 use tcp_guard_common::{
     flow::{Flow, FlowKey},
     packet::Dissection,
-    policy::{AttackState, BlockEntry, Challenge, CountKey, GuardConfig, LpmAddr, SourceKey, TokenBucket},
+    policy::{
+        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountKey, GuardConfig, LpmAddr, SourceKey,
+        TokenBucket,
+    },
     stats::{Counter, Stats},
 };
 
@@ -56,9 +59,10 @@ pub static BLOCK: LpmTrie<LpmAddr, BlockEntry> = LpmTrie::with_max_entries(65_53
 #[map]
 pub static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(65_536, 0);
 
-/// First SYNs of unknown sources in attack mode, awaiting their retransmission.
+/// First SYNs of unknown sources in attack mode, awaiting their
+/// retransmission: direct-mapped, see `policy::Challenge`.
 #[map]
-pub static CHALLENGE: LruHashMap<FlowKey, Challenge> = LruHashMap::with_max_entries(65_536, 0);
+pub static CHALLENGE: Array<Challenge> = Array::with_max_entries(CHALLENGE_SLOTS, 0);
 
 /// SYNs dropped per source for per-source reasons since the controller last looked.
 #[map]

@@ -62,7 +62,6 @@ pub fn load(
         .map_max_entries(maps::FLOWS, sizes.flows)
         // A counted flow uses at most four keys (global, source, prefix, port).
         .map_max_entries(maps::COUNTS, sizes.half_open.saturating_mul(4).saturating_add(16))
-        .map_max_entries(maps::CHALLENGE, sizes.half_open)
         .load(OBJECT)
         .map_err(explain_load_error)
         .context("failed to load the tcp-guard eBPF object")?;
