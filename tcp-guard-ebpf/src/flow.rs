@@ -141,7 +141,8 @@ fn track(
         Step::Store(event) => {
             let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
             if opening {
-                match guard::admit(key, config, !allowlisted) {
+                let enforce = !allowlisted && !guard::passing_floods(config);
+                match guard::admit(key, config, enforce) {
                     Ok(prefix_len) => {
                         flow.flags |= Flow::COUNTED;
                         flow.prefix_len = prefix_len;

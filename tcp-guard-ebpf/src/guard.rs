@@ -215,6 +215,14 @@ fn reserve(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<u8, Dro
     Ok(prefix_len)
 }
 
+/// Whether attack mode is on with the `pass` policy: tcp-guard then leaves
+/// the flood to the kernel's own defences and drops nothing for being over
+/// a half-open limit (it still counts).
+#[inline(always)]
+pub fn passing_floods(config: &GuardConfig) -> bool {
+    config.policy() == Policy::Pass && ATTACK.get(0).is_some_and(|a| a.active != 0)
+}
+
 /// Counts a SYN that opens a half-open flow against the limits (enforced
 /// unless its source is allow-listed); on success returns the prefix length used.
 #[inline(never)]

@@ -361,3 +361,85 @@ pub fn listen(ns: &Netns, addr: std::net::SocketAddr, backlog: i32) -> Result<st
         Ok(listener)
     })?
 }
+
+/// A TCP connection from a chosen local address (the namespace of the
+/// calling thread must own it), within `timeout`.
+pub fn connect_from(
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let family = if remote.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh socket we own; TcpStream closes it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let (local, local_len) = sockaddr(local);
+    let (remote, remote_len) = sockaddr(remote);
+    // SAFETY: bind and connect with properly sized socket addresses.
+    if unsafe { libc::bind(fd, (&raw const local).cast(), local_len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if unsafe { libc::connect(fd, (&raw const remote).cast(), remote_len) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(error);
+        }
+    }
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own.
+    let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
+    if ready == 0 {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+    }
+    if ready < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some(error) = stream.take_error()? {
+        return Err(error);
+    }
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zeroed is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            // SAFETY: storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            // SAFETY: storage is large and aligned enough for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}

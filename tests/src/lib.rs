@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod flood;
+pub mod flood_bench;
 pub mod inject;
 pub mod lab;
 pub mod packets;

@@ -242,3 +242,37 @@ fn a_full_half_open_table_never_touches_established_flows() {
     assert_eq!(established.len(), 1);
     assert_eq!(established[0].1.state(), Some(TcpState::Established));
 }
+
+#[test]
+fn the_pass_policy_drops_nothing_in_attack_mode() {
+    let mut settings = Settings::default();
+    settings.live.global_half_open = 2;
+    settings.live.attack_enter_half_open = 1;
+    settings.live.attack_leave_half_open = 0;
+    settings.live.policy = tcp_guard_common::policy::Policy::Pass as u8;
+    let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
+    for i in 0..10u8 {
+        let mut syn = from_peer(false, SYN, u32::from(i), 0);
+        syn.src = IpAddr::from([198, 19, 2, i]);
+        assert_eq!(t.verdict(&syn), XDP_PASS, "SYN {i} passes: the kernel decides");
+    }
+    let s = t.stats();
+    assert_eq!(s.get(Counter::DropGlobalHalfOpen), 0);
+    assert_eq!(t.table(maps::HALF_OPEN).len(), 10, "all counted and tracked");
+}
+
+#[test]
+fn other_policies_enforce_the_global_limit() {
+    let mut settings = Settings::default();
+    settings.live.global_half_open = 2;
+    settings.live.attack_enter_half_open = 0;
+    let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
+    let mut passed = 0;
+    for i in 0..10u8 {
+        let mut syn = from_peer(false, SYN, u32::from(i), 0);
+        syn.src = IpAddr::from([198, 19, 3, i]);
+        passed += usize::from(t.verdict(&syn) == XDP_PASS);
+    }
+    assert_eq!(passed, 2);
+    assert_eq!(t.stats().get(Counter::DropGlobalHalfOpen), 8);
+}

@@ -55,6 +55,10 @@ enum Bench {
     /// Per-packet cost of the XDP program by path, with BPF_PROG_TEST_RUN,
     /// against a trivial XDP_PASS program in the same run.
     Prog,
+    /// The same spoofed SYN flood, rates stepped up, against a real listener
+    /// under each defence (none, kernel SYN cookies, nftables synproxy,
+    /// tcp-guard's policies); results in bench/results/. About 8 minutes.
+    Flood,
 }
 
 fn main() {
@@ -64,6 +68,7 @@ fn main() {
         Task::Test { args } => test(&args),
         Task::Demo { seconds } => demo::demo(seconds),
         Task::Bench { which: Bench::Prog } => bench_prog(),
+        Task::Bench { which: Bench::Flood } => bench_flood(),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -143,6 +148,29 @@ fn bench_prog() -> Result<()> {
         "--bench",
         "prog",
     ]))
+}
+
+fn bench_flood() -> Result<()> {
+    use tcp_guard_tests::flood_bench;
+    require_root("bench flood")?;
+    setup::setup()?;
+    let bin = build_tcp_guard()?;
+    // The lab's helpers find the binary through this variable.
+    // SAFETY: single-threaded at this point.
+    unsafe { std::env::set_var("TCP_GUARD_BIN", &bin) };
+    let plan = flood_bench::Plan::full();
+    let runs = flood_bench::run_plan(&plan)?;
+    let written = flood_bench::write_results(
+        &runs,
+        &plan,
+        &workspace().join("bench/results"),
+        &flood_bench::stamp(),
+    )?;
+    println!("\n{}", flood_bench::markdown(&runs)?);
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn test(args: &[String]) -> Result<()> {
