@@ -5,8 +5,8 @@
 
 use std::{
     net::IpAddr,
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Result, bail};
@@ -89,6 +89,22 @@ impl FloodSpec {
 struct Rng(u64);
 
 impl Rng {
+    /// A sequence no other flood repeats: two floods sending identical SYNs
+    /// would make the second look like retransmissions of the first.
+    fn fresh() -> Rng {
+        static FLOODS: AtomicU64 = AtomicU64::new(0);
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let flood = FLOODS.fetch_add(1, Ordering::Relaxed);
+        let mut rng = Rng(clock ^ (u64::from(std::process::id()) << 40) ^ (flood << 20) | 1);
+        // Mix, so that nearby seeds do not start alike.
+        for _ in 0..8 {
+            rng.next();
+        }
+        rng
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -115,8 +131,7 @@ pub fn flood(injector: &Injector, spec: &FloodSpec, stop: &AtomicBool) -> Result
         (l3 + 8, 16, l3 + 40)
     };
 
-    let seed = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) << 32 | 1;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::fresh();
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < spec.count && !stop.load(Ordering::Relaxed) {
