@@ -13,7 +13,7 @@ pub mod stats;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 2;
+    pub const LAYOUT_VERSION: u64 = 3;
 
     pub const STATS: &str = "STATS";
     /// Half-open flows (SYN-SENT, SYN-RECV), keyed by [`crate::flow::FlowKey`].
@@ -40,6 +40,9 @@ pub mod maps {
     pub const CHALLENGE: &str = "CHALLENGE";
     /// Per-source drop counts for automatic blocking, read and reset by the controller.
     pub const OFFENDERS: &str = "OFFENDERS";
+    /// Sampled SYNs per source (one in [`crate::policy::SYN_SAMPLE_EVERY`]),
+    /// cumulative: readers take rates from differences.
+    pub const SYN_SOURCES: &str = "SYN_SOURCES";
     /// Ring buffer of [`crate::policy::Event`]s.
     pub const EVENTS: &str = "EVENTS";
 }

@@ -107,9 +107,23 @@ impl GuardConfig {
 pub struct AttackState {
     /// Non-zero while in attack mode.
     pub active: u32,
-    pub _pad: u32,
+    /// What started it: [`AttackState::BY_HALF_OPEN`] or [`AttackState::BY_SYN_RATE`].
+    pub trigger: u32,
     /// CLOCK_MONOTONIC ns when it started (0 when not active).
     pub since_ns: u64,
+}
+
+impl AttackState {
+    pub const BY_HALF_OPEN: u32 = 1;
+    pub const BY_SYN_RATE: u32 = 2;
+
+    pub const fn trigger_name(&self) -> &'static str {
+        match self.trigger {
+            Self::BY_HALF_OPEN => "half-open",
+            Self::BY_SYN_RATE => "SYN rate",
+            _ => "-",
+        }
+    }
 }
 
 /// Which limit a [`CountKey`] counts for.
@@ -329,6 +343,11 @@ impl TokenBucket {
         }
     }
 }
+
+/// One SYN in this many (chosen at random) is counted against its source in
+/// `SYN_SOURCES`: enough to name the sources sending hundreds of SYNs per
+/// second, for a map update on one SYN in 64 instead of every one.
+pub const SYN_SAMPLE_EVERY: u32 = 64;
 
 /// Slots of the `CHALLENGE` array (a power of two; 16 bytes each, 32 MiB).
 /// A client's record must survive the flood SYNs that hash to its slot until

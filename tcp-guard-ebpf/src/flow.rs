@@ -161,7 +161,11 @@ fn track(
             }
             if !store(counters, key, flow, found) && opening {
                 guard::release(key, flow.prefix_len);
-                return drop_syn(counters, key, DropReason::TableFull);
+                // Untracked: dropped, unless tcp-guard is leaving the flood
+                // to the kernel (pass policy), which then decides.
+                if !guard::passing_floods(config) {
+                    return drop_syn(counters, key, DropReason::TableFull);
+                }
             }
             if let Some(counter) = event.counter() {
                 counters.bump(counter);

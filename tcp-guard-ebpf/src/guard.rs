@@ -2,18 +2,19 @@
 //! the attack-mode policy and the half-open limits. Decisions that need no
 //! map live in `tcp_guard_common::policy`; this is the map glue around them.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use tcp_guard_common::{
     flow::FlowKey,
     policy::{
-        Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, LpmAddr, Policy, SourceKey,
-        TokenBucket, challenge_passes, challenge_slot,
+        AttackState, Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, LpmAddr, Policy,
+        SYN_SAMPLE_EVERY, SourceKey, TokenBucket, challenge_passes, challenge_slot,
     },
     stats::Counter,
 };
 
 use crate::maps::{
-    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, OFFENDERS, RATE, VERIFIED, atomic_add,
+    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED,
+    atomic_add,
 };
 
 /// Whether `addr` is on the block list now.
@@ -22,6 +23,27 @@ pub fn blocked(family: u8, addr: [u8; 16], now: u64) -> bool {
     BLOCK
         .get(Key::new(128, LpmAddr::new(family, addr)))
         .is_some_and(|entry| entry.applies(now))
+}
+
+/// Counts one SYN in `SYN_SAMPLE_EVERY` against its source, for the
+/// controller's "top sources by SYN rate".
+/// (Its own BPF function: keeps its locals out of the caller's frame.)
+#[inline(never)]
+pub fn sample_syn(family: u8, addr: [u8; 16]) {
+    // SAFETY: a helper without preconditions.
+    if unsafe { bpf_get_prandom_u32() } % SYN_SAMPLE_EVERY != 0 {
+        return;
+    }
+    let source = SourceKey::new(family, addr);
+    match SYN_SOURCES.get_ptr_mut(source) {
+        Some(syns) => {
+            atomic_add(syns, 1);
+        }
+        None => {
+            // A full LRU map evicts its oldest source: no error to handle.
+            let _inserted = SYN_SOURCES.insert(source, 1, BPF_NOEXIST as u64);
+        }
+    }
 }
 
 /// Whether `addr` is on the allow list.
@@ -73,6 +95,7 @@ fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> bool 
         return false;
     }
     attack.active = 1;
+    attack.trigger = AttackState::BY_HALF_OPEN;
     attack.since_ns = now;
     let event = Event {
         kind: Event::ATTACK_MODE_ON,

@@ -70,6 +70,9 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
             let segment = &dissection.segment;
             // SAFETY: a helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
+            if segment.flags.class() == TcpClass::Syn {
+                guard::sample_syn(segment.family as u8, segment.src);
+            }
             if guard::blocked(segment.family as u8, segment.src, now) {
                 counters.bump(Counter::DropBlocked);
                 return xdp_action::XDP_DROP;

@@ -68,6 +68,10 @@ pub static CHALLENGE: Array<Challenge> = Array::with_max_entries(CHALLENGE_SLOTS
 #[map]
 pub static OFFENDERS: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(16_384, 0);
 
+/// Sampled SYNs per source, cumulative (see `policy::SYN_SAMPLE_EVERY`).
+#[map]
+pub static SYN_SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(16_384, 0);
+
 /// Working space of the programs, kept off the 512-byte stack.
 pub struct Scratch {
     /// The packet being handled, as parsed.

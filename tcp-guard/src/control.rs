@@ -3,6 +3,7 @@
 //! else. Every write goes through here.
 
 use std::{
+    collections::HashMap as StdHashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
@@ -16,7 +17,7 @@ use aya::maps::{
 use serde_json::{Value, json};
 use tcp_guard_common::{
     maps,
-    policy::{AttackState, BlockEntry, CountKey, GuardConfig, LpmAddr},
+    policy::{AttackState, BlockEntry, CountKey, CountKind, GuardConfig, LpmAddr, SourceKey},
 };
 
 use crate::{attach::Mode, flows::monotonic_now_ns, instance};
@@ -111,6 +112,46 @@ impl Instance {
         array::<AttackState>(&self.dir, maps::ATTACK)?
             .set(0, *state, 0)
             .context("cannot write ATTACK")
+    }
+
+    /// Sources with the most half-open flows now, most first.
+    pub fn top_half_open_sources(&self, n: usize) -> Result<Vec<(IpAddr, u64)>> {
+        let counts: HashMap<MapData, CountKey, u64> =
+            HashMap::try_from(Map::HashMap(open(&self.dir, maps::COUNTS)?))
+                .context("COUNTS is not a hash map")?;
+        let mut sources = Vec::new();
+        for entry in counts.iter() {
+            match entry {
+                Ok((key, count)) if key.kind == CountKind::Source as u8 && count > 0 => {
+                    sources.push((addr_of(key.family, key.addr), count));
+                }
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("cannot read COUNTS"),
+            }
+        }
+        sources.sort_by_key(|s| std::cmp::Reverse(s.1));
+        sources.truncate(n);
+        Ok(sources)
+    }
+
+    /// Sampled SYNs per source so far (one SYN in
+    /// [`tcp_guard_common::policy::SYN_SAMPLE_EVERY`] is counted); rates
+    /// come from the difference of two reads.
+    pub fn sampled_syns(&self) -> Result<StdHashMap<IpAddr, u64>> {
+        let syns: HashMap<MapData, SourceKey, u64> =
+            HashMap::try_from(Map::LruHashMap(open(&self.dir, maps::SYN_SOURCES)?))
+                .context("SYN_SOURCES is not an LRU hash map")?;
+        let mut sources = StdHashMap::new();
+        for entry in syns.iter() {
+            match entry {
+                Ok((key, count)) => {
+                    sources.insert(addr_of(key.family, key.addr), count);
+                }
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("cannot read SYN_SOURCES"),
+            }
+        }
+        Ok(sources)
     }
 
     /// Half-open flows counted against the global limit now.
@@ -253,6 +294,15 @@ impl Instance {
         }
         entries.sort_by_key(|c| c.to_string());
         Ok(entries)
+    }
+}
+
+/// An address as the maps hold it (IPv4 in the first 4 bytes).
+pub fn addr_of(family: u8, addr: [u8; 16]) -> IpAddr {
+    if family == 4 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(addr)
     }
 }
 

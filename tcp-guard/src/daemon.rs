@@ -25,7 +25,7 @@ use tokio::{
 
 use crate::{
     attach::{self, Mode},
-    control::{Cidr, Instance, reason_name},
+    control::{self, Cidr, Instance, reason_name},
     flows::{FlowTables, monotonic_now_ns},
     instance::{self, Claim, InstanceLock},
     program,
@@ -77,6 +77,10 @@ pub struct RunOptions {
     /// Take over from a running daemon on the same interface.
     pub replace: bool,
     pub settings: SettingsSource,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Have the kernel count program run time while the daemon runs.
+    pub bpf_stats: bool,
 }
 
 /// How the control loop ended.
@@ -116,11 +120,32 @@ pub fn run(options: RunOptions) -> Result<()> {
             return Err(e);
         }
     };
+    // Counting lasts while this descriptor is open, and ends with the daemon.
+    let _bpf_stats = options
+        .bpf_stats
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .transpose()
+        .context("the kernel refused to count BPF program run time (--bpf-stats; needs Linux 5.8)")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let exit = runtime.block_on(serve(logger, &mut ebpf, &mut control, &options.settings));
+    let exit = runtime.block_on(async {
+        if let Some(addr) = options.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr} (--metrics)"))?;
+            log::info!("serving Prometheus metrics at http://{addr}/metrics");
+            let programs = program::attached_ids(&ebpf, options.egress)?;
+            tokio::spawn(serve_metrics(
+                listener,
+                iface.to_string(),
+                programs,
+                options.bpf_stats,
+            ));
+        }
+        serve(logger, &mut ebpf, &mut control, &options.settings).await
+    });
     match exit {
         Ok(Exit::Stop(signal_name)) => {
             log::info!("{signal_name} received; detaching from {iface} and removing the pinned state");
@@ -144,6 +169,98 @@ pub fn run(options: RunOptions) -> Result<()> {
             Err(e)
         }
     }
+}
+
+/// Answers `GET /metrics` with the instance's figures, read from its pins.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    iface: String,
+    programs: Vec<(&'static str, u32)>,
+    bpf_stats_held: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                log::warn!("metrics: accept failed: {e}");
+                continue;
+            }
+        };
+        let iface = iface.clone();
+        let programs = programs.clone();
+        tokio::spawn(async move {
+            // Read until the request line is complete (it may come in pieces).
+            let mut request = Vec::with_capacity(256);
+            let mut chunk = [0u8; 512];
+            while !request.windows(2).any(|w| w == b"\r\n") && request.len() < 4096 {
+                match socket.read(&mut chunk).await {
+                    Ok(0) => break,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    Err(e) => {
+                        log::warn!("metrics: cannot read a request: {e}");
+                        return;
+                    }
+                }
+            }
+            let (status, body) = if request.starts_with(b"GET /metrics ") {
+                match render_metrics(&iface, &programs, bpf_stats_held) {
+                    Ok(body) => ("200 OK", body),
+                    Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
+                }
+            } else {
+                ("404 Not Found", "tcp-guard serves /metrics only\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(e) = socket.write_all(response.as_bytes()).await {
+                log::warn!("metrics: cannot answer: {e}");
+            }
+        });
+    }
+}
+
+fn render_metrics(iface: &str, programs: &[(&'static str, u32)], bpf_stats_held: bool) -> Result<String> {
+    let instance = Instance::new(instance::dir(iface));
+    let stats = stats::read_pinned(&instance.dir().join(maps::STATS))?;
+    let gauges = FlowTables::open(instance.dir())?.gauges()?;
+    let enforcement = stats::Enforcement::read(&instance)?;
+    crate::metrics::render(
+        iface,
+        &stats,
+        &gauges,
+        &enforcement,
+        instance.blocks()?.len(),
+        bpf_stats_held || bpf_stats_sysctl()?,
+        &run_times(programs)?,
+    )
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Whether the sysctl has the kernel count BPF run time. (Descriptors from
+/// BPF_ENABLE_STATS, as `--bpf-stats` holds, do not show there.)
+fn bpf_stats_sysctl() -> Result<bool> {
+    let value = std::fs::read_to_string(BPF_STATS_SYSCTL)
+        .with_context(|| format!("cannot read {BPF_STATS_SYSCTL}"))?;
+    Ok(value.trim() != "0")
+}
+
+fn run_times(programs: &[(&'static str, u32)]) -> Result<Vec<crate::metrics::RunTime>> {
+    let mut found = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("cannot list the kernel's BPF programs")?;
+        if let Some((label, _)) = programs.iter().find(|(_, id)| *id == info.id()) {
+            found.push(crate::metrics::RunTime {
+                program: label,
+                runs: info.run_count(),
+                nanoseconds: info.run_time().as_nanos() as u64,
+            });
+        }
+    }
+    Ok(found)
 }
 
 /// Asks the daemon holding `iface` to hand over (SIGUSR2) and claims the
@@ -366,7 +483,10 @@ impl Control {
             Some(AttackChange::Entered(trigger)) => {
                 self.instance.set_attack(&AttackState {
                     active: 1,
-                    _pad: 0,
+                    trigger: match trigger {
+                        AttackTrigger::HalfOpen => AttackState::BY_HALF_OPEN,
+                        AttackTrigger::SynRate => AttackState::BY_SYN_RATE,
+                    },
                     since_ns: now,
                 })?;
                 let why = match trigger {
@@ -407,7 +527,7 @@ impl Control {
                     log::warn!(
                         "event=source_over_limit iface={} source={} reason={reason}",
                         self.iface,
-                        source_addr(&SourceKey::new(event.family, event.addr))
+                        control::addr_of(event.family, event.addr)
                     );
                 }
                 Event::ATTACK_MODE_ON => log::warn!(
@@ -438,7 +558,7 @@ impl Control {
         }
         for (source, drops) in &entries {
             if config.block_after_drops != 0 && *drops >= config.block_after_drops as u64 {
-                let cidr = Cidr::host(source_addr(source));
+                let cidr = Cidr::host(control::addr_of(source.family, source.addr));
                 let ttl = Duration::from_secs(config.block_ttl_secs as u64);
                 self.instance.block(&cidr, Some(ttl), BlockEntry::AUTOMATIC)?;
                 log::warn!(
@@ -488,13 +608,5 @@ impl Control {
                 log::error!("reload refused, the running configuration stays: {e:#}");
             }
         }
-    }
-}
-
-fn source_addr(source: &SourceKey) -> std::net::IpAddr {
-    if source.family == 4 {
-        std::net::IpAddr::from([source.addr[0], source.addr[1], source.addr[2], source.addr[3]])
-    } else {
-        std::net::IpAddr::from(source.addr)
     }
 }

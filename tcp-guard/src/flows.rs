@@ -267,7 +267,10 @@ pub fn gauges_to_text(g: &Gauges) -> String {
     }
     out.push_str(&format!(
         "tables\n  half_open    {:>12} of {}\n  flows        {:>12} of {}\n",
-        g.half_open_entries, g.half_open_max, g.flow_entries, g.flow_max
+        g.half_open_entries,
+        crate::settings::format_count(g.half_open_max.into()),
+        g.flow_entries,
+        crate::settings::format_count(g.flow_max.into())
     ));
     out
 }

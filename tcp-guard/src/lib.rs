@@ -6,6 +6,8 @@ pub mod control;
 pub mod daemon;
 pub mod flows;
 pub mod instance;
+pub mod metrics;
 pub mod program;
 pub mod settings;
 pub mod stats;
+pub mod top;

@@ -7,14 +7,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tcp_guard::{
     attach::{self, Mode},
     control::{self, Cidr, Instance},
     daemon::{self, RunOptions, SettingsSource},
     flows::{self, FlowTables, monotonic_now_ns},
     instance::{Claim, InstanceLock},
-    settings::{MAX_TABLE_SIZE, Settings},
+    settings::{self, MAX_TABLE_SIZE, Settings},
     stats,
 };
 use tcp_guard_common::{config::TableSizes, flow::TcpState, maps, policy::BlockEntry};
@@ -114,6 +114,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view: rates, half-open count, flows, attack mode, top sources,
+    /// blocks, drops. Plain terminal, 80x24 is enough; q or Ctrl-C quits.
+    Top {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a shell completion script, e.g. `tcp-guard completions bash >
+    /// /etc/bash_completion.d/tcp-guard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `tcp-guard man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -181,6 +195,15 @@ struct RunArgs {
     /// numbers are not checked, and host-initiated closes are not tracked.
     #[arg(long)]
     no_egress: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9966).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Have the kernel count the programs' run time while the daemon runs
+    /// (for the metrics' tcp_guard_program_run_seconds_total). Costs two
+    /// clock reads per packet; `sysctl kernel.bpf_stats_enabled=1` does the
+    /// same for every BPF program on the host.
+    #[arg(long)]
+    bpf_stats: bool,
     /// Take over from the daemon running on this interface (an upgrade): it
     /// hands over (SIGUSR2) without detaching, and this one adopts the
     /// attached programs' links and the pinned state. Without a running
@@ -194,12 +217,13 @@ struct RunArgs {
     /// Set one setting, overriding the config file, e.g. --set limits.syn_rate=50; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Capacity of the half-open flow table (SYN-SENT, SYN-RECV) [= tables.max_half_open].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_TABLE_SIZE as i64))]
+    /// Capacity of the half-open flow table (SYN-SENT, SYN-RECV), e.g. 64Ki
+    /// [= tables.max_half_open].
+    #[arg(long, value_name = "COUNT", value_parser = parse_table_size)]
     max_half_open: Option<u32>,
-    /// Capacity of the table of all other flows [= tables.max_flows]. Half-open
-    /// floods never take room from it.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_TABLE_SIZE as i64))]
+    /// Capacity of the table of all other flows, e.g. 1Mi [= tables.max_flows].
+    /// Half-open floods never take room from it.
+    #[arg(long, value_name = "COUNT", value_parser = parse_table_size)]
     max_flows: Option<u32>,
     /// Idle time after which a flow in STATE is forgotten, as STATE=DURATION
     /// (e.g. syn_rcvd=30s) [= timeouts.STATE]; repeatable.
@@ -208,6 +232,18 @@ struct RunArgs {
 }
 
 /// `syn_rcvd=30s` (or `SYN-RECV=30s`) as the setting `timeouts.syn_rcvd=30s`.
+fn parse_table_size(text: &str) -> Result<u32, String> {
+    settings::parse_count(text)
+        .filter(|n| (1..=u64::from(MAX_TABLE_SIZE)).contains(n))
+        .map(|n| n as u32)
+        .ok_or_else(|| {
+            format!(
+                "expected a table size from 1 to {} (such as 65536 or 64Ki)",
+                settings::format_count(MAX_TABLE_SIZE.into())
+            )
+        })
+}
+
 fn parse_timeout(value: &str) -> Result<String, String> {
     let (state, duration) = value
         .split_once('=')
@@ -245,6 +281,14 @@ fn main() {
         Command::Reload { target } => reload(target.iface.as_deref()),
         Command::Detach { iface } => detach(&iface),
         Command::Status { json } => status(json),
+        Command::Top { target } => tcp_guard::top::run(target.iface.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tcp-guard", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("cannot write the manual page"),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
@@ -293,6 +337,8 @@ fn run(args: RunArgs) -> Result<()> {
         mode: args.mode,
         egress: !args.no_egress,
         replace: args.replace,
+        metrics: args.metrics,
+        bpf_stats: args.bpf_stats,
         settings: SettingsSource {
             file: args.config,
             overrides,

@@ -32,6 +32,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::VERIFIED,
     maps::CHALLENGE,
     maps::OFFENDERS,
+    maps::SYN_SOURCES,
     maps::EVENTS,
 ];
 
@@ -124,6 +125,27 @@ pub fn tc_egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .with_context(|| format!("program {} missing from the eBPF object", programs::TC_EGRESS))?
         .try_into()
         .with_context(|| format!("program {} is not a TC classifier", programs::TC_EGRESS))
+}
+
+/// Kernel ids of the programs a daemon attaches, by the label metrics give
+/// them: their run-time figures are read by id.
+pub fn attached_ids(ebpf: &Ebpf, egress: bool) -> Result<Vec<(&'static str, u32)>> {
+    let mut named = vec![("xdp", programs::XDP)];
+    if egress {
+        named.push(("tc_egress", programs::TC_EGRESS));
+    }
+    named
+        .into_iter()
+        .map(|(label, name)| {
+            let program = ebpf
+                .program(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?;
+            let info = program
+                .info()
+                .with_context(|| format!("cannot read the kernel's information on {name}"))?;
+            Ok((label, info.id()))
+        })
+        .collect()
 }
 
 /// The XDP ingress program of a loaded object.

@@ -304,18 +304,60 @@ fn find(name: &str) -> Result<&'static Key> {
     })
 }
 
+/// Suffixes of counts: SI for rates and limits (10k SYN/s), binary for
+/// table sizes (64Ki entries).
+const COUNT_UNITS: [(&str, u64); 6] = [
+    ("Gi", 1 << 30),
+    ("G", 1_000_000_000),
+    ("Mi", 1 << 20),
+    ("M", 1_000_000),
+    ("Ki", 1 << 10),
+    ("k", 1_000),
+];
+
+/// A count in human form: 4096, 10k (10,000), 2M, 64Ki (65,536), 1Mi.
+pub fn parse_count(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let scale = match unit {
+        "" => 1,
+        "K" => 1_000,
+        unit => COUNT_UNITS.iter().find(|(u, _)| *u == unit)?.1,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(scale)
+}
+
+/// The shortest exact human form of a count: 65536 is 64Ki, 10000 is 10k.
+pub fn format_count(value: u64) -> String {
+    COUNT_UNITS
+        .iter()
+        .find(|(_, scale)| value >= *scale && value.is_multiple_of(*scale))
+        .map_or_else(
+            || value.to_string(),
+            |(unit, scale)| format!("{}{unit}", value / scale),
+        )
+}
+
 fn parse_value(key: &Key, text: &str) -> Result<u64> {
     let text = text.trim().trim_matches('"');
     match key.kind {
         Kind::Count { min, max, .. } => {
-            let value: u64 = text.parse().map_err(|_| {
+            let value = parse_count(text).ok_or_else(|| {
                 anyhow!(
-                    "{} = {text:?}: expected a whole number from {min} to {max}",
-                    key.name
+                    "{} = {text:?}: expected a whole number from {} to {} (such as 4096, 10k, 64Ki)",
+                    key.name,
+                    format_count(min.into()),
+                    format_count(max.into())
                 )
             })?;
             if value < min as u64 || value > max as u64 {
-                bail!("{} = {value}: must be from {min} to {max}", key.name);
+                bail!(
+                    "{} = {value}: must be from {} to {}",
+                    key.name,
+                    format_count(min.into()),
+                    format_count(max.into())
+                );
             }
             Ok(value)
         }
@@ -359,7 +401,7 @@ fn parse_value(key: &Key, text: &str) -> Result<u64> {
 
 fn format_value(key: &Key, value: u64) -> String {
     match key.kind {
-        Kind::Count { .. } => value.to_string(),
+        Kind::Count { .. } => format_count(value),
         Kind::Duration { millis: true, .. } => {
             humantime::format_duration(Duration::from_millis(value)).to_string()
         }
@@ -564,6 +606,34 @@ mod tests {
         for (text, expected) in cases {
             let error = format!("{:#}", load(text).expect_err(text));
             assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn counts_read_and_print_in_human_form() {
+        for (text, value) in [
+            ("4096", 4096),
+            ("10k", 10_000),
+            ("10K", 10_000),
+            ("2M", 2_000_000),
+            ("64Ki", 65_536),
+            ("1Mi", 1 << 20),
+            ("0", 0),
+        ] {
+            assert_eq!(parse_count(text), Some(value), "{text}");
+        }
+        for bad in ["", "k", "1.5k", "-1", "10 k", "10kb", "99999999999G"] {
+            assert_eq!(parse_count(bad), None, "{bad}");
+        }
+        for (value, text) in [
+            (65_536, "64Ki"),
+            (262_144, "256Ki"),
+            (10_000, "10k"),
+            (4_097, "4097"),
+            (0, "0"),
+        ] {
+            assert_eq!(format_count(value), text);
+            assert_eq!(parse_count(text), Some(value));
         }
     }
 

@@ -214,7 +214,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
                 .expect("array");
             let on = AttackState {
                 active: 1,
-                _pad: 0,
+                trigger: AttackState::BY_HALF_OPEN,
                 since_ns: 1,
             };
             attack.set(0, on, 0).expect("attack mode on");

@@ -116,9 +116,10 @@ fn bad_run_options_name_the_option_and_the_fix() {
         ),
         (
             &["--max-flows", "0"][..],
-            "invalid value '0' for '--max-flows <MAX_FLOWS>'",
+            "invalid value '0' for '--max-flows <COUNT>': expected a table size from 1 to 16Mi",
         ),
         (&["--max-half-open", "99999999999"][..], "--max-half-open"),
+        (&["--max-half-open", "1.5k"][..], "(such as 65536 or 64Ki)"),
     ] {
         let mut all = vec!["run", "--iface", "lo"];
         all.extend_from_slice(args);
@@ -127,6 +128,15 @@ fn bad_run_options_name_the_option_and_the_fix() {
         let err = stderr_of(&out);
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+    let out = tcp_guard(&["run", "--iface", "lo", "--set", "limits.syn_rate=ten"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(
+            "limits.syn_rate = \"ten\": expected a whole number from 0 to 10M (such as 4096, 10k, 64Ki)"
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,0 +1,232 @@
+//! Prometheus text exposition of an instance: `run --metrics ADDR` serves it
+//! at `/metrics`. Every counter comes from the one `Counter` list; families
+//! with a dimension (drops by reason, packets by class, ...) become labels.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use tcp_guard_common::{
+    flow::TcpState,
+    stats::{Counter, Stats},
+};
+
+use crate::{flows::Gauges, stats::Enforcement};
+
+/// How a counter is exported: metric name and, for families, a label.
+fn family(counter: Counter) -> (&'static str, Option<(&'static str, &'static str)>) {
+    let name = counter.as_str();
+    let labelled = [
+        ("drop_", "tcp_guard_drops_total", "reason"),
+        ("malformed_", "tcp_guard_malformed_total", "reason"),
+        ("invalid_", "tcp_guard_invalid_segments_total", "reason"),
+        ("to_", "tcp_guard_flow_transitions_total", "to"),
+    ];
+    for (prefix, metric, label) in labelled {
+        if let Some(value) = name.strip_prefix(prefix) {
+            return (metric, Some((label, value)));
+        }
+    }
+    match counter {
+        Counter::NonIp
+        | Counter::NonTcp
+        | Counter::Ipv4Fragment
+        | Counter::Ipv6Extension
+        | Counter::Syn
+        | Counter::SynAck
+        | Counter::Ack
+        | Counter::Fin
+        | Counter::Rst
+        | Counter::TcpOtherFlags => ("tcp_guard_packets_total", Some(("class", name))),
+        Counter::Packets => ("tcp_guard_frames_total", None),
+        _ => ("", None),
+    }
+}
+
+/// Help text of each exported family.
+const HELP: &[(&str, &str)] = &[
+    ("tcp_guard_frames_total", "Frames the XDP program saw."),
+    (
+        "tcp_guard_packets_total",
+        "Frames by what they are (one class each).",
+    ),
+    ("tcp_guard_drops_total", "Packets dropped, by reason."),
+    (
+        "tcp_guard_malformed_total",
+        "Frames the parser gave up on, by reason (passed).",
+    ),
+    (
+        "tcp_guard_invalid_segments_total",
+        "Peer segments that did not fit their flow, by reason.",
+    ),
+    ("tcp_guard_flow_transitions_total", "Flows entering each state."),
+];
+
+/// Time the kernel spent in one attached program, counted only while BPF
+/// run-time statistics are on (`run --bpf-stats`, or
+/// `sysctl kernel.bpf_stats_enabled=1`).
+#[derive(Clone, Copy, Debug)]
+pub struct RunTime {
+    /// `xdp` or `tc_egress`.
+    pub program: &'static str,
+    pub runs: u64,
+    pub nanoseconds: u64,
+}
+
+/// The exposition text for `iface`. `bpf_stats` says whether the kernel
+/// counts the `run_times` now.
+pub fn render(
+    iface: &str,
+    stats: &Stats,
+    gauges: &Gauges,
+    enforcement: &Enforcement,
+    blocked: usize,
+    bpf_stats: bool,
+    run_times: &[RunTime],
+) -> Result<String> {
+    let mut out = String::new();
+    let mut seen: Vec<String> = Vec::new();
+    for counter in Counter::ALL {
+        let (family_name, label) = family(counter);
+        let metric = if family_name.is_empty() {
+            format!("tcp_guard_{}_total", counter.as_str())
+        } else {
+            family_name.to_string()
+        };
+        if !seen.contains(&metric) {
+            let help = HELP
+                .iter()
+                .find(|(m, _)| *m == metric)
+                .map_or("A tcp-guard counter (see the README's Counters).", |(_, h)| *h);
+            writeln!(out, "# HELP {metric} {help}")?;
+            writeln!(out, "# TYPE {metric} counter")?;
+            seen.push(metric.clone());
+        }
+        let value = stats.get(counter);
+        match label {
+            Some((key, label_value)) => writeln!(
+                out,
+                "{metric}{{iface=\"{iface}\",{key}=\"{label_value}\"}} {value}"
+            )?,
+            None => writeln!(out, "{metric}{{iface=\"{iface}\"}} {value}")?,
+        }
+    }
+    let gauge = |out: &mut String, name: &str, help: &str| -> Result<()> {
+        writeln!(out, "# HELP {name} {help}")?;
+        writeln!(out, "# TYPE {name} gauge")?;
+        Ok(())
+    };
+    gauge(&mut out, "tcp_guard_flows", "Tracked flows by TCP state.")?;
+    for state in TcpState::STORED {
+        writeln!(
+            out,
+            "tcp_guard_flows{{iface=\"{iface}\",state=\"{}\"}} {}",
+            state.as_str(),
+            gauges.per_state[state as usize - 1]
+        )?;
+    }
+    writeln!(
+        out,
+        "# HELP tcp_guard_expired_total Flows the controller expired, by state."
+    )?;
+    writeln!(out, "# TYPE tcp_guard_expired_total counter")?;
+    for state in TcpState::STORED {
+        writeln!(
+            out,
+            "tcp_guard_expired_total{{iface=\"{iface}\",state=\"{}\"}} {}",
+            state.as_str(),
+            gauges.expired[state as usize - 1]
+        )?;
+    }
+    gauge(&mut out, "tcp_guard_table_entries", "Entries in each flow table.")?;
+    writeln!(
+        out,
+        "tcp_guard_table_entries{{iface=\"{iface}\",table=\"half_open\"}} {}",
+        gauges.half_open_entries
+    )?;
+    writeln!(
+        out,
+        "tcp_guard_table_entries{{iface=\"{iface}\",table=\"flows\"}} {}",
+        gauges.flow_entries
+    )?;
+    gauge(
+        &mut out,
+        "tcp_guard_table_capacity",
+        "Capacity of each flow table.",
+    )?;
+    writeln!(
+        out,
+        "tcp_guard_table_capacity{{iface=\"{iface}\",table=\"half_open\"}} {}",
+        gauges.half_open_max
+    )?;
+    writeln!(
+        out,
+        "tcp_guard_table_capacity{{iface=\"{iface}\",table=\"flows\"}} {}",
+        gauges.flow_max
+    )?;
+    gauge(
+        &mut out,
+        "tcp_guard_half_open",
+        "Half-open flows counted against the global limit.",
+    )?;
+    writeln!(
+        out,
+        "tcp_guard_half_open{{iface=\"{iface}\"}} {}",
+        enforcement.half_open
+    )?;
+    gauge(
+        &mut out,
+        "tcp_guard_half_open_limit",
+        "The global half-open limit (0: none).",
+    )?;
+    writeln!(
+        out,
+        "tcp_guard_half_open_limit{{iface=\"{iface}\"}} {}",
+        enforcement.config.global_half_open
+    )?;
+    gauge(&mut out, "tcp_guard_attack_mode", "1 while in attack mode.")?;
+    writeln!(
+        out,
+        "tcp_guard_attack_mode{{iface=\"{iface}\"}} {}",
+        u8::from(enforcement.attack.active != 0)
+    )?;
+    gauge(
+        &mut out,
+        "tcp_guard_blocked_sources",
+        "Entries on the block list.",
+    )?;
+    writeln!(out, "tcp_guard_blocked_sources{{iface=\"{iface}\"}} {blocked}")?;
+    gauge(
+        &mut out,
+        "tcp_guard_bpf_stats_enabled",
+        "1 while the kernel counts program run time (run --bpf-stats, or sysctl kernel.bpf_stats_enabled=1).",
+    )?;
+    writeln!(
+        out,
+        "tcp_guard_bpf_stats_enabled{{iface=\"{iface}\"}} {}",
+        u8::from(bpf_stats)
+    )?;
+    for (name, help, value) in [
+        (
+            "tcp_guard_program_runs_total",
+            "Runs of each attached program, counted while BPF statistics are on.",
+            (|r: &RunTime| r.runs.to_string()) as fn(&RunTime) -> String,
+        ),
+        (
+            "tcp_guard_program_run_seconds_total",
+            "Time spent in each attached program, counted while BPF statistics are on.",
+            |r: &RunTime| format!("{:.9}", r.nanoseconds as f64 / 1e9),
+        ),
+    ] {
+        writeln!(out, "# HELP {name} {help}")?;
+        writeln!(out, "# TYPE {name} counter")?;
+        for run_time in run_times {
+            writeln!(
+                out,
+                "{name}{{iface=\"{iface}\",program=\"{}\"}} {}",
+                run_time.program,
+                value(run_time)
+            )?;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,291 @@
+//! Seeing what it sees: Prometheus metrics scraped while traffic runs, the
+//! live view driven in a real 80x24 terminal (tmux) during a flood, shell
+//! completions and the man page. Needs root.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    process::Command,
+    sync::atomic::AtomicBool,
+    time::{Duration, Instant},
+};
+
+use tcp_guard_tests::{
+    daemon::{Daemon, tcp_guard, tcp_guard_bin},
+    flood::{FloodSpec, Sources, flood},
+    inject::Injector,
+    lab::{Lab, listen, run},
+};
+
+const PORT: u16 = 8080;
+const METRICS: &str = "127.0.0.1:9966";
+
+/// GET `path` from the metrics endpoint inside the server namespace.
+fn get(lab: &Lab, path: &str) -> String {
+    let path = path.to_string();
+    lab.server
+        .enter(move || {
+            let mut stream = TcpStream::connect(METRICS).expect("connect to the metrics endpoint");
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).expect("response");
+            response
+        })
+        .expect("enter")
+}
+
+/// The value of one sample line, e.g. `tcp_guard_packets_total{iface="x",class="syn"}`.
+fn sample(metrics: &str, name: &str, label: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} with {label} in:\n{metrics}"))
+}
+
+fn attack_settings() -> [&'static str; 6] {
+    [
+        "--set",
+        "attack.enter_half_open=4",
+        "--set",
+        "attack.leave_half_open=2",
+        "--set",
+        "timeouts.syn_rcvd=4s",
+    ]
+}
+
+/// A flood from random 198.19.0.0/16 sources at 10,000 SYN/s.
+fn spoofed() -> (Sources, u64) {
+    let network = "198.19.0.0".parse().unwrap();
+    (
+        Sources::Random {
+            network,
+            prefix_len: 16,
+        },
+        10_000,
+    )
+}
+
+/// Sends the floods in parallel for `secs` seconds.
+fn flood_for(lab: &Lab, floods: &[(Sources, u64)], secs: u64) {
+    let dst_mac = Lab::mac(&lab.server, &lab.server_iface).expect("MAC");
+    std::thread::scope(|scope| {
+        for (sources, rate) in floods {
+            let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+            let spec = FloodSpec {
+                dst: lab.server_addr(false),
+                dst_port: PORT,
+                dst_mac,
+                sources: *sources,
+                rate: *rate,
+                count: rate * secs,
+                duration: Duration::from_secs(secs),
+            };
+            scope.spawn(move || flood(&injector, &spec, &AtomicBool::new(false)).expect("flood"));
+        }
+    });
+}
+
+#[test]
+fn metrics_move_with_the_traffic() {
+    let lab = Lab::new().expect("lab");
+    let mut args = vec!["--metrics", METRICS, "--bpf-stats"];
+    args.extend(attack_settings());
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &args).expect("start");
+    assert!(
+        daemon.log().contains("serving Prometheus metrics"),
+        "{}",
+        daemon.log()
+    );
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = listen(&lab.server, addr, 64).expect("listen");
+
+    let before = get(&lab, "/metrics");
+    assert!(before.starts_with("HTTP/1.1 200 OK"), "{before}");
+    assert!(
+        before.contains("# TYPE tcp_guard_drops_total counter"),
+        "{before}"
+    );
+    let iface = format!("iface=\"{}\"", lab.server_iface);
+    assert_eq!(sample(&before, "tcp_guard_attack_mode", &iface), 0);
+
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let client = lab
+            .client
+            .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .unwrap()
+            .expect("connect");
+        held.push((client, listener.accept().expect("accept").0));
+    }
+    flood_for(&lab, &[spoofed()], 2);
+    let after = get(&lab, "/metrics");
+    let syn = |m: &str| sample(m, "tcp_guard_packets_total", "class=\"syn\"");
+    assert!(syn(&after) >= syn(&before) + 10_000, "SYNs counted:\n{after}");
+    assert!(
+        sample(&after, "tcp_guard_drops_total", "reason=\"challenge\"") > 1000,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "tcp_guard_attack_mode", &iface), 1);
+    assert_eq!(sample(&after, "tcp_guard_flows", "state=\"established\""), 10);
+    assert!(sample(&after, "tcp_guard_flow_transitions_total", "to=\"established\"") >= 10);
+    assert!(sample(&after, "tcp_guard_table_capacity", "table=\"flows\"") > 0);
+    assert!(get(&lab, "/other").starts_with("HTTP/1.1 404"));
+
+    // The example dashboard only asks for what is served.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/grafana-dashboard.json")).expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let exprs = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("targets"))
+        .map(|t| t["expr"].as_str().expect("expr"));
+    for expr in exprs {
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("tcp_guard_"))
+        {
+            assert!(
+                after.contains(&format!("\n{name}{{")),
+                "the dashboard's {name} is not served:\n{after}"
+            );
+        }
+    }
+
+    // Program run time (run --bpf-stats).
+    let xdp = "program=\"xdp\"";
+    let runs = |m: &str| sample(m, "tcp_guard_program_runs_total", xdp);
+    assert_eq!(
+        sample(&after, "tcp_guard_bpf_stats_enabled", &iface),
+        1,
+        "{after}"
+    );
+    assert!(
+        runs(&after) >= runs(&before) + 10_000,
+        "every SYN ran the program:\n{after}"
+    );
+    assert!(
+        after.contains("tcp_guard_program_run_seconds_total{") && after.contains("program=\"tc_egress\""),
+        "{after}"
+    );
+}
+
+/// A tmux session, killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn capture(&self) -> String {
+        let out = run(Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0])).expect("capture");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["has-session", "-t", &self.0])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        if self.alive()
+            && let Err(e) = run(Command::new("tmux").args(["kill-session", "-t", &self.0]))
+        {
+            eprintln!("tmux cleanup: {e:#}");
+        }
+    }
+}
+
+#[test]
+fn top_shows_a_flood_in_an_80x24_terminal_and_quits_on_q() {
+    let lab = Lab::new().expect("lab");
+    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &attack_settings()).expect("start");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _listener = listen(&lab.server, addr, 64).expect("listen");
+    let session = Tmux(format!("tg-top-{}", lab.server_iface));
+    let command = format!("{} top --iface {}", tcp_guard_bin().display(), lab.server_iface);
+    run(Command::new("tmux").args([
+        "new-session",
+        "-d",
+        "-s",
+        &session.0,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &command,
+    ]))
+    .expect("start top in tmux");
+    // Read the screen while the floods run: rates fall to zero after.
+    let heavy: IpAddr = "198.19.255.7".parse().unwrap();
+    let heavy_tops_the_rate_list = |screen: &str| {
+        let lines: Vec<&str> = screen.lines().collect();
+        lines
+            .iter()
+            .position(|l| l.contains("by SYN/s"))
+            .and_then(|at| lines.get(at + 1))
+            .is_some_and(|l| l.contains(&heavy.to_string()))
+    };
+    let screen = std::thread::scope(|scope| {
+        scope.spawn(|| flood_for(&lab, &[spoofed(), (Sources::Fixed(heavy), 3_000)], 6));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let screen = session.capture();
+            if (screen.contains("attack mode: ON") && heavy_tops_the_rate_list(&screen))
+                || Instant::now() > deadline
+            {
+                return screen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert!(
+        heavy_tops_the_rate_list(&screen),
+        "the 3,000 SYN/s source tops the SYN rate list:\n{screen}"
+    );
+    for expected in [
+        "tcp-guard top",
+        "attack mode: ON (half-open)",
+        "per second",
+        "half-open",
+        "SYN/s",
+        "challenge",
+        "top sources",
+        "blocked",
+    ] {
+        assert!(screen.contains(expected), "{expected:?} missing from:\n{screen}");
+    }
+    assert!(
+        screen.lines().count() <= 24 && screen.lines().all(|l| l.chars().count() <= 80),
+        "{screen}"
+    );
+    // The README shows this screen; TOP_CAPTURE=path keeps a fresh copy of it.
+    if let Some(path) = std::env::var_os("TOP_CAPTURE") {
+        std::fs::write(path, &screen).expect("write TOP_CAPTURE");
+    }
+    run(Command::new("tmux").args(["send-keys", "-t", &session.0, "q"])).expect("q");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while session.alive() {
+        assert!(Instant::now() < deadline, "top did not quit on q");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let bash = tcp_guard(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let text = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        text.contains("tcp-guard") && text.contains("block") && text.contains("--metrics"),
+        "{text}"
+    );
+    let man = tcp_guard(&["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH tcp-guard"), "{page}");
+    let bad = tcp_guard(&["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
