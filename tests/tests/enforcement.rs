@@ -537,3 +537,62 @@ fn an_hping3_flood_is_contained_as_well() {
     assert_eq!(stats["attack"]["active"], true, "{stats}");
     assert!(counter(&stats, "drop_challenge") > 1000, "{stats}");
 }
+
+#[test]
+fn the_pass_policy_leaves_a_flood_to_the_kernel() {
+    const TABLE: usize = 64;
+    let lab = flood_lab();
+    let _daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--max-half-open",
+            &TABLE.to_string(),
+            "--set",
+            "attack.policy=pass",
+            "--set",
+            "attack.enter_half_open=16",
+            "--set",
+            "attack.leave_half_open=8",
+            "--set",
+            "limits.global_half_open=0",
+            "--set",
+            "limits.per_prefix_half_open=0",
+            "--set",
+            "limits.per_port_half_open=0",
+        ],
+    )
+    .expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _listener = listen(&lab.server, addr, 256).expect("listen");
+    let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+    let spec = FloodSpec {
+        dst: addr.ip(),
+        dst_port: PORT,
+        dst_mac: Lab::mac(&lab.server, &lab.server_iface).expect("MAC"),
+        sources: random_sources(false),
+        rate: 5_000,
+        count: 5_000,
+        duration: Duration::from_secs(2),
+    };
+    let report = flood(&injector, &spec, &AtomicBool::new(false)).expect("flood");
+    let stats = stats_json(&lab.server_iface);
+    assert_eq!(stats["attack"]["active"], true, "{stats}");
+    let dropped: u64 = stats["counters"]
+        .as_object()
+        .expect("counters")
+        .iter()
+        .filter(|(name, _)| name.starts_with("drop_"))
+        .map(|(_, n)| n.as_u64().expect("count"))
+        .sum();
+    assert_eq!(dropped, 0, "pass drops nothing: {stats}");
+    assert!(
+        counter(&stats, "half_open_table_full") > 0,
+        "more SYNs than the table holds: {stats}"
+    );
+    let syn_recv = lab.server_syn_recv().expect("ss");
+    assert!(
+        syn_recv > TABLE,
+        "the kernel got the SYNs the full table could not track: {syn_recv} in SYN-RECV; {report:?}"
+    );
+}
