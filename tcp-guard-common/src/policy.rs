@@ -344,7 +344,7 @@ impl TokenBucket {
     }
 }
 
-/// One SYN in this many (chosen at random) is counted against its source in
+/// Every this-many-th SYN a CPU sees is counted against its source in
 /// `SYN_SOURCES`: enough to name the sources sending hundreds of SYNs per
 /// second, for a map update on one SYN in 64 instead of every one.
 pub const SYN_SAMPLE_EVERY: u32 = 64;

@@ -2,12 +2,12 @@
 //! the attack-mode policy and the half-open limits. Decisions that need no
 //! map live in `tcp_guard_common::policy`; this is the map glue around them.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
 use tcp_guard_common::{
     flow::FlowKey,
     policy::{
         AttackState, Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, LpmAddr, Policy,
-        SYN_SAMPLE_EVERY, SourceKey, TokenBucket, challenge_passes, challenge_slot,
+        SourceKey, TokenBucket, challenge_passes, challenge_slot,
     },
     stats::Counter,
 };
@@ -25,15 +25,11 @@ pub fn blocked(family: u8, addr: [u8; 16], now: u64) -> bool {
         .is_some_and(|entry| entry.applies(now))
 }
 
-/// Counts one SYN in `SYN_SAMPLE_EVERY` against its source, for the
-/// controller's "top sources by SYN rate".
+/// Counts a sampled SYN against its source, for the controller's "top
+/// sources by SYN rate" (the caller picks one SYN in `SYN_SAMPLE_EVERY`).
 /// (Its own BPF function: keeps its locals out of the caller's frame.)
 #[inline(never)]
 pub fn sample_syn(family: u8, addr: [u8; 16]) {
-    // SAFETY: a helper without preconditions.
-    if unsafe { bpf_get_prandom_u32() } % SYN_SAMPLE_EVERY != 0 {
-        return;
-    }
     let source = SourceKey::new(family, addr);
     match SYN_SOURCES.get_ptr_mut(source) {
         Some(syns) => {

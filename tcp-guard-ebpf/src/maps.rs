@@ -114,6 +114,15 @@ impl Counters {
         self.0
     }
 
+    /// This CPU's count so far.
+    #[inline(always)]
+    pub fn get(&self, counter: Counter) -> u64 {
+        let index = opaque(counter as usize);
+        // SAFETY: as in `bump`.
+        let stats = unsafe { &*self.0 };
+        stats.counters.get(index).copied().unwrap_or(0)
+    }
+
     #[inline(always)]
     pub fn bump(&mut self, counter: Counter) {
         // The counter may come from an enum read back from the stack; LLVM

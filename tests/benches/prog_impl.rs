@@ -10,7 +10,7 @@ use std::{net::IpAddr, time::Duration};
 use aya::{
     Ebpf,
     maps::{
-        Array,
+        Array, HashMap, MapData,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{TestRun, TestRunOptions, Xdp},
@@ -18,11 +18,13 @@ use aya::{
 use tcp_guard::{program, settings::Settings};
 use tcp_guard_common::{
     config::TableSizes,
+    flow::FlowKey,
     maps,
-    policy::{AttackState, BlockEntry, LpmAddr},
+    policy::{AttackState, BlockEntry, GuardConfig, LpmAddr, SourceKey},
     programs,
+    stats::{Counter, Stats},
 };
-use tcp_guard_tests::packets::{ACK, PSH, SYN, TcpPacket, ethernet, linux_syn_options};
+use tcp_guard_tests::packets::{ACK, FIN, PSH, SYN, TcpPacket, ethernet, linux_syn_options};
 
 /// How much to measure.
 pub struct Params {
@@ -75,46 +77,87 @@ fn peer(i: usize) -> IpAddr {
     IpAddr::from([198, 19, (i >> 8) as u8, i as u8])
 }
 
+/// Source `i` of the 198.18.0.0/16 block whose third octet starts at
+/// `third`; each such range is 64 /24s (16,384 sources) at most.
+fn peer_in(third: u8, i: usize) -> IpAddr {
+    assert!(i < 16_128, "source {i} outside its range");
+    IpAddr::from([198, 18, third + (i >> 8) as u8, i as u8])
+}
+
 const HOST: [u8; 4] = [198, 18, 0, 1];
 const K: u32 = 90_000;
 
-fn syn(i: usize) -> TcpPacket {
-    let mut pkt = TcpPacket::new(peer(i), IpAddr::from(HOST), 10_000 + (i % 50_000) as u16, 80, SYN);
-    pkt.seq = i as u32 * 1000;
+fn syn_at(src: IpAddr, port: u16, seq: u32) -> TcpPacket {
+    let mut pkt = TcpPacket::new(src, IpAddr::from(HOST), port, 80, SYN);
+    pkt.seq = seq;
     pkt.tcp_options = linux_syn_options(1460, 1, 7);
     pkt
 }
 
-fn syn_ack(i: usize) -> TcpPacket {
-    let s = syn(i);
+fn syn(i: usize) -> TcpPacket {
+    syn_at(peer(i), 10_000 + (i % 50_000) as u16, i as u32 * 1000)
+}
+
+fn syn_ack(s: &TcpPacket) -> TcpPacket {
     let mut pkt = TcpPacket::new(s.dst, s.src, s.dst_port, s.src_port, SYN | ACK);
     pkt.seq = K;
     pkt.ack = s.seq + 1;
     pkt
 }
 
-fn final_ack(i: usize) -> TcpPacket {
-    let s = syn(i);
-    let mut pkt = TcpPacket::new(s.src, s.dst, s.src_port, s.dst_port, ACK);
+/// The peer's next segment after its SYN: the final ACK with `flags` ACK.
+fn from_peer(s: &TcpPacket, flags: u8) -> TcpPacket {
+    let mut pkt = TcpPacket::new(s.src, s.dst, s.src_port, s.dst_port, flags);
     pkt.seq = s.seq + 1;
     pkt.ack = K + 1;
     pkt
 }
 
+/// SYN in, SYN-ACK out, final ACK in: an established flow.
+fn handshake(ebpf: &mut Ebpf, s: &TcpPacket) {
+    run_once(program::xdp_program(ebpf).expect("xdp"), &s.frame());
+    tc_once(ebpf, &syn_ack(s).frame());
+    run_once(
+        program::xdp_program(ebpf).expect("xdp"),
+        &from_peer(s, ACK).frame(),
+    );
+}
+
+/// State a case needs, set up just before it is measured.
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    Nothing,
+    /// 198.18.200.0/24 on the block list.
+    Block,
+    /// One SYN per second and source (undone after the case).
+    RateLimit,
+    AttackMode,
+    /// Attack mode on, and the case's sources verified.
+    VerifiedSources,
+    /// Attack mode off; both flow tables filled to all but the room the
+    /// case needs.
+    FillTables,
+}
+
 struct Case {
     name: &'static str,
+    setup: Setup,
+    /// The counter that proves each call took the path named: it must grow
+    /// by one per call (but the first, for the rate limit's one free SYN).
+    proof: Counter,
     /// The frame for call `i` (distinct flows where state changes).
     frames: Vec<Vec<u8>>,
 }
 
 /// Measures every case whose name contains `only`.
 pub fn measure(params: &Params, only: &str) -> Vec<Row> {
-    #[expect(non_snake_case, reason = "reads as the constant it used to be")]
-    let FLOWS_PER_CASE = params.flows_per_case();
+    let flows_per_case = params.flows_per_case();
+    // Room for every case's flows, and for the full-table cases to fill.
+    let capacity = 10 * flows_per_case as u32;
     let mut settings = Settings {
         tables: TableSizes {
-            half_open: 4 * FLOWS_PER_CASE as u32,
-            flows: 4 * FLOWS_PER_CASE as u32,
+            half_open: capacity,
+            flows: capacity,
         },
         ..Settings::default()
     };
@@ -134,91 +177,129 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         .expect("XDP");
     baseline.load().expect("load baseline");
 
-    // Flows for the final-ACK case: SYN in, SYN-ACK out, before measuring.
-    // Source ranges: new SYNs 0.., final ACKs 16384.., the established flow
-    // 32768, challenged SYNs 40000.. (each case uses FLOWS_PER_CASE < 16384).
+    // Sources: new SYNs peer(0..), final ACKs peer(16384..), the
+    // established flow peer(32768), challenged SYNs peer(40000..), the
+    // rate-limited source peer(65025); FIN flows 198.18.128.0/18, verified
+    // sources 198.18.64.0/18, blocked 198.18.200.0/24, table filler
+    // 198.18.1.0-63.255. Each case uses flows_per_case < 16128.
     let offset = 16_384;
-    for i in 0..FLOWS_PER_CASE {
-        let xdp = program::xdp_program(&mut ebpf).expect("xdp");
-        run_once(xdp, &syn(offset + i).frame());
-        tc_once(&mut ebpf, &syn_ack(offset + i).frame());
+    let half_open_syns: Vec<TcpPacket> = (0..flows_per_case).map(|i| syn(offset + i)).collect();
+    for s in &half_open_syns {
+        run_once(program::xdp_program(&mut ebpf).expect("xdp"), &s.frame());
+        tc_once(&mut ebpf, &syn_ack(s).frame());
     }
-    // One established flow for the data case.
-    let est = 32_768;
-    run_once(program::xdp_program(&mut ebpf).expect("xdp"), &syn(est).frame());
-    tc_once(&mut ebpf, &syn_ack(est).frame());
-    run_once(
-        program::xdp_program(&mut ebpf).expect("xdp"),
-        &final_ack(est).frame(),
-    );
-    let mut data = final_ack(est);
-    data.flags = ACK | PSH;
+    let established = syn(32_768);
+    handshake(&mut ebpf, &established);
+    let mut data = from_peer(&established, ACK | PSH);
     data.payload = vec![0x5a; 100];
+    let closing: Vec<TcpPacket> = (0..flows_per_case)
+        .map(|i| syn_at(peer_in(128, i), 20_000, i as u32 * 1000))
+        .collect();
+    for s in &closing {
+        handshake(&mut ebpf, s);
+    }
 
     let mut udp = syn(0).ip_packet();
     udp[9] = 17;
     let udp = ethernet(0x0800, None, &udp);
     let mut truncated = syn(0).frame();
     truncated.truncate(40);
-    let same = |frame: Vec<u8>| vec![frame; FLOWS_PER_CASE];
-    // Sources 198.18.200.0/24 are blocked below, before their case.
-    let blocked = |i: usize| {
-        let mut pkt = syn(i);
-        pkt.src = IpAddr::from([198, 18, 200, i as u8]);
-        pkt.frame()
-    };
+    // The IPv4 total length agrees (26 bytes: 6 of TCP), so the TCP header is what is cut short.
+    truncated[16..18].copy_from_slice(&26u16.to_be_bytes());
+    let same = |frame: Vec<u8>| vec![frame; flows_per_case];
+    let each = |make: &dyn Fn(usize) -> TcpPacket| (0..flows_per_case).map(|i| make(i).frame()).collect();
     let cases = [
         Case {
             name: "SYN, new flow",
-            frames: (0..FLOWS_PER_CASE).map(|i| syn(i).frame()).collect(),
+            proof: Counter::ToSynRcvd,
+            setup: Setup::Nothing,
+            frames: each(&syn),
         },
         Case {
             name: "final ACK of a handshake",
-            frames: (0..FLOWS_PER_CASE)
-                .map(|i| final_ack(offset + i).frame())
-                .collect(),
+            proof: Counter::ToEstablished,
+            setup: Setup::Nothing,
+            frames: half_open_syns.iter().map(|s| from_peer(s, ACK).frame()).collect(),
         },
         Case {
             name: "data ACK, established flow",
+            proof: Counter::Ack,
+            setup: Setup::Nothing,
             frames: same(data.frame()),
         },
         Case {
+            name: "FIN, established flow (to CLOSE-WAIT)",
+            proof: Counter::ToCloseWait,
+            setup: Setup::Nothing,
+            frames: closing.iter().map(|s| from_peer(s, FIN | ACK).frame()).collect(),
+        },
+        Case {
             name: "non-TCP (UDP)",
+            proof: Counter::NonTcp,
+            setup: Setup::Nothing,
             frames: same(udp),
         },
         Case {
             name: "malformed (truncated TCP)",
+            proof: Counter::MalformedTcpTruncated,
+            setup: Setup::Nothing,
             frames: same(truncated),
         },
         Case {
             name: "SYN from a blocked source",
-            frames: (0..FLOWS_PER_CASE).map(blocked).collect(),
+            proof: Counter::DropBlocked,
+            setup: Setup::Block,
+            frames: each(&|i| syn_at(IpAddr::from([198, 18, 200, i as u8]), 10_000 + i as u16, 0)),
         },
-        // Last: attack mode stays on from here.
+        Case {
+            name: "SYN over its source's rate limit",
+            proof: Counter::DropSynRate,
+            setup: Setup::RateLimit,
+            frames: each(&|i| syn_at(peer(65_025), 1_024 + i as u16, i as u32 * 1000)),
+        },
         Case {
             name: "SYN in attack mode, unknown source (challenged)",
-            frames: (0..FLOWS_PER_CASE).map(|i| syn(40_000 + i).frame()).collect(),
+            proof: Counter::DropChallenge,
+            setup: Setup::AttackMode,
+            frames: each(&|i| syn(40_000 + i)),
+        },
+        Case {
+            name: "SYN in attack mode, verified source",
+            proof: Counter::SynVerified,
+            setup: Setup::VerifiedSources,
+            frames: each(&|i| syn_at(peer_in(64, i), 30_000, i as u32 * 1000)),
+        },
+        Case {
+            name: "SYN, new flow, tables 90 % full",
+            proof: Counter::ToSynRcvd,
+            setup: Setup::FillTables,
+            frames: each(&|i| syn_at(peer(i), 999, i as u32 * 1000)),
+        },
+        Case {
+            name: "data ACK, established flow, tables 90 % full",
+            proof: Counter::Ack,
+            setup: Setup::FillTables,
+            frames: same(data.frame()),
         },
     ];
 
     let mut rows = Vec::new();
     for case in cases.iter().filter(|c| c.name.contains(only)) {
-        if case.name.starts_with("SYN from a blocked") {
-            block(&mut ebpf, [198, 18, 200, 0], 24);
+        match case.setup {
+            Setup::Nothing => {}
+            Setup::Block => block(&mut ebpf, [198, 18, 200, 0], 24),
+            Setup::RateLimit => set_rate(&mut ebpf, 1),
+            Setup::AttackMode => set_attack(&mut ebpf, true),
+            Setup::VerifiedSources => {
+                set_attack(&mut ebpf, true);
+                verify(&mut ebpf, flows_per_case);
+            }
+            Setup::FillTables => {
+                set_attack(&mut ebpf, false);
+                fill_tables(&mut ebpf, capacity as usize - flows_per_case - 64);
+            }
         }
-        if case.name.starts_with("SYN in attack mode") {
-            let mut attack: Array<_, AttackState> = ebpf
-                .map_mut(maps::ATTACK)
-                .expect("ATTACK")
-                .try_into()
-                .expect("array");
-            let on = AttackState {
-                active: 1,
-                trigger: AttackState::BY_HALF_OPEN,
-                since_ns: 1,
-            };
-            attack.set(0, on, 0).expect("attack mode on");
-        }
+        let before = stats(&ebpf);
         let baseline_frame = &case.frames[0];
         let mut frames = case.frames.iter();
         for frame in frames.by_ref().take(params.warmup) {
@@ -239,6 +320,21 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             guard.push(median(&mut g));
             base.push(median(&mut b));
         }
+        if case.setup == Setup::RateLimit {
+            set_rate(&mut ebpf, 0);
+        }
+        let after = stats(&ebpf);
+        let calls = (params.warmup + params.rounds * params.chunk) as u64;
+        let grew = after.get(case.proof) - before.get(case.proof);
+        assert!(
+            grew >= calls - 1,
+            "{}: {:?} grew by {grew} in {calls} calls: not the path measured",
+            case.name,
+            case.proof
+        );
+        for full in [Counter::HalfOpenTableFull, Counter::FlowTableFull] {
+            assert_eq!(after.get(full), before.get(full), "{}: {full:?}", case.name);
+        }
         rows.push(Row {
             name: case.name,
             guard_ns: median(&mut guard),
@@ -246,6 +342,87 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         });
     }
     rows
+}
+
+fn stats(ebpf: &Ebpf) -> Stats {
+    tcp_guard::stats::read(ebpf.map(maps::STATS).expect("STATS")).expect("read STATS")
+}
+
+fn update_config(ebpf: &mut Ebpf, change: impl FnOnce(&mut GuardConfig)) {
+    let mut config: Array<_, GuardConfig> = ebpf
+        .map_mut(maps::CONFIG)
+        .expect("CONFIG")
+        .try_into()
+        .expect("array");
+    let mut live = config.get(&0, 0).expect("config");
+    change(&mut live);
+    config.set(0, live, 0).expect("write config");
+}
+
+/// SYNs per second and source (0: unlimited), with a burst of as many.
+fn set_rate(ebpf: &mut Ebpf, rate: u32) {
+    update_config(ebpf, |c| {
+        c.syn_rate = rate;
+        c.syn_burst = rate;
+    });
+}
+
+fn set_attack(ebpf: &mut Ebpf, on: bool) {
+    let mut attack: Array<_, AttackState> = ebpf
+        .map_mut(maps::ATTACK)
+        .expect("ATTACK")
+        .try_into()
+        .expect("array");
+    let state = AttackState {
+        active: u32::from(on),
+        trigger: AttackState::BY_HALF_OPEN,
+        since_ns: 1,
+    };
+    attack.set(0, state, 0).expect("attack mode");
+}
+
+/// Marks the verified-source case's sources as having completed a
+/// handshake, as the fast path does.
+fn verify(ebpf: &mut Ebpf, n: usize) {
+    let mut verified: HashMap<_, SourceKey, u64> = ebpf
+        .map_mut(maps::VERIFIED)
+        .expect("VERIFIED")
+        .try_into()
+        .expect("LRU hash");
+    for i in 0..n {
+        let IpAddr::V4(v4) = peer_in(64, i) else {
+            unreachable!("IPv4 sources")
+        };
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&v4.octets());
+        verified
+            .insert(SourceKey::new(4, addr), u64::MAX, 0)
+            .expect("verify");
+    }
+}
+
+fn entries(ebpf: &Ebpf, name: &str) -> usize {
+    let table: HashMap<&MapData, FlowKey, tcp_guard_common::flow::Flow> =
+        HashMap::try_from(ebpf.map(name).expect("flow table")).expect("hash map");
+    table.keys().count()
+}
+
+/// Fills FLOWS with established flows and HALF_OPEN with SYN-RECV flows,
+/// through the programs, until each holds at least `target` entries (a
+/// previous case may have left more).
+fn fill_tables(ebpf: &mut Ebpf, target: usize) {
+    let filler = |j: usize| syn_at(peer_in(1, j % 16_000), 40_000 + (j / 16_000) as u16, j as u32);
+    let mut j = 0;
+    for _ in entries(ebpf, maps::FLOWS)..target {
+        handshake(ebpf, &filler(j));
+        j += 1;
+    }
+    for _ in entries(ebpf, maps::HALF_OPEN)..target {
+        run_once(program::xdp_program(ebpf).expect("xdp"), &filler(j).frame());
+        j += 1;
+    }
+    assert!(entries(ebpf, maps::FLOWS) >= target, "FLOWS filled");
+    assert!(entries(ebpf, maps::HALF_OPEN) >= target, "HALF_OPEN filled");
 }
 
 /// The rows as a Markdown table, and how they were measured.

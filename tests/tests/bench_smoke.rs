@@ -17,7 +17,7 @@ const SMOKE: prog_impl::Params = prog_impl::Params {
 fn per_packet_benchmark_runs_one_short_step_of_each_case() {
     require_root();
     let rows = prog_impl::measure(&SMOKE, "");
-    assert_eq!(rows.len(), 7, "every case measured");
+    assert_eq!(rows.len(), 12, "every case measured");
     for row in &rows {
         assert!(row.guard_ns > 0.0 && row.baseline_ns > 0.0, "{}", row.name);
     }
