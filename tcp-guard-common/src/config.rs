@@ -72,6 +72,11 @@ impl Default for GuardConfig {
             prefix_len_v6: 64,
             policy: Policy::RetransmitChallenge as u8,
             egress: 0,
+            cookie_mss_v4: 1460,
+            cookie_mss_v6: 1440,
+            cookie_wscale: 7,
+            cookie_options: GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE,
+            _pad: [0; 2],
         }
     }
 }

@@ -621,6 +621,23 @@ fn ingress(flow: Option<&Flow>, seg: &Seg, class: TcpClass, now: u64, out: &mut 
     }
 }
 
+/// The flow a valid cookie ACK opens (syncookie policy). The SYN was
+/// answered from XDP and nothing was kept, so the ACK alone tells the
+/// handshake: the host's ISN (the cookie) is ack - 1, the peer's seq - 1.
+/// `wscale` is the scale the cookie SYN-ACK offered.
+pub fn cookie_established(seg: &Seg, wscale: u8, now: u64, out: &mut Flow) -> Step {
+    *out = new_flow(now);
+    out.host_isn = seg.ack.wrapping_sub(1);
+    out.host_next = seg.ack;
+    out.peer_isn = seg.seq.wrapping_sub(1);
+    out.peer_next = seg.seq;
+    out.host_wscale = wscale;
+    out.host_window = crate::syncookie::SYN_ACK_WINDOW >> host_wscale(out);
+    out.flags = Flow::HOST_SEQ_KNOWN;
+    note_peer_segment(out, seg);
+    store_entered(out, TcpState::Established, now)
+}
+
 fn passive_open(seg: &Seg, now: u64, out: &mut Flow) -> Step {
     *out = new_flow(now);
     out.peer_isn = seg.seq;

@@ -7,13 +7,14 @@ pub mod flow;
 pub mod packet;
 pub mod policy;
 pub mod stats;
+pub mod syncookie;
 
 /// Names of the maps in the eBPF object, and of their pins under the
 /// instance directory.
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 3;
+    pub const LAYOUT_VERSION: u64 = 4;
 
     pub const STATS: &str = "STATS";
     /// Half-open flows (SYN-SENT, SYN-RECV), keyed by [`crate::flow::FlowKey`].
@@ -43,6 +44,9 @@ pub mod maps {
     /// Sampled SYNs per source (one in [`crate::policy::SYN_SAMPLE_EVERY`]),
     /// cumulative: readers take rates from differences.
     pub const SYN_SOURCES: &str = "SYN_SOURCES";
+    /// When a SYN to each listener was last let through in attack mode
+    /// (syncookie policy), keyed by [`crate::policy::ListenerKey`].
+    pub const LISTENERS: &str = "LISTENERS";
     /// Ring buffer of [`crate::policy::Event`]s.
     pub const EVENTS: &str = "EVENTS";
 }
@@ -74,4 +78,5 @@ mod user {
     unsafe impl aya::Pod for crate::policy::TokenBucket {}
     unsafe impl aya::Pod for crate::policy::Challenge {}
     unsafe impl aya::Pod for crate::policy::Event {}
+    unsafe impl aya::Pod for crate::policy::ListenerKey {}
 }

@@ -16,16 +16,25 @@ pub enum Policy {
     /// As verified-only, and an unknown source's SYN passes when it is
     /// retransmitted (same ports and sequence number) within the window.
     RetransmitChallenge = 2,
+    /// As verified-only, and an unknown source's SYN is answered from XDP
+    /// with a SYN cookie; its valid ACK is handed to the listener.
+    SynCookie = 3,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 3] = [Policy::Pass, Policy::VerifiedOnly, Policy::RetransmitChallenge];
+    pub const ALL: [Policy; 4] = [
+        Policy::Pass,
+        Policy::VerifiedOnly,
+        Policy::RetransmitChallenge,
+        Policy::SynCookie,
+    ];
 
     pub const fn from_u8(value: u8) -> Option<Policy> {
         match value {
             0 => Some(Policy::Pass),
             1 => Some(Policy::VerifiedOnly),
             2 => Some(Policy::RetransmitChallenge),
+            3 => Some(Policy::SynCookie),
             _ => None,
         }
     }
@@ -35,6 +44,7 @@ impl Policy {
             Policy::Pass => "pass",
             Policy::VerifiedOnly => "verified-only",
             Policy::RetransmitChallenge => "retransmit-challenge",
+            Policy::SynCookie => "syncookie",
         }
     }
 }
@@ -82,9 +92,28 @@ pub struct GuardConfig {
     /// Non-zero when the egress program is attached (set by the daemon):
     /// half-open flows then wait for the host's SYN-ACK (`Flow::AWAIT_SYN_ACK`).
     pub egress: u8,
+    /// What a cookie SYN-ACK (policy syncookie) offers, set by the daemon
+    /// from the interface's MTU and the kernel's TCP settings, so that the
+    /// listener's cookie check agrees: the MSS per family, the window scale
+    /// the listener computes for itself, and [`GuardConfig::COOKIE_TIMESTAMPS`],
+    /// [`GuardConfig::COOKIE_SACK`], [`GuardConfig::COOKIE_WSCALE`].
+    pub cookie_mss_v4: u16,
+    pub cookie_mss_v6: u16,
+    pub cookie_wscale: u8,
+    pub cookie_options: u8,
+    pub _pad: [u8; 2],
 }
 
 impl GuardConfig {
+    /// The kernel keeps no random timestamp offset (`tcp_timestamps=2`): a
+    /// cookie SYN-ACK may carry the timestamp option, and window scale and
+    /// SACK encoded in it.
+    pub const COOKIE_TIMESTAMPS: u8 = 0x01;
+    /// The kernel accepts SACK (`tcp_sack=1`).
+    pub const COOKIE_SACK: u8 = 0x02;
+    /// The kernel accepts window scaling (`tcp_window_scaling=1`).
+    pub const COOKIE_WSCALE: u8 = 0x04;
+
     pub const fn timeout_secs(&self, state: TcpState) -> u32 {
         match state {
             TcpState::Closed => 0,
@@ -403,6 +432,42 @@ pub fn challenge_passes(recorded: &Challenge, tag: u32, seq: u32, now_ns: u64, w
         && now_ns.saturating_sub(recorded.first_ns) <= window_ms as u64 * 1_000_000
 }
 
+/// How often, in attack mode with the syncookie policy, one SYN per
+/// listener is let through to the kernel. The kernel checks a cookie only
+/// for a listener that issued one itself within the last two minutes
+/// (`tcp_synq_no_recent_overflow`); with `tcp_syncookies=2` the SYN let
+/// through makes it issue one, so the mark never lapses.
+pub const COOKIE_REFRESH_NS: u64 = 10_000_000_000;
+
+/// A listening address and port (key of the `LISTENERS` map): when a SYN
+/// to it was last let through to keep its cookie mark fresh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+impl ListenerKey {
+    #[inline(always)]
+    pub fn of(key: &FlowKey) -> ListenerKey {
+        ListenerKey {
+            addr: key.local_addr,
+            port: key.local_port,
+            family: key.family,
+            _pad: 0,
+        }
+    }
+}
+
+/// Whether a listener last refreshed at `last_ns` (0: never) needs a SYN let through now.
+#[inline(always)]
+pub const fn cookie_refresh_due(last_ns: u64, now_ns: u64) -> bool {
+    last_ns == 0 || now_ns.saturating_sub(last_ns) >= COOKIE_REFRESH_NS
+}
+
 /// Attack-mode hysteresis, run by the controller every tick.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttackDetector {
@@ -488,6 +553,12 @@ pub enum DropReason {
     Challenge,
     /// The half-open table is full.
     TableFull,
+    /// Attack mode, syncookie policy: an ACK for no known flow whose cookie
+    /// is not valid (a forged or stale ACK).
+    BadCookie,
+    /// Attack mode, syncookie policy: a SYN the program could not answer
+    /// with a cookie (the kernel's cookie helper refused it).
+    CookieUnanswered,
 }
 
 impl DropReason {

@@ -115,12 +115,23 @@ counters! {
     DropChallenge => "drop_challenge",
     /// SYNs dropped: the half-open table was full.
     DropTableFull => "drop_table_full",
+    /// ACKs dropped in attack mode (syncookie): no flow, and no valid cookie.
+    DropBadCookie => "drop_bad_cookie",
+    /// SYNs dropped in attack mode (syncookie): the kernel's cookie helper refused them.
+    DropCookieUnanswered => "drop_cookie_unanswered",
     /// SYNs exempt from limits: the source is on the allow list.
     SynAllowlisted => "syn_allowlisted",
     /// SYNs passed in attack mode because the source is verified.
     SynVerified => "syn_verified",
     /// SYNs passed in attack mode as retransmissions of a challenged SYN.
     SynChallengePassed => "syn_challenge_passed",
+    /// SYNs answered from XDP with a cookie SYN-ACK (syncookie policy).
+    SynCookieSent => "syn_cookie_sent",
+    /// SYNs let through to a listener in attack mode (syncookie policy) so
+    /// that it keeps accepting cookies (see `policy::COOKIE_REFRESH_NS`).
+    SynCookieRefresh => "syn_cookie_refresh",
+    /// ACKs with a valid cookie: the flow is tracked and handed to the listener.
+    CookieAckValid => "cookie_ack_valid",
     /// Events the ring buffer had no room for.
     EventsLost => "events_lost",
 }
@@ -136,7 +147,7 @@ impl Counter {
     /// Counters of packets dropped, one per [`DropReason`].
     pub const fn is_drop(self) -> bool {
         let index = self as u32;
-        index >= Counter::DropBlocked as u32 && index <= Counter::DropTableFull as u32
+        index >= Counter::DropBlocked as u32 && index <= Counter::DropCookieUnanswered as u32
     }
 
     /// Counters of ingress segments rejected by the flow tracker, one per [`Invalid`] reason.
@@ -223,6 +234,8 @@ impl DropReason {
             DropReason::Unverified => Counter::DropUnverified,
             DropReason::Challenge => Counter::DropChallenge,
             DropReason::TableFull => Counter::DropTableFull,
+            DropReason::BadCookie => Counter::DropBadCookie,
+            DropReason::CookieUnanswered => Counter::DropCookieUnanswered,
         }
     }
 }

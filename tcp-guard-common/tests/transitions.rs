@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use tcp_guard_common::{
-    flow::{Direction, Event, Flow, Invalid, Seg, Step, TcpState, transition},
+    flow::{Direction, Event, Flow, Invalid, Seg, Step, TcpState, cookie_established, transition},
     packet::TcpFlags,
 };
 
@@ -100,6 +100,53 @@ fn three_way_handshake_establishes() {
             Event::Entered(TcpState::Established)
         ]
     );
+}
+
+#[test]
+fn a_cookie_ack_opens_the_flow_a_full_handshake_would() {
+    // The SYN was answered from XDP with cookie K: nothing was stored.
+    let ack = Seg {
+        direction: Direction::Ingress,
+        flags: TcpFlags(ACK),
+        seq: J + 1,
+        ack: K + 1,
+        payload_len: 0,
+        window: 64_000,
+        window_scale: None,
+    };
+    let mut out = Flow::default();
+    let step = cookie_established(&ack, 7, 9_000, &mut out);
+    assert_eq!(step, Step::Store(Event::Entered(TcpState::Established)));
+    let full = established().flow.unwrap();
+    assert_eq!(
+        (
+            out.peer_isn,
+            out.host_isn,
+            out.host_next,
+            out.peer_next,
+            out.host_wscale
+        ),
+        (
+            full.peer_isn,
+            full.host_isn,
+            full.host_next,
+            full.peer_next,
+            full.host_wscale
+        )
+    );
+    assert!(out.has(Flow::HOST_SEQ_KNOWN));
+    // It closes like any other: the peer's FIN, the host's FIN, the last ACK.
+    let mut c = Conn {
+        flow: Some(out),
+        ..Conn::default()
+    };
+    c.peer(FIN | ACK, J + 1, K + 1);
+    assert_eq!(c.state(), Some(TcpState::CloseWait));
+    c.host(FIN | ACK, K + 1, J + 2);
+    assert_eq!(c.state(), Some(TcpState::LastAck));
+    c.peer(ACK, J + 2, K + 2);
+    assert_eq!(c.state(), None);
+    assert!(c.invalid.is_empty(), "{:?}", c.invalid);
 }
 
 #[test]

@@ -2,14 +2,14 @@
 //! admission control for SYNs that would open a half-open flow.
 
 use tcp_guard_common::{
-    flow::{Direction, Event, Flow, FlowKey, Seg, Step, TcpState, transition},
+    flow::{Direction, Event, Flow, FlowKey, Invalid, Seg, Step, TcpState, transition},
     packet::{TcpClass, TcpSegment},
-    policy::{DropReason, GuardConfig, SourceKey},
+    policy::{DropReason, GuardConfig, Policy, SourceKey},
     stats::{Counter, Stats},
 };
 
 use crate::{
-    guard,
+    guard::{self, Gate},
     maps::{CONFIG, Counters, FLOWS, HALF_OPEN, SCRATCH},
 };
 
@@ -18,6 +18,19 @@ use crate::{
 pub enum Verdict {
     Pass,
     Drop,
+    /// A SYN to answer with a cookie SYN-ACK (syncookie policy, attack mode).
+    AnswerWithCookie,
+    /// An ACK for no known flow, under the syncookie policy: its cookie
+    /// decides (the tracker has not counted it).
+    CheckCookie,
+}
+
+impl Verdict {
+    /// [`tcp_guard_track`]'s return values.
+    pub const PASS: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const ANSWER_WITH_COOKIE: u32 = 2;
+    pub const CHECK_COOKIE: u32 = 3;
 }
 
 /// Where a flow was found.
@@ -61,8 +74,8 @@ pub fn holds_counts(flow: &Flow) -> bool {
 pub const NO_WINDOW_SCALE: u32 = 0x100;
 
 /// Tracks one segment of a flow in `direction` (0 ingress, 1 egress); ingress
-/// SYNs that would open a flow must pass admission first. Returns 1 to drop
-/// the packet, 0 to pass it.
+/// SYNs that would open a flow must pass admission first. Returns one of
+/// the `Verdict` constants.
 ///
 /// A BPF global function (exported, `extern "C"`, scalar and pointer
 /// arguments): the kernel verifies it once, on its own, instead of once per
@@ -94,8 +107,10 @@ pub extern "C" fn tcp_guard_track(
     };
     let window_scale = (window_scale < NO_WINDOW_SCALE).then_some(window_scale as u8);
     match track(&mut counters, segment, direction, window_scale, now, config) {
-        Verdict::Pass => 0,
-        Verdict::Drop => 1,
+        Verdict::Pass => Verdict::PASS,
+        Verdict::Drop => Verdict::DROP,
+        Verdict::AnswerWithCookie => Verdict::ANSWER_WITH_COOKIE,
+        Verdict::CheckCookie => Verdict::CHECK_COOKIE,
     }
 }
 
@@ -121,8 +136,14 @@ fn track(
         if allowlisted {
             counters.bump(Counter::SynAllowlisted);
         } else {
-            if let Err(reason) = guard::attack_gate(counters, key, segment.seq, now, config) {
-                return drop_syn(counters, key, reason);
+            match guard::attack_gate(counters, key, segment.seq, now, config) {
+                Gate::Open => {}
+                Gate::Drop(reason) => return drop_syn(counters, key, reason),
+                Gate::Cookie => return Verdict::AnswerWithCookie,
+                Gate::Refresh => {
+                    counters.bump(Counter::SynCookieRefresh);
+                    return Verdict::Pass;
+                }
             }
             if !guard::within_rate(&SourceKey::new(key.family, key.remote_addr), config, now) {
                 return drop_syn(counters, key, DropReason::SynRate);
@@ -186,6 +207,13 @@ fn track(
             if let Some(counter) = event.counter() {
                 counters.bump(counter);
             }
+        }
+        Step::Invalid(Invalid::NoFlow)
+            if direction == Direction::Ingress
+                && segment.flags.class() == TcpClass::Ack
+                && config.policy() == Policy::SynCookie =>
+        {
+            return Verdict::CheckCookie;
         }
         Step::Invalid(reason) => counters.bump(reason.counter()),
     }

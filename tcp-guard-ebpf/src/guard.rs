@@ -6,15 +6,15 @@ use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
 use tcp_guard_common::{
     flow::FlowKey,
     policy::{
-        AttackState, Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, LpmAddr, Policy,
-        SourceKey, TokenBucket, challenge_passes, challenge_slot,
+        AttackState, Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, ListenerKey, LpmAddr,
+        Policy, SourceKey, TokenBucket, challenge_passes, challenge_slot, cookie_refresh_due,
     },
     stats::Counter,
 };
 
 use crate::maps::{
-    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED,
-    atomic_add,
+    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, LISTENERS, OFFENDERS, RATE, SYN_SOURCES,
+    VERIFIED, atomic_add,
 };
 
 /// Whether `addr` is on the block list now.
@@ -106,71 +106,94 @@ fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> bool 
     true
 }
 
+/// What the attack-mode gate decides for a SYN.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// On to the rate limit, admission and tracking.
+    Open,
+    Drop(DropReason),
+    /// Answer it with a cookie SYN-ACK; keep nothing.
+    Cookie,
+    /// Straight to the listener, untracked, so that it issues a cookie of
+    /// its own and keeps accepting ours (`policy::COOKIE_REFRESH_NS`).
+    Refresh,
+}
+
 /// The attack-mode gate for a SYN from a source not on the allow list, run
 /// before anything else looks at the SYN: in a flood nearly every SYN is
-/// dropped here, and each map a dropped SYN touches with its random key
+/// stopped here, and each map a flood SYN touches with its random key
 /// costs a cache miss (about 200 ns each on the project's machines). So a
-/// flood SYN costs one verified-source lookup and one challenge slot, and
-/// never reaches the flow tables or the rate buckets.
+/// flood SYN costs one verified-source lookup and one challenge slot (or
+/// one listener lookup), and never reaches the flow tables or the rate buckets.
 ///
 /// (A retransmitted SYN of a flow already admitted is challenged again;
 /// harmless: the kernel retransmits its SYN-ACK by itself.)
 #[inline(never)]
-pub fn attack_gate(
-    counters: &mut Counters,
-    key: &FlowKey,
-    seq: u32,
-    now: u64,
-    config: &GuardConfig,
-) -> Result<(), DropReason> {
-    if let Some(counter) = attack_policy(counters, key, seq, now, config)? {
-        counters.bump(counter);
-    }
-    Ok(())
-}
-
-/// The attack-mode policy for a SYN: `Ok(counter)` passes it (bumping
-/// `counter` if any), `Err` drops it.
-#[inline(always)]
-fn attack_policy(
-    counters: &mut Counters,
-    key: &FlowKey,
-    seq: u32,
-    now: u64,
-    config: &GuardConfig,
-) -> Result<Option<Counter>, DropReason> {
+pub fn attack_gate(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, config: &GuardConfig) -> Gate {
     if !attack_mode(counters, now, config) {
-        return Ok(None);
+        return Gate::Open;
     }
     let policy = config.policy();
     if policy == Policy::Pass {
-        return Ok(None);
+        return Gate::Open;
     }
     let source = SourceKey::new(key.family, key.remote_addr);
     // SAFETY: the value is copied out at once; LRU maps may recycle entries.
     if unsafe { VERIFIED.get(source) }.is_some_and(|until| now < *until) {
-        return Ok(Some(Counter::SynVerified));
+        counters.bump(Counter::SynVerified);
+        return Gate::Open;
     }
-    if policy == Policy::VerifiedOnly {
-        return Err(DropReason::Unverified);
+    match policy {
+        Policy::VerifiedOnly => Gate::Drop(DropReason::Unverified),
+        Policy::SynCookie => cookie_gate(key, now),
+        _ => challenge(counters, key, seq, now, config),
     }
+}
+
+/// The syncookie policy: answer with a cookie, unless the listener is due a
+/// SYN of its own.
+#[inline(always)]
+fn cookie_gate(key: &FlowKey, now: u64) -> Gate {
+    let listener = ListenerKey::of(key);
+    // SAFETY: the value is copied out at once; LRU maps may recycle entries.
+    let last = unsafe { LISTENERS.get(listener) }.copied().unwrap_or(0);
+    if !cookie_refresh_due(last, now) {
+        return Gate::Cookie;
+    }
+    // A full LRU map evicts its oldest listener: no error to handle. Two
+    // CPUs may both let a SYN through: harmless.
+    let _inserted = LISTENERS.insert(listener, now, 0);
+    Gate::Refresh
+}
+
+/// The retransmit-challenge policy: an unknown flow's first SYN is recorded
+/// and dropped; its retransmission within the window passes.
+#[inline(always)]
+fn challenge(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, config: &GuardConfig) -> Gate {
     let (slot, tag) = challenge_slot(key);
     let Some(recorded) = CHALLENGE.get_ptr_mut(slot) else {
-        return Err(DropReason::Challenge);
+        return Gate::Drop(DropReason::Challenge);
     };
     // SAFETY: a live array slot; a racing CPU may overwrite it, which at
     // worst costs a client one more retransmission.
     let recorded = unsafe { &mut *recorded };
     if challenge_passes(recorded, tag, seq, now, config.challenge_window_ms) {
         recorded.first_ns = 0;
-        return Ok(Some(Counter::SynChallengePassed));
+        counters.bump(Counter::SynChallengePassed);
+        return Gate::Open;
     }
     *recorded = Challenge {
         first_ns: now,
         seq,
         tag,
     };
-    Err(DropReason::Challenge)
+    Gate::Drop(DropReason::Challenge)
+}
+
+/// Whether the fast path is in attack mode now.
+#[inline(always)]
+pub fn attack_active() -> bool {
+    ATTACK.get(0).is_some_and(|a| a.active != 0)
 }
 
 /// The counter for `key`, created at zero if missing; None if COUNTS is full.
@@ -239,7 +262,7 @@ fn reserve(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<u8, Dro
 /// a half-open limit (it still counts).
 #[inline(always)]
 pub fn passing_floods(config: &GuardConfig) -> bool {
-    config.policy() == Policy::Pass && ATTACK.get(0).is_some_and(|a| a.active != 0)
+    config.policy() == Policy::Pass && attack_active()
 }
 
 /// Counts a SYN that opens a half-open flow against the limits (enforced

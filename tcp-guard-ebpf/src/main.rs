@@ -23,12 +23,14 @@ use tcp_guard_common::{
     stats::Counter,
 };
 
+mod cookie;
 mod flow;
 mod guard;
 mod maps;
 mod options;
 mod view;
 
+use flow::Verdict;
 use maps::{CONFIG, Counters, EXPIRED, SCRATCH, atomic_add};
 use view::PacketBytes;
 
@@ -82,8 +84,11 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
                 counters.bump(Counter::DropBlocked);
                 return xdp_action::XDP_DROP;
             }
-            if flow::tcp_guard_track(counters.as_ptr(), segment, 0, flow::NO_WINDOW_SCALE, now) != 0 {
-                return xdp_action::XDP_DROP;
+            match flow::tcp_guard_track(counters.as_ptr(), segment, 0, flow::NO_WINDOW_SCALE, now) {
+                Verdict::PASS => {}
+                Verdict::ANSWER_WITH_COOKIE => return cookie::answer(&ctx, &mut counters, now),
+                Verdict::CHECK_COOKIE => return cookie::check_ack(&ctx, &mut counters, now),
+                _ => return xdp_action::XDP_DROP,
             }
             // Last: the verifier walks the rest of the program once per state
             // the options loop ends in, so keep the rest short.
@@ -171,6 +176,12 @@ pub fn tcp_guard_expire(ctx: XdpContext) -> u32 {
 pub fn baseline_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
+
+/// The kernel's SYN-cookie helpers are GPL-only; the fast path is offered
+/// under the MIT license too (see README).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 #[cfg(not(test))]
 #[panic_handler]

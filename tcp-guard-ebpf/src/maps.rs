@@ -9,10 +9,11 @@ use tcp_guard_common::{
     flow::{Flow, FlowKey},
     packet::Dissection,
     policy::{
-        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountKey, GuardConfig, LpmAddr, SourceKey,
-        TokenBucket,
+        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountKey, GuardConfig, ListenerKey, LpmAddr,
+        SourceKey, TokenBucket,
     },
     stats::{Counter, Stats},
+    syncookie::{REPLY_MAX_LEN, SynAck},
 };
 
 use crate::view::opaque;
@@ -72,6 +73,11 @@ pub static OFFENDERS: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(
 #[map]
 pub static SYN_SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(16_384, 0);
 
+/// When a SYN to each listener was last let through in attack mode
+/// (syncookie policy): see `policy::COOKIE_REFRESH_NS`.
+#[map]
+pub static LISTENERS: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(4_096, 0);
+
 /// Working space of the programs, kept off the 512-byte stack.
 pub struct Scratch {
     /// The packet being handled, as parsed.
@@ -79,6 +85,10 @@ pub struct Scratch {
     pub key: FlowKey,
     /// The flow a transition produces.
     pub flow: Flow,
+    /// A cookie SYN-ACK, and its IP and TCP headers before they are copied
+    /// into the packet.
+    pub syn_ack: SynAck,
+    pub reply: [u8; REPLY_MAX_LEN],
 }
 
 /// One [`Scratch`] per CPU: the programs never nest on one CPU (both run

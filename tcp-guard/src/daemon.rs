@@ -15,7 +15,9 @@ use aya_log::EbpfLogger;
 use tcp_guard_common::{
     flow::TcpState,
     maps,
-    policy::{AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event, SourceKey},
+    policy::{
+        AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event, Policy, SourceKey,
+    },
     stats::Counter,
 };
 use tokio::{
@@ -26,6 +28,7 @@ use tokio::{
 use crate::{
     attach::{self, Mode},
     control::{self, Cidr, Instance, reason_name},
+    cookies,
     flows::{FlowTables, monotonic_now_ns},
     instance::{self, Claim, InstanceLock},
     program,
@@ -97,6 +100,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     attach::if_index(iface)?;
     let mut settings = options.settings.resolve()?;
     settings.live.egress = u8::from(options.egress);
+    cookies::prepare(&mut settings.live, iface)?;
     let lock = if options.replace {
         take_over(iface)?
     } else {
@@ -371,6 +375,12 @@ fn log_settings(settings: &Settings) {
     for (name, value, _) in settings.describe() {
         log::debug!("setting {name} = {value}");
     }
+    if settings.live.policy() == Policy::SynCookie {
+        match cookies::TcpSettings::read() {
+            Ok(tcp) => log::info!("{}", cookies::describe(&settings.live, &tcp)),
+            Err(e) => log::warn!("{e:#}"),
+        }
+    }
     let c = &settings.live;
     log::info!(
         "limits: half-open {} global, {} per source, {} per /{} (v4) or /{} (v6), {} per port; \
@@ -591,6 +601,7 @@ impl Control {
     fn reload(&mut self, source: &SettingsSource) {
         let outcome = source.resolve().and_then(|mut settings| {
             settings.live.egress = self.egress;
+            cookies::prepare(&mut settings.live, &self.iface)?;
             if settings.tables != self.running_tables {
                 bail!("tables.* cannot change while running (restart tcp-guard to resize the flow tables)");
             }

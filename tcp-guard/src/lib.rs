@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod control;
+pub mod cookies;
 pub mod daemon;
 pub mod flows;
 pub mod instance;

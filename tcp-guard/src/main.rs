@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use tcp_guard::{
     attach::{self, Mode},
     control::{self, Cidr, Instance},
+    cookies,
     daemon::{self, RunOptions, SettingsSource},
     flows::{self, FlowTables, monotonic_now_ns},
     instance::{Claim, InstanceLock},
@@ -416,6 +417,7 @@ fn limits(action: LimitsAction) -> Result<()> {
             let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
             let mut settings = running_settings(&instance)?;
             settings.apply(&assignments, true)?;
+            cookies::prepare(&mut settings.live, &iface)?;
             instance.set_config(&settings.live)?;
             println!(
                 "{iface}: set {}; in force now, until the next reload or restart",

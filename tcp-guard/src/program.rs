@@ -33,6 +33,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::CHALLENGE,
     maps::OFFENDERS,
     maps::SYN_SOURCES,
+    maps::LISTENERS,
     maps::EVENTS,
 ];
 
@@ -175,10 +176,32 @@ fn is_permission_error(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether the verifier refused a call to one of the SYN-cookie helpers
+/// (ids 204 to 207): "invalid func unknown#204" on kernels without them,
+/// "unknown func bpf_tcp_raw_...#204" where the program type may not call them.
+fn lacks_cookie_helpers(verifier_log: &str) -> bool {
+    verifier_log.lines().any(|line| {
+        line.contains("func")
+            && (line.contains("syncookie")
+                || ["#204", "#205", "#206", "#207"]
+                    .iter()
+                    .any(|id| line.contains(id)))
+    })
+}
+
 /// Puts the verifier's log on its own lines, where an operator can read it.
 /// (The verifier rejects with EACCES or EINVAL, so the errno alone says little.)
 fn explain_program_error(error: ProgramError) -> anyhow::Error {
     match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } if lacks_cookie_helpers(&verifier_log.to_string()) => anyhow::anyhow!(
+            "BPF_PROG_LOAD failed: {io_error}: this kernel lacks the SYN-cookie helpers \
+             (bpf_tcp_raw_gen_syncookie_ipv4/6, bpf_tcp_raw_check_syncookie_ipv4/6) tcp-guard's fast path \
+             calls; they need Linux 6.0 or later built with CONFIG_SYN_COOKIES (and CONFIG_IPV6=y)\n\
+             --- verifier log ---\n{verifier_log}\n--- end of verifier log ---"
+        ),
         ProgramError::LoadError {
             io_error,
             verifier_log,
@@ -188,5 +211,24 @@ fn explain_program_error(error: ProgramError) -> anyhow::Error {
             )
         }
         other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lacks_cookie_helpers;
+
+    #[test]
+    fn missing_cookie_helpers_are_recognised_in_the_verifier_log() {
+        assert!(lacks_cookie_helpers(
+            "123: (85) call unknown#204\ninvalid func unknown#204\n"
+        ));
+        assert!(lacks_cookie_helpers(
+            "unknown func bpf_tcp_raw_check_syncookie_ipv6#207\n"
+        ));
+        assert!(!lacks_cookie_helpers("R1 offset is outside of the packet\n"));
+        assert!(!lacks_cookie_helpers(
+            "call bpf_map_lookup_elem#1\ninvalid access to map value\n"
+        ));
     }
 }

@@ -252,6 +252,37 @@ impl Lab {
     pub fn client_addr(&self, v6: bool) -> IpAddr {
         if v6 { CLIENT_V6.into() } else { CLIENT_V4.into() }
     }
+
+    /// Lets the client's veth end receive what an XDP program on the
+    /// server's end sends back (XDP_TX, e.g. cookie SYN-ACKs): veth delivers
+    /// such frames only to a peer that runs an XDP program itself. A real NIC
+    /// needs nothing of the kind. Detached when the returned value drops.
+    pub fn receive_xdp_tx(&self) -> Result<ClientXdp> {
+        let iface = self.client_iface.clone();
+        let ebpf = self.client.enter(move || -> Result<aya::Ebpf> {
+            // Only the trivial program is loaded; the object's maps come along unused.
+            let mut ebpf = aya::EbpfLoader::new()
+                .load(tcp_guard::program::OBJECT)
+                .context("cannot load the tcp-guard object")?;
+            let program: &mut aya::programs::Xdp = ebpf
+                .program_mut(tcp_guard_common::programs::BASELINE)
+                .context("no baseline program in the object")?
+                .try_into()
+                .context("the baseline program is not XDP")?;
+            program.load().context("cannot load the baseline program")?;
+            program
+                .attach(&iface, aya::programs::xdp::XdpMode::Driver)
+                .with_context(|| format!("cannot attach the baseline program to {iface}"))?;
+            Ok(ebpf)
+        })??;
+        Ok(ClientXdp { _attached: ebpf })
+    }
+}
+
+/// A trivial XDP_PASS program on the client's veth end (see
+/// [`Lab::receive_xdp_tx`]), attached while this lives.
+pub struct ClientXdp {
+    _attached: aya::Ebpf,
 }
 
 /// Removes the instance directory of an interface the lab made, in case the

@@ -9,3 +9,4 @@ pub mod flood_bench;
 pub mod inject;
 pub mod lab;
 pub mod packets;
+pub mod scenario;

@@ -5,139 +5,24 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tcp_guard_tests::{
     daemon::{Daemon, counter, stats_json, tcp_guard},
-    flood::{FloodReport, FloodSpec, Sources, flood},
+    flood::{FloodSpec, Sources, flood},
     inject::Injector,
     lab::{Lab, listen},
     packets::{SYN, TcpPacket},
+    scenario::{Flood, PORT, Server, connects, random_sources, wait_for},
 };
-
-const PORT: u16 = 8080;
 /// listen(16): the kernel holds at most 17 connections in SYN-RECV.
 const BACKLOG: i32 = 16;
-
-/// A server that accepts and closes connections until dropped.
-struct Server {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(listener: TcpListener) -> Server {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => drop(conn),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Server {
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            handle.join().expect("server thread");
-        }
-    }
-}
-
-/// A flood running in the background until stopped (or its bounds).
-struct Flood {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<FloodReport>>,
-}
-
-impl Flood {
-    fn start(lab: &Lab, dst: IpAddr, sources: Sources, rate: u64, duration: Duration) -> Flood {
-        let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
-        let spec = FloodSpec {
-            dst,
-            dst_port: PORT,
-            dst_mac: Lab::mac(&lab.server, &lab.server_iface).expect("MAC"),
-            sources,
-            rate,
-            count: rate * duration.as_secs().max(1),
-            duration,
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || flood(&injector, &spec, &flag).expect("flood"));
-        Flood {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn stop(mut self) -> FloodReport {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().expect("flood").join().expect("flood thread")
-    }
-}
-
-impl Drop for Flood {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            let _report = handle.join();
-        }
-    }
-}
-
-fn random_sources(v6: bool) -> Sources {
-    if v6 {
-        Sources::Random {
-            network: "2001:2:0:8000::".parse().unwrap(),
-            prefix_len: 49,
-        }
-    } else {
-        Sources::Random {
-            network: "198.19.0.0".parse().unwrap(),
-            prefix_len: 16,
-        }
-    }
-}
-
-/// `n` connects from the client namespace, in `threads` parallel series;
-/// how many succeeded within `timeout` each.
-fn connects(lab: &Lab, addr: SocketAddr, n: usize, threads: usize, timeout: Duration) -> usize {
-    let ok = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                for _ in 0..n / threads {
-                    let result = lab
-                        .client
-                        .enter(move || TcpStream::connect_timeout(&addr, timeout))
-                        .expect("enter");
-                    if result.is_ok() {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    ok.load(Ordering::Relaxed)
-}
 
 /// The server namespace of a flood test: small backlog, SYN cookies off,
 /// request sockets given up after one SYN-ACK retry (~3 s) so the test ends.
@@ -148,17 +33,6 @@ fn flood_lab() -> Lab {
         .sysctl("net.ipv4.tcp_synack_retries", "1")
         .expect("sysctl");
     lab
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

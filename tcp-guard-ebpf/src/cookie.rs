@@ -1,0 +1,291 @@
+//! The syncookie policy's packet work: a SYN answered in place with a cookie
+//! SYN-ACK (XDP_TX), and the cookie of an ACK for no known flow checked.
+//! Cookies are the kernel's own (`bpf_tcp_raw_*_syncookie_*`), so the
+//! listener accepts the ACKs that carry them.
+
+use aya_ebpf::{
+    bindings::{iphdr, ipv6hdr, tcphdr, xdp_action},
+    helpers::{
+        bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6, bpf_tcp_raw_gen_syncookie_ipv4,
+        bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+    },
+    programs::XdpContext,
+};
+use tcp_guard_common::{
+    flow::{Direction, FlowKey, Seg, cookie_established},
+    // (Header sizes from here: aya's bindings declare iphdr and friends
+    // opaque, of size 0.)
+    packet::{
+        ETH_HDR_LEN, Family, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN, TcpOptions, TcpSegment, VLAN_HDR_LEN,
+    },
+    policy::GuardConfig,
+    stats::Counter,
+    syncookie::{REPLY_MAX_LEN, SynAck, build_syn_ack, cookie_tsval},
+};
+
+use crate::{
+    guard,
+    maps::{CONFIG, Counters, FLOWS, SCRATCH},
+    options,
+    view::{PacketBytes, opaque},
+};
+
+/// `data + offset`, if `len` bytes from there are inside the packet. The
+/// offset is hidden from the optimiser and bounded, so the verifier sees
+/// the check on the very pointer that is used.
+#[inline(always)]
+fn packet_at(ctx: &XdpContext, offset: usize, len: usize) -> Option<usize> {
+    let offset = opaque(offset);
+    if offset > 256 {
+        return None;
+    }
+    let at = ctx.data() + offset;
+    if at + len > ctx.data_end() {
+        return None;
+    }
+    Some(at)
+}
+
+/// Resizes the frame to `len` bytes. (Its length comes from a helper: the
+/// verifier allows no arithmetic on the end-of-packet pointer.)
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: usize) -> bool {
+    // SAFETY: helpers on this program's own context; adjust_tail fails (and
+    // changes nothing) when the frame has no room.
+    unsafe {
+        let delta = len as i64 - bpf_xdp_get_buff_len(ctx.ctx) as i64;
+        bpf_xdp_adjust_tail(ctx.ctx, delta as i32) == 0
+    }
+}
+
+/// Answers the SYN just parsed (in this CPU's scratch) with a cookie
+/// SYN-ACK: the frame is rewritten in place and sent back (XDP_TX).
+#[inline(never)]
+pub fn answer(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
+    match syn_ack(ctx, now) {
+        Some(()) => {
+            counters.bump(Counter::SynCookieSent);
+            xdp_action::XDP_TX
+        }
+        None => {
+            counters.bump(Counter::DropCookieUnanswered);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn syn_ack(ctx: &XdpContext, now: u64) -> Option<()> {
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    let segment = &scratch.dissection.segment;
+    let l3 = if scratch.dissection.vlan {
+        ETH_HDR_LEN + VLAN_HDR_LEN
+    } else {
+        ETH_HDR_LEN
+    };
+    let client = options::parse(&PacketBytes::new(ctx.data(), ctx.data_end()), segment);
+    let header_len = segment.tcp_header_len as usize;
+    let cookie = generate(ctx, segment.family, l3, segment.tcp_offset as usize, header_len)?;
+    let len = fill_reply(&client, cookie, now);
+    // The reply is never longer than a SYN with the same options, except
+    // for a SYN with timestamps and little else: then the frame must grow.
+    // SAFETY: a helper on this program's own context.
+    if (l3 + len) as u64 > unsafe { bpf_xdp_get_buff_len(ctx.ctx) } && !resize(ctx, l3 + len) {
+        return None;
+    }
+    // The Ethernet header goes back where it came from; a VLAN tag stays.
+    let eth = packet_at(ctx, 0, 12)? as *mut [u8; 6];
+    // SAFETY: 12 bytes inside the packet; unaligned accesses.
+    unsafe {
+        let destination = eth.read_unaligned();
+        eth.write_unaligned(eth.add(1).read_unaligned());
+        eth.add(1).write_unaligned(destination);
+    }
+    // One fixed-size copy per reply length the verifier can check.
+    match len {
+        40 => copy_reply::<40>(ctx, l3, &scratch.reply)?,
+        44 => copy_reply::<44>(ctx, l3, &scratch.reply)?,
+        60 => copy_reply::<60>(ctx, l3, &scratch.reply)?,
+        64 => copy_reply::<64>(ctx, l3, &scratch.reply)?,
+        80 => copy_reply::<80>(ctx, l3, &scratch.reply)?,
+        _ => return None,
+    }
+    resize(ctx, l3 + len).then_some(())
+}
+
+/// The kernel's cookie for the SYN whose `header_len`-byte TCP header starts
+/// at `tcp_offset`. The helper reads the whole header and the verifier must
+/// know how much: one call per header length TCP allows.
+#[inline(always)]
+fn generate(
+    ctx: &XdpContext,
+    family: Family,
+    l3: usize,
+    tcp_offset: usize,
+    header_len: usize,
+) -> Option<u32> {
+    let generated = match header_len {
+        20 => generate_n::<20>(ctx, family, l3, tcp_offset),
+        24 => generate_n::<24>(ctx, family, l3, tcp_offset),
+        28 => generate_n::<28>(ctx, family, l3, tcp_offset),
+        32 => generate_n::<32>(ctx, family, l3, tcp_offset),
+        36 => generate_n::<36>(ctx, family, l3, tcp_offset),
+        40 => generate_n::<40>(ctx, family, l3, tcp_offset),
+        44 => generate_n::<44>(ctx, family, l3, tcp_offset),
+        48 => generate_n::<48>(ctx, family, l3, tcp_offset),
+        52 => generate_n::<52>(ctx, family, l3, tcp_offset),
+        56 => generate_n::<56>(ctx, family, l3, tcp_offset),
+        60 => generate_n::<60>(ctx, family, l3, tcp_offset),
+        _ => None,
+    }?;
+    // The cookie in the low 32 bits (the MSS it encodes above); negative: an error.
+    (generated >= 0).then_some(generated as u32)
+}
+
+#[inline(always)]
+fn generate_n<const N: usize>(ctx: &XdpContext, family: Family, l3: usize, tcp_offset: usize) -> Option<i64> {
+    let th = packet_at(ctx, tcp_offset, N)? as *mut tcphdr;
+    // SAFETY: both headers lie inside the packet, checked on these pointers.
+    unsafe {
+        match family {
+            Family::V4 => Some(bpf_tcp_raw_gen_syncookie_ipv4(
+                packet_at(ctx, l3, IPV4_HDR_LEN)? as *mut iphdr,
+                th,
+                N as u32,
+            )),
+            Family::V6 => Some(bpf_tcp_raw_gen_syncookie_ipv6(
+                packet_at(ctx, l3, IPV6_HDR_LEN)? as *mut ipv6hdr,
+                th,
+                N as u32,
+            )),
+        }
+    }
+}
+
+/// Copies the first `N` bytes of `reply` to the packet at `l3`.
+#[inline(always)]
+fn copy_reply<const N: usize>(ctx: &XdpContext, l3: usize, reply: &[u8; REPLY_MAX_LEN]) -> Option<()> {
+    let at = packet_at(ctx, l3, N)? as *mut u8;
+    // SAFETY: N <= REPLY_MAX_LEN bytes, inside the packet (checked above).
+    unsafe { core::ptr::copy_nonoverlapping(reply.as_ptr(), at, N.min(REPLY_MAX_LEN)) };
+    Some(())
+}
+
+/// Writes the IP and TCP headers of the cookie SYN-ACK for the SYN in this
+/// CPU's scratch to the scratch's reply buffer and returns their length (0
+/// if there is no scratch). A BPF function of its own: the reply's fields
+/// stay out of the caller's frame.
+#[inline(never)]
+fn fill_reply(client: &TcpOptions, cookie: u32, now: u64) -> usize {
+    let (Some(scratch), Some(config)) = (SCRATCH.get_ptr_mut(0), CONFIG.get(0)) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let scratch = unsafe { &mut *scratch };
+    reply(
+        &scratch.dissection.segment,
+        client,
+        cookie,
+        now,
+        config,
+        &mut scratch.syn_ack,
+    );
+    build_syn_ack(&scratch.syn_ack, &mut scratch.reply)
+}
+
+/// The cookie SYN-ACK for `segment`'s SYN: what the client offered, within
+/// what the listener will accept when it checks the cookie.
+#[inline(always)]
+fn reply(
+    segment: &TcpSegment,
+    client: &TcpOptions,
+    cookie: u32,
+    now: u64,
+    config: &GuardConfig,
+    out: &mut SynAck,
+) {
+    let allows = |option: u8| config.cookie_options & option != 0;
+    // A SYN without options gets a SYN-ACK without options.
+    let bare = segment.tcp_header_len as usize <= TCP_HDR_LEN;
+    // Window scale and SACK ride in the timestamp: without one, neither.
+    let client_tsval = client
+        .timestamp()
+        .filter(|_| allows(GuardConfig::COOKIE_TIMESTAMPS))
+        .map(|(tsval, _)| tsval);
+    let client_wscale = client_tsval
+        .and(client.window_scale())
+        .filter(|_| allows(GuardConfig::COOKIE_WSCALE));
+    let sack = client_tsval.is_some() && client.sack_permitted() && allows(GuardConfig::COOKIE_SACK);
+    let now_ms = (now / 1_000_000) as u32;
+    *out = SynAck {
+        family: segment.family,
+        src: segment.dst,
+        dst: segment.src,
+        src_port: segment.dst_port,
+        dst_port: segment.src_port,
+        seq: cookie,
+        ack: segment.seq.wrapping_add(1),
+        mss: (!bare).then_some(match segment.family {
+            Family::V4 => config.cookie_mss_v4,
+            Family::V6 => config.cookie_mss_v6,
+        }),
+        wscale: client_wscale.map(|_| config.cookie_wscale),
+        sack,
+        timestamp: client_tsval.map(|tsval| (cookie_tsval(now_ms, client_wscale, sack), tsval)),
+    };
+}
+
+/// Checks the cookie of an ACK for no known flow (syncookie policy). A
+/// valid one opens the flow as ESTABLISHED, verifies its source and goes to
+/// the listener, which accepts the same cookie. An invalid one is dropped
+/// in attack mode when it carries no data (a forged ACK; the listener would
+/// only answer it with a reset), and passed otherwise (it may belong to a
+/// connection older than the guard).
+#[inline(never)]
+pub fn check_ack(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
+    let (Some(scratch), Some(config)) = (SCRATCH.get_ptr_mut(0), CONFIG.get(0)) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let scratch = unsafe { &mut *scratch };
+    let segment = &scratch.dissection.segment;
+    let l3 = if scratch.dissection.vlan {
+        ETH_HDR_LEN + VLAN_HDR_LEN
+    } else {
+        ETH_HDR_LEN
+    };
+    let Some(th) = packet_at(ctx, segment.tcp_offset as usize, TCP_HDR_LEN) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: both headers lie inside the packet.
+    let checked = unsafe {
+        match segment.family {
+            Family::V4 => packet_at(ctx, l3, IPV4_HDR_LEN)
+                .map(|iph| bpf_tcp_raw_check_syncookie_ipv4(iph as *mut iphdr, th as *mut tcphdr)),
+            Family::V6 => packet_at(ctx, l3, IPV6_HDR_LEN)
+                .map(|iph| bpf_tcp_raw_check_syncookie_ipv6(iph as *mut ipv6hdr, th as *mut tcphdr)),
+        }
+    };
+    if checked == Some(0) {
+        counters.bump(Counter::CookieAckValid);
+        scratch.key = FlowKey::new(segment, Direction::Ingress);
+        let seg = Seg::new(segment, Direction::Ingress, None);
+        let _established = cookie_established(&seg, config.cookie_wscale, now, &mut scratch.flow);
+        // (By reference: the map copies from the scratch, not from the stack.)
+        let (key, flow) = (&scratch.key, &scratch.flow);
+        if FLOWS.insert(key, flow, 0).is_ok() {
+            counters.bump(Counter::ToEstablished);
+        } else {
+            counters.bump(Counter::FlowTableFull);
+        }
+        guard::verify(&scratch.key, now, config);
+        return xdp_action::XDP_PASS;
+    }
+    counters.bump(Counter::InvalidNoFlow);
+    if segment.payload_len == 0 && guard::attack_active() {
+        counters.bump(Counter::DropBadCookie);
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_PASS
+}

@@ -1,0 +1,222 @@
+//! What the syncookie policy needs from the host. The fast path answers SYNs
+//! with the kernel's own cookies and the listener checks the ACKs, so the
+//! SYN-ACK must offer what the listener will decode: this reads the
+//! kernel's TCP settings (in the daemon's network namespace) and the
+//! interface's MTU into the cookie fields of [`GuardConfig`], and refuses
+//! the policy where the listener would not accept the cookies.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use tcp_guard_common::policy::{GuardConfig, Policy};
+
+/// The kernel settings the cookie SYN-ACK depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSettings {
+    /// net.ipv4.tcp_syncookies
+    pub syncookies: u32,
+    /// net.ipv4.tcp_timestamps (2: timestamps without random per-connection offsets)
+    pub timestamps: u32,
+    pub sack: u32,
+    pub window_scaling: u32,
+    /// The largest receive buffer a socket may have: max(tcp_rmem[2], rmem_max).
+    pub max_rcvbuf: u64,
+}
+
+impl TcpSettings {
+    /// Reads them from /proc/sys (of the calling process's network namespace).
+    pub fn read() -> Result<TcpSettings> {
+        Self::read_from(Path::new("/proc/sys/net"))
+    }
+
+    fn read_from(net: &Path) -> Result<TcpSettings> {
+        let field = |name: &str, index: usize| -> Result<u64> {
+            let path = net.join(name);
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            text.split_whitespace()
+                .nth(index)
+                .and_then(|value| value.parse().ok())
+                .with_context(|| format!("{} holds {:?}, not a number", path.display(), text.trim()))
+        };
+        let small = |name: &str| -> Result<u32> { Ok(u32::try_from(field(name, 0)?).unwrap_or(u32::MAX)) };
+        Ok(TcpSettings {
+            syncookies: small("ipv4/tcp_syncookies")?,
+            timestamps: small("ipv4/tcp_timestamps")?,
+            sack: small("ipv4/tcp_sack")?,
+            window_scaling: small("ipv4/tcp_window_scaling")?,
+            max_rcvbuf: field("ipv4/tcp_rmem", 2)?.max(field("core/rmem_max", 0)?),
+        })
+    }
+
+    /// The window scale the kernel gives a listener's connections
+    /// (`tcp_select_initial_window`): the largest receive buffer, in 64 KiB units.
+    pub fn window_scale(&self) -> u8 {
+        let bits = self.max_rcvbuf.max(1).ilog2();
+        bits.saturating_sub(15).min(14) as u8
+    }
+}
+
+/// Fills the cookie fields of `config` for interface `iface`, and refuses
+/// the syncookie policy where the listener would reject the cookies.
+pub fn prepare(config: &mut GuardConfig, iface: &str) -> Result<()> {
+    prepare_with(config, &TcpSettings::read()?, interface_mtu(iface)?)
+}
+
+/// The MTU of `iface` in this process's network namespace (SIOCGIFMTU:
+/// /sys/class/net shows the namespace sysfs was mounted in, not ours).
+fn interface_mtu(iface: &str) -> Result<u32> {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if iface.len() >= request.ifr_name.len() {
+        bail!("interface name {iface:?} is too long");
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(iface.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: a datagram socket only to ask the kernel; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot open a socket to read the MTU");
+    }
+    // SAFETY: SIOCGIFMTU fills the ifreq we pass, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &raw mut request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(error).with_context(|| format!("cannot read the MTU of {iface}"));
+    }
+    // SAFETY: SIOCGIFMTU sets the mtu member of the union.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).with_context(|| format!("{iface} reports MTU {mtu}"))
+}
+
+pub fn prepare_with(config: &mut GuardConfig, tcp: &TcpSettings, mtu: u32) -> Result<()> {
+    let mss = |headers: u32| u16::try_from(mtu.saturating_sub(headers).max(536)).unwrap_or(u16::MAX);
+    config.cookie_mss_v4 = mss(40);
+    config.cookie_mss_v6 = mss(60);
+    config.cookie_wscale = tcp.window_scale();
+    let mut options = 0;
+    if tcp.timestamps == 2 {
+        options |= GuardConfig::COOKIE_TIMESTAMPS;
+    }
+    if tcp.sack != 0 {
+        options |= GuardConfig::COOKIE_SACK;
+    }
+    if tcp.window_scaling != 0 {
+        options |= GuardConfig::COOKIE_WSCALE;
+    }
+    config.cookie_options = options;
+    if config.policy() == Policy::SynCookie && tcp.syncookies != 2 {
+        bail!(
+            "attack.policy = \"syncookie\" needs net.ipv4.tcp_syncookies = 2 (it is {}): the listener \
+             accepts cookies only if it issued one itself within two minutes, and only with 2 does it \
+             issue one for the SYN tcp-guard lets through to keep that so. Run \
+             `sysctl -w net.ipv4.tcp_syncookies=2` in the interface's network namespace, or choose \
+             another attack.policy",
+            tcp.syncookies
+        );
+    }
+    Ok(())
+}
+
+/// Says how cookies will be answered, once at start or reload.
+pub fn describe(config: &GuardConfig, tcp: &TcpSettings) -> String {
+    let has = |option: u8| config.cookie_options & option != 0;
+    let mut text = format!(
+        "syncookie policy: in attack mode SYNs from unverified sources are answered from XDP with \
+         the kernel's own SYN cookies (bpf_tcp_raw_gen_syncookie), and the listener checks the ACKs \
+         itself (tcp_syncookies=2); SYN-ACKs offer MSS {} (IPv4) / {} (IPv6)",
+        config.cookie_mss_v4, config.cookie_mss_v6
+    );
+    if has(GuardConfig::COOKIE_TIMESTAMPS) {
+        text.push_str(", timestamps");
+        if has(GuardConfig::COOKIE_WSCALE) {
+            text.push_str(&format!(", window scale {}", config.cookie_wscale));
+        }
+        if has(GuardConfig::COOKIE_SACK) {
+            text.push_str(", SACK");
+        }
+    } else {
+        text.push_str(&format!(
+            "; no timestamps, so no window scaling or SACK either: net.ipv4.tcp_timestamps is {} \
+             (set it to 2, timestamps without random offsets, to keep them on cookie connections)",
+            tcp.timestamps
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linux_defaults() -> TcpSettings {
+        TcpSettings {
+            syncookies: 1,
+            timestamps: 1,
+            sack: 1,
+            window_scaling: 1,
+            max_rcvbuf: 6_291_456,
+        }
+    }
+
+    #[test]
+    fn window_scale_follows_the_largest_receive_buffer() {
+        assert_eq!(linux_defaults().window_scale(), 7);
+        let scale = |max_rcvbuf| {
+            TcpSettings {
+                max_rcvbuf,
+                ..linux_defaults()
+            }
+            .window_scale()
+        };
+        assert_eq!(scale(65_535), 0);
+        assert_eq!(scale(1 << 16), 1);
+        assert_eq!(scale(u64::MAX), 14);
+    }
+
+    #[test]
+    fn the_syncookie_policy_needs_tcp_syncookies_2() {
+        let mut config = GuardConfig {
+            policy: Policy::SynCookie as u8,
+            ..GuardConfig::default()
+        };
+        let error = prepare_with(&mut config, &linux_defaults(), 1500)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("net.ipv4.tcp_syncookies = 2 (it is 1)"), "{error}");
+        let tcp = TcpSettings {
+            syncookies: 2,
+            ..linux_defaults()
+        };
+        prepare_with(&mut config, &tcp, 1500).unwrap();
+        // Other policies do not care.
+        config.policy = Policy::RetransmitChallenge as u8;
+        prepare_with(&mut config, &linux_defaults(), 1500).unwrap();
+    }
+
+    #[test]
+    fn options_follow_the_kernel_settings_and_the_mtu() {
+        let mut config = GuardConfig::default();
+        prepare_with(&mut config, &linux_defaults(), 9000).unwrap();
+        assert_eq!((config.cookie_mss_v4, config.cookie_mss_v6), (8960, 8940));
+        assert_eq!(
+            config.cookie_options,
+            GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE
+        );
+        assert!(describe(&config, &linux_defaults()).contains("tcp_timestamps is 1"));
+        let tcp = TcpSettings {
+            timestamps: 2,
+            sack: 0,
+            ..linux_defaults()
+        };
+        prepare_with(&mut config, &tcp, 1500).unwrap();
+        assert_eq!(
+            config.cookie_options,
+            GuardConfig::COOKIE_TIMESTAMPS | GuardConfig::COOKIE_WSCALE
+        );
+        assert!(describe(&config, &tcp).contains("timestamps, window scale 7"));
+    }
+}

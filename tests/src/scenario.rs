@@ -1,0 +1,146 @@
+//! Pieces of the flood scenarios the enforcement and syncookie tests share:
+//! a real listener, a background flood, real connecting clients.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    flood::{FloodReport, FloodSpec, Sources, flood},
+    inject::Injector,
+    lab::Lab,
+};
+
+/// The port the scenarios' listener uses.
+pub const PORT: u16 = 8080;
+
+/// A server that accepts and closes connections until dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(listener: TcpListener) -> Server {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Server {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle.join().expect("server thread");
+        }
+    }
+}
+
+/// A flood running in the background until stopped (or its bounds).
+pub struct Flood {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<FloodReport>>,
+}
+
+impl Flood {
+    pub fn start(lab: &Lab, dst: IpAddr, sources: Sources, rate: u64, duration: Duration) -> Flood {
+        let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+        let spec = FloodSpec {
+            dst,
+            dst_port: PORT,
+            dst_mac: Lab::mac(&lab.server, &lab.server_iface).expect("MAC"),
+            sources,
+            rate,
+            count: rate * duration.as_secs().max(1),
+            duration,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || flood(&injector, &spec, &flag).expect("flood"));
+        Flood {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn stop(mut self) -> FloodReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().expect("flood").join().expect("flood thread")
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _report = handle.join();
+        }
+    }
+}
+
+pub fn random_sources(v6: bool) -> Sources {
+    if v6 {
+        Sources::Random {
+            network: "2001:2:0:8000::".parse().unwrap(),
+            prefix_len: 49,
+        }
+    } else {
+        Sources::Random {
+            network: "198.19.0.0".parse().unwrap(),
+            prefix_len: 16,
+        }
+    }
+}
+
+/// `n` connects from the client namespace, in `threads` parallel series;
+/// how many succeeded within `timeout` each.
+pub fn connects(lab: &Lab, addr: SocketAddr, n: usize, threads: usize, timeout: Duration) -> usize {
+    let ok = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..n / threads {
+                    let result = lab
+                        .client
+                        .enter(move || TcpStream::connect_timeout(&addr, timeout))
+                        .expect("enter");
+                    if result.is_ok() {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    ok.load(Ordering::Relaxed)
+}
+
+/// Waits until `done`, failing the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,414 @@
+//! The syncookie attack-mode policy against real floods: SYNs from unknown
+//! sources answered from XDP with the kernel's own cookies, the ACKs checked
+//! by the real listener, real clients connecting from fresh (so unverified)
+//! addresses, the kernel's own counters and `ss` as the oracles. Needs root.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tcp_guard_tests::{
+    daemon::{Daemon, counter, stats_json},
+    inject::Injector,
+    lab::{ClientXdp, Lab, Netns, connect_from, listen, run},
+    packets::{ACK, TcpPacket},
+    scenario::{Flood, PORT, random_sources, wait_for},
+};
+
+/// The kernel forgets that a listener issued cookies after two minutes
+/// (`tcp_synq_no_recent_overflow`); the long attack outlasts that.
+const LONG_ATTACK: Duration = Duration::from_secs(150);
+
+/// No SYN of a client was retransmitted if its connect took less than the
+/// initial retransmission timeout.
+const INITIAL_RTO: Duration = Duration::from_secs(1);
+
+/// A lab whose server accepts cookie ACKs: `tcp_syncookies=2` (the listener
+/// issues cookies itself, which keeps its cookie check open) and
+/// `tcp_timestamps=2` (no random timestamp offsets, so the options encoded
+/// in a cookie's timestamp survive); its client receives XDP_TX frames.
+fn cookie_lab() -> (Lab, ClientXdp) {
+    let lab = Lab::new().expect("lab");
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "2").expect("sysctl");
+    lab.server.sysctl("net.ipv4.tcp_timestamps", "2").expect("sysctl");
+    let client_xdp = lab.receive_xdp_tx().expect("XDP on the client's end");
+    (lab, client_xdp)
+}
+
+fn cookie_daemon(lab: &Lab) -> Daemon {
+    Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "attack.policy=syncookie",
+            "--set",
+            "attack.enter_half_open=4",
+            "--set",
+            "attack.leave_half_open=2",
+            "--set",
+            "attack.leave_syn_rate=1000",
+            "--set",
+            "attack.cooldown=2s",
+        ],
+    )
+    .expect("start tcp-guard")
+}
+
+/// Client addresses nothing has connected from yet, so the guard has not
+/// verified them: their SYNs take the cookie path.
+struct FreshAddresses {
+    v6: bool,
+    next: u16,
+}
+
+impl FreshAddresses {
+    fn new(v6: bool) -> Self {
+        FreshAddresses { v6, next: 100 }
+    }
+
+    fn take(&mut self, lab: &Lab) -> IpAddr {
+        let n = self.next;
+        self.next += 1;
+        let (addr, prefix): (IpAddr, u8) = if self.v6 {
+            (Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, n).into(), 64)
+        } else {
+            (Ipv4Addr::new(198, 18, 0, n as u8).into(), 24)
+        };
+        let mut args = vec!["addr", "add"];
+        let cidr = format!("{addr}/{prefix}");
+        args.push(&cidr);
+        args.extend(["dev", &lab.client_iface]);
+        if self.v6 {
+            args.push("nodad");
+        }
+        lab.client.ip(&args).expect("add a client address");
+        addr
+    }
+}
+
+/// An echo server: every accepted connection gets its bytes back.
+struct Echo {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(listener: TcpListener) -> Echo {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false).expect("blocking");
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16 * 1024];
+                            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Echo {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle.join().expect("echo thread");
+        }
+    }
+}
+
+/// Connects from `local` and times it.
+fn timed_connect(lab: &Lab, local: IpAddr, server: SocketAddr) -> (TcpStream, Duration) {
+    let start = Instant::now();
+    let stream = lab
+        .client
+        .enter(move || connect_from(SocketAddr::new(local, 0), server, Duration::from_secs(5)))
+        .expect("enter")
+        .unwrap_or_else(|e| {
+            panic!(
+                "connect from {local} to {server}: {e}; guard: {}",
+                stats_json(&lab.server_iface)
+            )
+        });
+    (stream, start.elapsed())
+}
+
+/// Sends `len` bytes and reads them back: data flows both ways.
+fn echo_round_trip(stream: &mut TcpStream, len: usize) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let sent: Vec<u8> = (0..len).map(|i| (i * 7 + i / 256) as u8).collect();
+    let mut writer = stream.try_clone().expect("clone");
+    let data = sent.clone();
+    let send = std::thread::spawn(move || writer.write_all(&data).expect("send"));
+    let mut received = vec![0u8; len];
+    stream.read_exact(&mut received).expect("echo");
+    send.join().expect("sender");
+    assert!(received == sent, "the echo differs from what was sent");
+}
+
+/// What a connection negotiated, as the kernel's TCP_INFO of one end says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Negotiated {
+    timestamps: bool,
+    sack: bool,
+    /// (send, receive) window scales, when window scaling is on.
+    wscale: Option<(u8, u8)>,
+    snd_mss: u32,
+}
+
+fn negotiated(stream: &TcpStream) -> Negotiated {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 104];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: TCP_INFO into a buffer of the given length, on a socket we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    // struct tcp_info: tcpi_options at 5, the two 4-bit scales at 6, tcpi_snd_mss at 16.
+    let options = info[5];
+    Negotiated {
+        timestamps: options & 1 != 0,
+        sack: options & 2 != 0,
+        wscale: (options & 4 != 0).then_some((info[6] & 0x0f, info[6] >> 4)),
+        snd_mss: u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes")),
+    }
+}
+
+/// The window scales (send, receive) of the server's socket for the
+/// connection from `client`, as `ss -ti` in the server namespace shows them.
+fn server_wscale(lab: &Lab, client: SocketAddr) -> Option<(u8, u8)> {
+    let out = run(lab.server.command("ss").args(["-tinH", "state", "established"])).expect("ss");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let info = lines.next().unwrap_or("");
+        // Without a state column: Recv-Q Send-Q Local Peer.
+        if line.split_whitespace().nth(3) == Some(client.to_string().as_str()) {
+            return info.split_whitespace().find_map(|t| {
+                let (snd, rcv) = t.strip_prefix("wscale:")?.split_once(',')?;
+                Some((snd.parse().ok()?, rcv.parse().ok()?))
+            });
+        }
+    }
+    panic!("no established socket for {client} in the server namespace: {text}");
+}
+
+/// A TcpExt counter of the kernel in `ns` (/proc/net/netstat is per namespace).
+fn tcp_ext(ns: &Netns, name: &str) -> u64 {
+    let out = run(ns.command("cat").arg("/proc/net/netstat")).expect("netstat");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (
+        lines.next().expect("TcpExt names"),
+        lines.next().expect("TcpExt values"),
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExt {name} in {text}"))
+}
+
+fn attack_active(lab: &Lab) -> bool {
+    stats_json(&lab.server_iface)["attack"]["active"] == true
+}
+
+fn syncookie_serves_fresh_clients_at_once_under_a_flood(v6: bool) {
+    const CLIENTS: usize = 20;
+    const FORGED_ACKS: u64 = 1000;
+    let (lab, _client_xdp) = cookie_lab();
+    let _daemon = cookie_daemon(&lab);
+    let server = SocketAddr::new(lab.server_addr(v6), PORT);
+    let _echo = Echo::start(listen(&lab.server, server, 128).expect("listen"));
+    let mut fresh = FreshAddresses::new(v6);
+
+    // Before the flood: the kernel answers (with its own cookies, as
+    // tcp_syncookies=2 has it), and the options it negotiates are the reference.
+    let local = fresh.take(&lab);
+    let (reference_stream, _) = timed_connect(&lab, local, server);
+    let reference = negotiated(&reference_stream);
+    assert!(
+        reference.timestamps && reference.sack && reference.wscale.is_some(),
+        "the lab negotiates timestamps, SACK and window scaling: {reference:?}"
+    );
+    drop(reference_stream);
+
+    let flood = Flood::start(
+        &lab,
+        server.ip(),
+        random_sources(v6),
+        20_000,
+        Duration::from_secs(60),
+    );
+    wait_for("attack mode", Duration::from_secs(10), || attack_active(&lab));
+    // Clients come while the flood is in full swing.
+    std::thread::sleep(Duration::from_secs(1));
+    let failed_before = tcp_ext(&lab.server, "SyncookiesFailed");
+    let received_before = tcp_ext(&lab.server, "SyncookiesRecv");
+
+    let mut latencies = Vec::new();
+    let mut max_syn_recv = 0;
+    for i in 0..CLIENTS {
+        let local = fresh.take(&lab);
+        let (mut stream, took) = timed_connect(&lab, local, server);
+        latencies.push(took);
+        echo_round_trip(&mut stream, 256 * 1024);
+        if i == 0 {
+            let ours = negotiated(&stream);
+            assert_eq!(
+                ours, reference,
+                "a cookie connection negotiates what the listener itself does"
+            );
+            let (snd, rcv) = ours.wscale.expect("window scaling");
+            assert_eq!(
+                server_wscale(&lab, stream.local_addr().expect("addr")),
+                Some((rcv, snd)),
+                "the server's socket scales windows as the client expects"
+            );
+        }
+        max_syn_recv = max_syn_recv.max(lab.server_syn_recv().expect("ss"));
+    }
+
+    // Forged ACKs from spoofed sources: no flow, no valid cookie.
+    let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+    let dst_mac = Lab::mac(&lab.server, &lab.server_iface).expect("MAC");
+    let dropped_before = counter(&stats_json(&lab.server_iface), "drop_bad_cookie");
+    for i in 0..FORGED_ACKS {
+        let src: IpAddr = if v6 {
+            Ipv6Addr::new(0x2001, 2, 0, 0x8000, 0, 0, 7, i as u16).into()
+        } else {
+            Ipv4Addr::new(198, 19, 7, i as u8).into()
+        };
+        let mut ack = TcpPacket::new(src, server.ip(), 40_000 + i as u16, PORT, ACK);
+        ack.seq = 0x1000_0000 + i as u32 * 7919;
+        ack.ack = 0x2000_0000 + i as u32 * 104_729;
+        ack.dst_mac = dst_mac;
+        injector.send(&ack.frame()).expect("send");
+    }
+    wait_for("the forged ACKs to be counted", Duration::from_secs(5), || {
+        counter(&stats_json(&lab.server_iface), "drop_bad_cookie") >= dropped_before + FORGED_ACKS
+    });
+    let report = flood.stop();
+    let stats = stats_json(&lab.server_iface);
+
+    latencies.sort();
+    let median = latencies[CLIENTS / 2];
+    let slowest = *latencies.last().expect("latencies");
+    assert!(report.sent > 10_000, "the flood ran: {report:?}");
+    assert!(
+        slowest < INITIAL_RTO,
+        "no client waited for a SYN retransmission: median {median:?}, slowest {slowest:?}"
+    );
+    assert_eq!(max_syn_recv, 0, "the listener keeps no half-open connections");
+    assert_eq!(
+        counter(&stats, "drop_bad_cookie") - dropped_before,
+        FORGED_ACKS,
+        "every forged ACK, and nothing else, dropped for its cookie: {stats}"
+    );
+    assert_eq!(
+        tcp_ext(&lab.server, "SyncookiesFailed"),
+        failed_before,
+        "the listener never saw a bad cookie"
+    );
+    assert!(
+        tcp_ext(&lab.server, "SyncookiesRecv") - received_before >= CLIENTS as u64,
+        "the listener accepted the clients' cookies itself"
+    );
+    assert!(counter(&stats, "cookie_ack_valid") >= CLIENTS as u64, "{stats}");
+    assert!(
+        counter(&stats, "syn_cookie_sent") >= report.sent / 2,
+        "the flood was answered from XDP: {report:?} {stats}"
+    );
+    assert_eq!(counter(&stats, "drop_cookie_unanswered"), 0, "{stats}");
+    eprintln!(
+        "syncookie {}: {CLIENTS} fresh clients under {} SYN/s, connect median {median:?}, slowest {slowest:?}",
+        if v6 { "IPv6" } else { "IPv4" },
+        report.rate() as u64
+    );
+}
+
+#[test]
+fn ipv4_syncookie_serves_fresh_clients_at_once_under_a_flood() {
+    syncookie_serves_fresh_clients_at_once_under_a_flood(false);
+}
+
+#[test]
+fn ipv6_syncookie_serves_fresh_clients_at_once_under_a_flood() {
+    syncookie_serves_fresh_clients_at_once_under_a_flood(true);
+}
+
+#[test]
+fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory() {
+    let (lab, _client_xdp) = cookie_lab();
+    let _daemon = cookie_daemon(&lab);
+    let server = SocketAddr::new(lab.server_addr(false), PORT);
+    let _echo = Echo::start(listen(&lab.server, server, 128).expect("listen"));
+    let mut fresh = FreshAddresses::new(false);
+    let flood = Flood::start(
+        &lab,
+        server.ip(),
+        random_sources(false),
+        5_000,
+        LONG_ATTACK + Duration::from_secs(30),
+    );
+    wait_for("attack mode", Duration::from_secs(10), || attack_active(&lab));
+    let started = Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < LONG_ATTACK {
+        std::thread::sleep(Duration::from_secs(10));
+        let local = fresh.take(&lab);
+        let (mut stream, took) = timed_connect(&lab, local, server);
+        echo_round_trip(&mut stream, 1024);
+        assert!(
+            took < INITIAL_RTO,
+            "after {:?} of attack a fresh client waited {took:?}",
+            started.elapsed()
+        );
+        assert!(attack_active(&lab), "still in attack mode");
+        rounds += 1;
+    }
+    let report = flood.stop();
+    let stats = stats_json(&lab.server_iface);
+    assert!(report.sent > 500_000, "the flood ran throughout: {report:?}");
+    assert!(
+        counter(&stats, "cookie_ack_valid") >= rounds,
+        "every client came through a cookie: {stats}"
+    );
+    // One SYN per listener every 10 s keeps its cookie check open.
+    assert!(
+        counter(&stats, "syn_cookie_refresh") >= LONG_ATTACK.as_secs() / 10 - 1,
+        "{stats}"
+    );
+}

@@ -1,0 +1,315 @@
+//! The syncookie path of the real XDP program, run with BPF_PROG_TEST_RUN:
+//! SYNs of every shape are answered with a well-formed SYN-ACK carrying a
+//! kernel cookie, the ACK that returns the cookie opens the flow, and a bad
+//! cookie is dropped. Needs root.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunOptions},
+};
+use tcp_guard::{program, stats};
+use tcp_guard_common::{
+    maps,
+    packet::{self, Outcome, TcpClass},
+    policy::{AttackState, GuardConfig, Policy},
+    stats::{Counter, Stats},
+    syncookie::cookie_ts_decode,
+};
+use tcp_guard_tests::{
+    lab::require_root,
+    packets::{ACK, SYN, TcpPacket, checksum, linux_syn_options, transport_checksum},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+struct Loaded(aya::Ebpf);
+
+impl Loaded {
+    /// The object, in attack mode with the syncookie policy and the cookie
+    /// options a `tcp_timestamps=2` host offers.
+    fn in_attack_mode() -> Self {
+        require_root();
+        let mut ebpf = program::load(log::LevelFilter::Off, &Default::default(), None).expect("load");
+        let config = GuardConfig {
+            policy: Policy::SynCookie as u8,
+            cookie_options: GuardConfig::COOKIE_TIMESTAMPS
+                | GuardConfig::COOKIE_SACK
+                | GuardConfig::COOKIE_WSCALE,
+            cookie_wscale: 9,
+            ..GuardConfig::default()
+        };
+        let mut map: Array<_, GuardConfig> = ebpf
+            .map_mut(maps::CONFIG)
+            .expect("CONFIG")
+            .try_into()
+            .expect("array");
+        map.set(0, config, 0).expect("set CONFIG");
+        let mut attack: Array<_, AttackState> = ebpf
+            .map_mut(maps::ATTACK)
+            .expect("ATTACK")
+            .try_into()
+            .expect("array");
+        attack
+            .set(
+                0,
+                AttackState {
+                    active: 1,
+                    trigger: AttackState::BY_SYN_RATE,
+                    since_ns: 1,
+                },
+                0,
+            )
+            .expect("set ATTACK");
+        Loaded(ebpf)
+    }
+
+    fn stats(&self) -> Stats {
+        stats::read(self.0.map(maps::STATS).expect("STATS")).expect("read STATS")
+    }
+
+    /// Runs `frame` once: the verdict and the frame as the program left it.
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let xdp = program::xdp_program(&mut self.0).expect("xdp program");
+        let mut out = vec![0u8; 4096];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let result = xdp.test_run(opts).expect("test run");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+}
+
+/// The first SYN to a listener in attack mode goes to the kernel, so that
+/// the listener issues a cookie itself and keeps accepting ours; cookies
+/// follow (for the next 10 s).
+fn refresh_listener(prog: &mut Loaded, v6: bool) {
+    let before = prog.stats();
+    let mut first = syn(v6, 1);
+    first.src_port = 1;
+    assert_eq!(
+        prog.run(&first.frame()).0,
+        XDP_PASS,
+        "the listener's first SYN passes"
+    );
+    let after = prog.stats();
+    assert_eq!(
+        after.get(Counter::SynCookieRefresh) - before.get(Counter::SynCookieRefresh),
+        1
+    );
+    assert_eq!(
+        after.get(Counter::SynCookieSent),
+        before.get(Counter::SynCookieSent)
+    );
+}
+
+/// The unverified client of each case, sending to the guarded host.
+fn syn(v6: bool, seq: u32) -> TcpPacket {
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        ("2001:2:0:8000::7".parse().unwrap(), "2001:2::1".parse().unwrap())
+    } else {
+        ("198.19.7.9".parse().unwrap(), "198.18.0.1".parse().unwrap())
+    };
+    let mut pkt = TcpPacket::new(src, dst, 40_000, 8080, SYN);
+    pkt.seq = seq;
+    pkt
+}
+
+/// Checks that `reply` is the SYN-ACK answering `syn`, and returns its
+/// (cookie, TSval, TCP options).
+fn check_syn_ack(what: &str, syn: &TcpPacket, reply: &[u8]) -> (u32, Option<u32>, packet::TcpOptions) {
+    let d = packet::parse(reply);
+    assert_eq!(d.outcome, Outcome::Tcp, "{what}: the reply is TCP");
+    let seg = d.segment;
+    assert_eq!(seg.flags.class(), TcpClass::SynAck, "{what}");
+    assert_eq!(seg.ack, syn.seq.wrapping_add(1), "{what}: acknowledges the SYN");
+    assert_eq!(
+        (seg.src_port, seg.dst_port),
+        (syn.dst_port, syn.src_port),
+        "{what}"
+    );
+    let addr = |a: [u8; 16]| -> IpAddr {
+        if syn.src.is_ipv4() {
+            IpAddr::from([a[0], a[1], a[2], a[3]])
+        } else {
+            IpAddr::from(a)
+        }
+    };
+    assert_eq!((addr(seg.src), addr(seg.dst)), (syn.dst, syn.src), "{what}");
+    assert_eq!(&reply[..6], &syn.src_mac, "{what}: back to the sender's MAC");
+    assert_eq!(&reply[6..12], &syn.dst_mac, "{what}");
+    assert_eq!(d.vlan, syn.vlan.is_some(), "{what}: the VLAN tag stays");
+    let tcp = &reply[seg.tcp_offset as usize..];
+    assert_eq!(
+        tcp.len(),
+        seg.tcp_header_len as usize,
+        "{what}: no payload, no padding"
+    );
+    assert_eq!(
+        transport_checksum(syn.dst, syn.src, tcp),
+        0,
+        "{what}: TCP checksum"
+    );
+    if syn.src.is_ipv4() {
+        let l3 = seg.tcp_offset as usize - 20;
+        assert_eq!(
+            checksum(&reply[l3..l3 + 20], 0),
+            0,
+            "{what}: IPv4 header checksum"
+        );
+    }
+    let options = packet::parse_tcp_options(reply, &seg);
+    assert!(!options.malformed, "{what}");
+    (seg.seq, options.timestamp().map(|(tsval, _)| tsval), options)
+}
+
+#[test]
+fn syns_of_every_shape_are_answered_with_a_cookie() {
+    let mut prog = Loaded::in_attack_mode();
+    refresh_listener(&mut prog, false);
+    refresh_listener(&mut prog, true);
+    let mut linux = syn(false, 1000);
+    linux.tcp_options = linux_syn_options(1460, 0x0102_0304, 7);
+    let bare = syn(false, 2000);
+    let mut v6 = syn(true, 3000);
+    v6.tcp_options = linux_syn_options(1440, 77, 10);
+    let mut tagged = linux.clone();
+    tagged.vlan = Some(5);
+    tagged.seq = 4000;
+    let mut ip_options = linux.clone();
+    ip_options.ip_options = vec![1, 1, 1, 0];
+    ip_options.seq = 5000;
+    let mut with_data = linux.clone();
+    with_data.payload = vec![0x55; 300];
+    with_data.seq = 6000;
+    for (what, pkt) in [
+        ("Linux SYN", &linux),
+        ("SYN without options", &bare),
+        ("IPv6 SYN", &v6),
+        ("VLAN-tagged SYN", &tagged),
+        ("SYN with IPv4 options", &ip_options),
+        ("SYN with data", &with_data),
+    ] {
+        let before = prog.stats();
+        let (verdict, reply) = prog.run(&pkt.frame());
+        let after = prog.stats();
+        assert_eq!(verdict, XDP_TX, "{what}: answered in place");
+        assert_eq!(
+            after.get(Counter::SynCookieSent) - before.get(Counter::SynCookieSent),
+            1,
+            "{what}"
+        );
+        let (_, tsval, options) = check_syn_ack(what, pkt, &reply);
+        let client_ts = pkt.tcp_options.len() > 4;
+        assert_eq!(
+            options.mss().is_some(),
+            !pkt.tcp_options.is_empty(),
+            "{what}: MSS offered, unless the SYN had no options (then no reply is longer than its SYN)"
+        );
+        assert!(
+            reply.len() <= pkt.frame().len(),
+            "{what}: the reply needs no room the SYN did not have"
+        );
+        assert_eq!(
+            tsval.is_some(),
+            client_ts,
+            "{what}: timestamps only if the client sent them"
+        );
+        if let Some(tsval) = tsval {
+            let client_wscale = pkt.tcp_options[19];
+            assert_eq!(
+                cookie_ts_decode(tsval),
+                (Some(client_wscale), true),
+                "{what}: the client's window scale and SACK ride in the timestamp"
+            );
+            assert_eq!(options.window_scale(), Some(9), "{what}: the host's window scale");
+            assert!(options.sack_permitted(), "{what}");
+            let client_tsval = u32::from_be_bytes(pkt.tcp_options[8..12].try_into().unwrap());
+            assert_eq!(
+                options.timestamp().map(|(_, ecr)| ecr),
+                Some(client_tsval),
+                "{what}: echoes the client's TSval"
+            );
+        } else {
+            assert_eq!(
+                options.window_scale(),
+                None,
+                "{what}: no scale without a timestamp to carry it"
+            );
+            assert!(!options.sack_permitted(), "{what}");
+        }
+    }
+}
+
+#[test]
+fn the_ack_returning_a_cookie_opens_the_flow_and_a_bad_one_is_dropped() {
+    let mut prog = Loaded::in_attack_mode();
+    for v6 in [false, true] {
+        refresh_listener(&mut prog, v6);
+        let mut client = syn(v6, 0x7000_0000);
+        client.tcp_options = linux_syn_options(1460, 1234, 7);
+        let (verdict, reply) = prog.run(&client.frame());
+        assert_eq!(verdict, XDP_TX);
+        let (cookie, tsval, _) = check_syn_ack("SYN", &client, &reply);
+
+        let mut ack = TcpPacket::new(client.src, client.dst, client.src_port, client.dst_port, ACK);
+        ack.seq = client.seq.wrapping_add(1);
+        ack.tcp_options = vec![1, 1, 8, 10];
+        ack.tcp_options.extend_from_slice(&1235u32.to_be_bytes());
+        ack.tcp_options
+            .extend_from_slice(&tsval.expect("timestamps").to_be_bytes());
+
+        // (Not cookie + 2: the low bits of a kernel cookie are its MSS
+        // index, so a neighbour may pass as the same cookie with another MSS.)
+        let mut forged = ack.clone();
+        forged.ack = cookie.wrapping_add(1) ^ 0x0100_0000;
+        let before = prog.stats();
+        let verdict = prog.run(&forged.frame()).0;
+        let after = prog.stats();
+        let moved: Vec<_> = Counter::ALL
+            .iter()
+            .filter(|c| after.get(**c) != before.get(**c))
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(verdict, XDP_DROP, "a bad cookie is dropped: {moved:?}");
+        assert_eq!(
+            after.get(Counter::DropBadCookie) - before.get(Counter::DropBadCookie),
+            1
+        );
+
+        ack.ack = cookie.wrapping_add(1);
+        let before = prog.stats();
+        assert_eq!(
+            prog.run(&ack.frame()).0,
+            XDP_PASS,
+            "a valid cookie goes to the listener"
+        );
+        let after = prog.stats();
+        assert_eq!(
+            after.get(Counter::CookieAckValid) - before.get(Counter::CookieAckValid),
+            1
+        );
+        assert_eq!(
+            after.get(Counter::ToEstablished) - before.get(Counter::ToEstablished),
+            1
+        );
+        // The flow is now known: its next segment is tracked, not cookie-checked.
+        let mut data = ack.clone();
+        data.payload = vec![1; 100];
+        let before = prog.stats();
+        assert_eq!(prog.run(&data.frame()).0, XDP_PASS);
+        let after = prog.stats();
+        assert_eq!(
+            after.get(Counter::CookieAckValid),
+            before.get(Counter::CookieAckValid)
+        );
+        assert_eq!(
+            after.get(Counter::InvalidNoFlow),
+            before.get(Counter::InvalidNoFlow)
+        );
+    }
+}
