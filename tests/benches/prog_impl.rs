@@ -20,7 +20,7 @@ use tcp_guard_common::{
     config::TableSizes,
     flow::FlowKey,
     maps,
-    policy::{AttackState, BlockEntry, GuardConfig, LpmAddr, SourceKey},
+    policy::{AttackState, BlockEntry, GuardConfig, LpmAddr, Policy, SourceKey},
     programs,
     stats::{Counter, Stats},
 };
@@ -85,6 +85,7 @@ fn peer_in(third: u8, i: usize) -> IpAddr {
 }
 
 const HOST: [u8; 4] = [198, 18, 0, 1];
+const XDP_TX: u32 = 3;
 const K: u32 = 90_000;
 
 fn syn_at(src: IpAddr, port: u16, seq: u32) -> TcpPacket {
@@ -137,6 +138,12 @@ enum Setup {
     /// Attack mode off; both flow tables filled to all but the room the
     /// case needs.
     FillTables,
+    /// Attack mode on with the syncookie policy, the listener's cookie mark
+    /// just refreshed (so the case's SYNs get cookies).
+    SynCookies,
+    /// As SynCookies, and the case's frames are ACKs returning cookies the
+    /// program has just issued (made then: cookies age).
+    CookieAcks,
 }
 
 struct Case {
@@ -181,7 +188,9 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
     // established flow peer(32768), challenged SYNs peer(40000..), the
     // rate-limited source peer(65025); FIN flows 198.18.128.0/18, verified
     // sources 198.18.64.0/18, blocked 198.18.200.0/24, table filler
-    // 198.18.1.0-63.255. Each case uses flows_per_case < 16128.
+    // 198.18.1.0-63.255. Each case uses flows_per_case < 16128. The cookie
+    // cases come last and reuse never-verified sources on ports of their
+    // own: peer(0..) for SYNs, peer(40000..) for the cookie ACKs.
     let offset = 16_384;
     let half_open_syns: Vec<TcpPacket> = (0..flows_per_case).map(|i| syn(offset + i)).collect();
     for s in &half_open_syns {
@@ -281,10 +290,23 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::FillTables,
             frames: same(data.frame()),
         },
+        Case {
+            name: "SYN in attack mode, answered with a cookie (syncookie)",
+            proof: Counter::SynCookieSent,
+            setup: Setup::SynCookies,
+            frames: each(&|i| syn_at(peer(i), 33_000, i as u32 * 1000)),
+        },
+        Case {
+            name: "ACK with a valid cookie (syncookie)",
+            proof: Counter::CookieAckValid,
+            setup: Setup::CookieAcks,
+            frames: Vec::new(),
+        },
     ];
 
     let mut rows = Vec::new();
     for case in cases.iter().filter(|c| c.name.contains(only)) {
+        let mut cookie_acks = Vec::new();
         match case.setup {
             Setup::Nothing => {}
             Setup::Block => block(&mut ebpf, [198, 18, 200, 0], 24),
@@ -298,10 +320,20 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
                 set_attack(&mut ebpf, false);
                 fill_tables(&mut ebpf, capacity as usize - flows_per_case - 64);
             }
+            Setup::SynCookies => syncookie_attack(&mut ebpf),
+            Setup::CookieAcks => {
+                syncookie_attack(&mut ebpf);
+                cookie_acks = answered(&mut ebpf, flows_per_case);
+            }
         }
+        let frames = if case.setup == Setup::CookieAcks {
+            &cookie_acks
+        } else {
+            &case.frames
+        };
         let before = stats(&ebpf);
-        let baseline_frame = &case.frames[0];
-        let mut frames = case.frames.iter();
+        let baseline_frame = &frames[0];
+        let mut frames = frames.iter();
         for frame in frames.by_ref().take(params.warmup) {
             run_once(program::xdp_program(&mut ebpf).expect("xdp"), frame);
             run_once(baseline_program(&mut ebpf), baseline_frame);
@@ -342,6 +374,51 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         });
     }
     rows
+}
+
+/// Attack mode with the syncookie policy (options as a `tcp_timestamps=2`
+/// host offers them), and one SYN first, so that the SYN the listener is
+/// due every 10 s (see `policy::COOKIE_REFRESH_NS`) is not a measured one.
+fn syncookie_attack(ebpf: &mut Ebpf) {
+    update_config(ebpf, |c| {
+        c.policy = Policy::SynCookie as u8;
+        c.cookie_options = GuardConfig::COOKIE_TIMESTAMPS | GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE;
+    });
+    set_attack(ebpf, true);
+    run_once(program::xdp_program(ebpf).expect("xdp"), &syn_at(peer(65_000), 1, 0).frame());
+}
+
+/// `n` SYNs from unverified sources answered with cookies, and the ACKs
+/// that return them (timestamps echoed, as a Linux client sends them).
+fn answered(ebpf: &mut Ebpf, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let s = syn_at(peer(40_000 + i), 34_000, i as u32 * 1000);
+            let mut reply = vec![0u8; 256];
+            let mut opts = TestRunOptions::new();
+            let frame = s.frame();
+            opts.data_in = Some(&frame);
+            opts.data_out = Some(&mut reply);
+            let result = program::xdp_program(ebpf)
+                .expect("xdp")
+                .test_run(opts)
+                .expect("BPF_PROG_TEST_RUN");
+            assert_eq!(result.return_value, XDP_TX, "SYN {i} answered with a cookie");
+            reply.truncate(result.data_size_out as usize);
+            let d = tcp_guard_common::packet::parse(&reply[..]);
+            let tsval = tcp_guard_common::packet::parse_tcp_options(&reply[..], &d.segment)
+                .timestamp()
+                .expect("timestamps")
+                .0;
+            let mut ack = TcpPacket::new(s.src, s.dst, s.src_port, s.dst_port, ACK);
+            ack.seq = s.seq + 1;
+            ack.ack = d.segment.seq.wrapping_add(1);
+            ack.tcp_options = vec![1, 1, 8, 10];
+            ack.tcp_options.extend_from_slice(&2u32.to_be_bytes());
+            ack.tcp_options.extend_from_slice(&tsval.to_be_bytes());
+            ack.frame()
+        })
+        .collect()
 }
 
 fn stats(ebpf: &Ebpf) -> Stats {

@@ -83,6 +83,12 @@ pub const DEFENCES: &[Defence] = &[
         guard: Some("retransmit-challenge"),
     },
     Defence {
+        name: "tcp-guard syncookie, cookies=2",
+        syncookies: 2,
+        synproxy: false,
+        guard: Some("syncookie"),
+    },
+    Defence {
         name: "tcp-guard verified-only, cookies=0",
         syncookies: 0,
         synproxy: false,
@@ -129,7 +135,7 @@ impl Plan {
     /// One short step of each kind of defence, for the test run.
     pub fn smoke() -> Plan {
         Plan {
-            defences: vec![DEFENCES[1], DEFENCES[3], DEFENCES[4]],
+            defences: vec![DEFENCES[1], DEFENCES[3], DEFENCES[4], DEFENCES[6]],
             rates: vec![5_000],
             duration: Duration::from_secs(2),
         }
@@ -229,6 +235,15 @@ pub fn run_one(defence: &Defence, rate: u64, duration: Duration) -> Result<Run> 
     let lab = Lab::new()?;
     lab.server
         .sysctl("net.ipv4.tcp_syncookies", &defence.syncookies.to_string())?;
+    // The syncookie policy answers from XDP: timestamps without random
+    // offsets keep the options its cookies carry, and the client's veth end
+    // must run XDP to receive what XDP sends back (a real NIC need not).
+    let _client_xdp = if defence.guard == Some("syncookie") {
+        lab.server.sysctl("net.ipv4.tcp_timestamps", "2")?;
+        Some(lab.receive_xdp_tx()?)
+    } else {
+        None
+    };
     for i in 0..CLIENT_ADDRS {
         lab.client.ip(&[
             "addr",

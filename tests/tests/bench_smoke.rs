@@ -17,13 +17,14 @@ const SMOKE: prog_impl::Params = prog_impl::Params {
 fn per_packet_benchmark_runs_one_short_step_of_each_case() {
     require_root();
     let rows = prog_impl::measure(&SMOKE, "");
-    assert_eq!(rows.len(), 12, "every case measured");
+    assert_eq!(rows.len(), 14, "every case measured");
     for row in &rows {
         assert!(row.guard_ns > 0.0 && row.baseline_ns > 0.0, "{}", row.name);
     }
     let table = prog_impl::markdown(&rows, &SMOKE);
     assert!(
-        table.contains("| SYN in attack mode, unknown source (challenged) |"),
+        table.contains("| SYN in attack mode, unknown source (challenged) |")
+            && table.contains("| ACK with a valid cookie (syncookie) |"),
         "{table}"
     );
 }
@@ -33,7 +34,7 @@ fn flood_benchmark_runs_one_short_step_of_each_defence() {
     require_root();
     let plan = flood_bench::Plan::smoke();
     let runs = flood_bench::run_plan(&plan).expect("benchmark");
-    assert_eq!(runs.len(), 3);
+    assert_eq!(runs.len(), 4);
     for run in &runs {
         assert!(run.sent > 1000, "{run:?}");
         assert!(run.connects > 0, "{run:?}");
@@ -44,6 +45,15 @@ fn flood_benchmark_runs_one_short_step_of_each_defence() {
         .find(|r| r.defence.starts_with("tcp-guard"))
         .expect("tcp-guard run");
     assert!(guard.guard_drops.is_some_and(|d| d > 0), "{guard:?}");
+    let cookies = runs
+        .iter()
+        .find(|r| r.defence.starts_with("tcp-guard syncookie"))
+        .expect("syncookie run");
+    assert_eq!(cookies.connected, cookies.connects, "{cookies:?}");
+    assert!(
+        cookies.latency_p50_ms.is_some_and(|ms| ms < 100.0),
+        "no retransmission wait: {cookies:?}"
+    );
     let dir = std::env::temp_dir().join(format!("tcp-guard-bench-{}", std::process::id()));
     let written = flood_bench::write_results(&runs, &plan, &dir, "smoke").expect("write results");
     for path in &written {
@@ -52,7 +62,7 @@ fn flood_benchmark_runs_one_short_step_of_each_defence() {
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&written[0]).unwrap()).unwrap();
-    assert_eq!(json["runs"].as_array().map(Vec::len), Some(3));
+    assert_eq!(json["runs"].as_array().map(Vec::len), Some(4));
     assert!(json["machine"]["cores"].as_u64().is_some_and(|c| c > 0));
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
