@@ -58,9 +58,20 @@ impl TcpSettings {
 }
 
 /// Fills the cookie fields of `config` for interface `iface`, and refuses
-/// the syncookie policy where the listener would reject the cookies.
+/// the syncookie policy where the listener would reject the cookies. Run in
+/// the interface's network namespace (the daemon is).
 pub fn prepare(config: &mut GuardConfig, iface: &str) -> Result<()> {
     prepare_with(config, &TcpSettings::read()?, interface_mtu(iface)?)
+}
+
+/// Refuses the syncookie policy where the listener would reject the cookies,
+/// leaving the cookie fields as the daemon set them (`limits set`, which may
+/// run outside the interface's namespace, reads this process's settings).
+pub fn check_policy(config: &GuardConfig) -> Result<()> {
+    if config.policy() != Policy::SynCookie {
+        return Ok(());
+    }
+    require_listener_cookies(&TcpSettings::read()?)
 }
 
 /// The MTU of `iface` in this process's network namespace (SIOCGIFMTU:
@@ -108,7 +119,14 @@ pub fn prepare_with(config: &mut GuardConfig, tcp: &TcpSettings, mtu: u32) -> Re
         options |= GuardConfig::COOKIE_WSCALE;
     }
     config.cookie_options = options;
-    if config.policy() == Policy::SynCookie && tcp.syncookies != 2 {
+    if config.policy() == Policy::SynCookie {
+        require_listener_cookies(tcp)?;
+    }
+    Ok(())
+}
+
+fn require_listener_cookies(tcp: &TcpSettings) -> Result<()> {
+    if tcp.syncookies != 2 {
         bail!(
             "attack.policy = \"syncookie\" needs net.ipv4.tcp_syncookies = 2 (it is {}): the listener \
              accepts cookies only if it issued one itself within two minutes, and only with 2 does it \

@@ -417,7 +417,7 @@ fn limits(action: LimitsAction) -> Result<()> {
             let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
             let mut settings = running_settings(&instance)?;
             settings.apply(&assignments, true)?;
-            cookies::prepare(&mut settings.live, &iface)?;
+            cookies::check_policy(&settings.live)?;
             instance.set_config(&settings.live)?;
             println!(
                 "{iface}: set {}; in force now, until the next reload or restart",

@@ -382,10 +382,14 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
 fn syncookie_attack(ebpf: &mut Ebpf) {
     update_config(ebpf, |c| {
         c.policy = Policy::SynCookie as u8;
-        c.cookie_options = GuardConfig::COOKIE_TIMESTAMPS | GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE;
+        c.cookie_options =
+            GuardConfig::COOKIE_TIMESTAMPS | GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE;
     });
     set_attack(ebpf, true);
-    run_once(program::xdp_program(ebpf).expect("xdp"), &syn_at(peer(65_000), 1, 0).frame());
+    run_once(
+        program::xdp_program(ebpf).expect("xdp"),
+        &syn_at(peer(65_000), 1, 0).frame(),
+    );
 }
 
 /// `n` SYNs from unverified sources answered with cookies, and the ACKs

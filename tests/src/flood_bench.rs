@@ -123,7 +123,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The full benchmark (about 8 minutes on 2 cores).
+    /// The full benchmark (about 7 minutes on 2 cores).
     pub fn full() -> Plan {
         Plan {
             defences: DEFENCES.to_vec(),

@@ -15,7 +15,7 @@ use std::{
 };
 
 use tcp_guard_tests::{
-    daemon::{Daemon, counter, stats_json},
+    daemon::{Daemon, counter, stats_json, tcp_guard_bin},
     inject::Injector,
     lab::{ClientXdp, Lab, Netns, connect_from, listen, run},
     packets::{ACK, TcpPacket},
@@ -411,4 +411,47 @@ fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory
         counter(&stats, "syn_cookie_refresh") >= LONG_ATTACK.as_secs() / 10 - 1,
         "{stats}"
     );
+}
+
+#[test]
+fn the_policy_is_refused_where_the_listener_would_reject_its_cookies() {
+    let lab = Lab::new().expect("lab");
+    // A new namespace has the kernel's default, tcp_syncookies = 1.
+    let refused = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &["--set", "attack.policy=syncookie"],
+    )
+    .err()
+    .expect("the daemon refuses the policy");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("needs net.ipv4.tcp_syncookies = 2 (it is 1)")
+            && message.contains("sysctl -w net.ipv4.tcp_syncookies=2"),
+        "{message}"
+    );
+
+    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    let limits_set = |policy: &str| {
+        run(lab.server.command(tcp_guard_bin()).args([
+            "limits",
+            "set",
+            "--iface",
+            &lab.server_iface,
+            &format!("attack.policy={policy}"),
+        ]))
+    };
+    let refused = limits_set("syncookie").expect_err("limits set refuses the policy");
+    assert!(
+        format!("{refused:#}").contains("tcp_syncookies = 2 (it is 1)"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        stats_json(&lab.server_iface)["attack"]["policy"],
+        "retransmit-challenge",
+        "the running policy stays"
+    );
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "2").expect("sysctl");
+    limits_set("syncookie").expect("accepted with tcp_syncookies = 2");
+    assert_eq!(stats_json(&lab.server_iface)["attack"]["policy"], "syncookie");
 }

@@ -57,7 +57,7 @@ enum Bench {
     Prog,
     /// The same spoofed SYN flood, rates stepped up, against a real listener
     /// under each defence (none, kernel SYN cookies, nftables synproxy,
-    /// tcp-guard's policies); results in bench/results/. About 8 minutes.
+    /// tcp-guard's policies); results in bench/results/. About 7 minutes.
     Flood,
 }
 
