@@ -70,7 +70,7 @@ impl Default for GuardConfig {
             timeout_secs,
             prefix_len_v4: 24,
             prefix_len_v6: 64,
-            policy: Policy::RetransmitChallenge as u8,
+            policy: Policy::Auto as u8,
             egress: 0,
             cookie_mss_v4: 1460,
             cookie_mss_v6: 1440,

@@ -19,14 +19,20 @@ pub enum Policy {
     /// As verified-only, and an unknown source's SYN is answered from XDP
     /// with a SYN cookie; its valid ACK is handed to the listener.
     SynCookie = 3,
+    /// The default: the daemon picks `SynCookie` where the kernel accepts
+    /// its cookies with every option (`tcp_syncookies=2`,
+    /// `tcp_timestamps=2`), `RetransmitChallenge` elsewhere. The programs
+    /// never see it.
+    Auto = 4,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 4] = [
-        Policy::Pass,
-        Policy::VerifiedOnly,
+    pub const ALL: [Policy; 5] = [
+        Policy::Auto,
         Policy::RetransmitChallenge,
         Policy::SynCookie,
+        Policy::VerifiedOnly,
+        Policy::Pass,
     ];
 
     pub const fn from_u8(value: u8) -> Option<Policy> {
@@ -35,6 +41,7 @@ impl Policy {
             1 => Some(Policy::VerifiedOnly),
             2 => Some(Policy::RetransmitChallenge),
             3 => Some(Policy::SynCookie),
+            4 => Some(Policy::Auto),
             _ => None,
         }
     }
@@ -45,6 +52,7 @@ impl Policy {
             Policy::VerifiedOnly => "verified-only",
             Policy::RetransmitChallenge => "retransmit-challenge",
             Policy::SynCookie => "syncookie",
+            Policy::Auto => "auto",
         }
     }
 }
@@ -121,10 +129,12 @@ impl GuardConfig {
         }
     }
 
+    /// The policy in force; `auto` (which the daemon resolves before the
+    /// programs see it) and unknown values read as the retransmit challenge.
     pub const fn policy(&self) -> Policy {
         match Policy::from_u8(self.policy) {
+            Some(Policy::Auto) | None => Policy::RetransmitChallenge,
             Some(p) => p,
-            None => Policy::RetransmitChallenge,
         }
     }
 }

@@ -57,21 +57,54 @@ impl TcpSettings {
     }
 }
 
-/// Fills the cookie fields of `config` for interface `iface`, and refuses
-/// the syncookie policy where the listener would reject the cookies. Run in
-/// the interface's network namespace (the daemon is).
-pub fn prepare(config: &mut GuardConfig, iface: &str) -> Result<()> {
-    prepare_with(config, &TcpSettings::read()?, interface_mtu(iface)?)
+/// Resolves `attack.policy = "auto"`, fills the cookie fields of `config`
+/// for interface `iface`, and refuses the syncookie policy where the
+/// listener would reject the cookies. Run in the interface's network
+/// namespace (the daemon is). Returns what `auto` chose and why, if it was set.
+pub fn prepare(config: &mut GuardConfig, iface: &str) -> Result<Option<String>> {
+    let tcp = TcpSettings::read()?;
+    let chosen = resolve_auto(config, &tcp);
+    prepare_with(config, &tcp, interface_mtu(iface)?)?;
+    Ok(chosen)
 }
 
-/// Refuses the syncookie policy where the listener would reject the cookies,
-/// leaving the cookie fields as the daemon set them (`limits set`, which may
-/// run outside the interface's namespace, reads this process's settings).
-pub fn check_policy(config: &GuardConfig) -> Result<()> {
-    if config.policy() != Policy::SynCookie {
-        return Ok(());
+/// Resolves `auto` and refuses the syncookie policy where the listener would
+/// reject the cookies, leaving the cookie fields as the daemon set them
+/// (`limits set`: it reads the kernel settings of the namespace it runs in).
+pub fn check_policy(config: &mut GuardConfig) -> Result<Option<String>> {
+    let tcp = TcpSettings::read()?;
+    let chosen = resolve_auto(config, &tcp);
+    if config.policy() == Policy::SynCookie {
+        require_listener_cookies(&tcp)?;
     }
-    require_listener_cookies(&TcpSettings::read()?)
+    Ok(chosen)
+}
+
+/// `auto`: the syncookie policy where it loses nothing (the listener issues
+/// and accepts cookies, and timestamps carry their options), else the
+/// retransmit challenge. Returns the choice and why, if `auto` was set.
+pub fn resolve_auto(config: &mut GuardConfig, tcp: &TcpSettings) -> Option<String> {
+    if Policy::from_u8(config.policy) != Some(Policy::Auto) {
+        return None;
+    }
+    let cookies = tcp.syncookies == 2 && tcp.timestamps == 2;
+    let (policy, why) = if cookies {
+        (
+            Policy::SynCookie,
+            "net.ipv4.tcp_syncookies and tcp_timestamps are 2".to_string(),
+        )
+    } else {
+        (
+            Policy::RetransmitChallenge,
+            format!(
+                "syncookie needs net.ipv4.tcp_syncookies = 2 and net.ipv4.tcp_timestamps = 2; \
+                 they are {} and {}",
+                tcp.syncookies, tcp.timestamps
+            ),
+        )
+    };
+    config.policy = policy as u8;
+    Some(format!("attack.policy auto: {} ({why})", policy.as_str()))
 }
 
 /// The MTU of `iface` in this process's network namespace (SIOCGIFMTU:
@@ -213,6 +246,36 @@ mod tests {
         // Other policies do not care.
         config.policy = Policy::RetransmitChallenge as u8;
         prepare_with(&mut config, &linux_defaults(), 1500).unwrap();
+    }
+
+    #[test]
+    fn auto_picks_syncookie_only_where_it_loses_nothing() {
+        let auto = GuardConfig::default();
+        assert_eq!(Policy::from_u8(auto.policy), Some(Policy::Auto), "the default");
+        let pick = |syncookies, timestamps| {
+            let mut config = auto;
+            let tcp = TcpSettings {
+                syncookies,
+                timestamps,
+                ..linux_defaults()
+            };
+            let why = resolve_auto(&mut config, &tcp).expect("auto resolved");
+            prepare_with(&mut config, &tcp, 1500).expect("a policy that works here");
+            (config.policy(), why)
+        };
+        assert_eq!(pick(2, 2).0, Policy::SynCookie);
+        let (policy, why) = pick(1, 1);
+        assert_eq!(policy, Policy::RetransmitChallenge);
+        assert!(why.contains("they are 1 and 1"), "{why}");
+        assert_eq!(pick(2, 1).0, Policy::RetransmitChallenge);
+        assert_eq!(pick(0, 2).0, Policy::RetransmitChallenge);
+        // An explicit policy stays as it is.
+        let mut pass = GuardConfig {
+            policy: Policy::Pass as u8,
+            ..auto
+        };
+        assert_eq!(resolve_auto(&mut pass, &linux_defaults()), None);
+        assert_eq!(pass.policy(), Policy::Pass);
     }
 
     #[test]

@@ -100,7 +100,9 @@ pub fn run(options: RunOptions) -> Result<()> {
     attach::if_index(iface)?;
     let mut settings = options.settings.resolve()?;
     settings.live.egress = u8::from(options.egress);
-    cookies::prepare(&mut settings.live, iface)?;
+    if let Some(chosen) = cookies::prepare(&mut settings.live, iface)? {
+        log::info!("{chosen}");
+    }
     let lock = if options.replace {
         take_over(iface)?
     } else {
@@ -601,7 +603,9 @@ impl Control {
     fn reload(&mut self, source: &SettingsSource) {
         let outcome = source.resolve().and_then(|mut settings| {
             settings.live.egress = self.egress;
-            cookies::prepare(&mut settings.live, &self.iface)?;
+            if let Some(chosen) = cookies::prepare(&mut settings.live, &self.iface)? {
+                log::info!("{chosen}");
+            }
             if settings.tables != self.running_tables {
                 bail!("tables.* cannot change while running (restart tcp-guard to resize the flow tables)");
             }

@@ -417,12 +417,15 @@ fn limits(action: LimitsAction) -> Result<()> {
             let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
             let mut settings = running_settings(&instance)?;
             settings.apply(&assignments, true)?;
-            cookies::check_policy(&settings.live)?;
+            let chosen = cookies::check_policy(&mut settings.live)?;
             instance.set_config(&settings.live)?;
             println!(
                 "{iface}: set {}; in force now, until the next reload or restart",
                 assignments.join(" ")
             );
+            if let Some(chosen) = chosen {
+                println!("{iface}: {chosen}");
+            }
         }
     }
     Ok(())

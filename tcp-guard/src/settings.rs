@@ -175,7 +175,7 @@ static KEYS: &[Key] = &[
     Key {
         name: "attack.policy",
         kind: Kind::Policy,
-        help: "what attack mode does: retransmit-challenge, syncookie (needs tcp_syncookies=2), verified-only or pass",
+        help: "what attack mode does: auto (syncookie where tcp_syncookies and tcp_timestamps are 2, else retransmit-challenge), retransmit-challenge, syncookie, verified-only or pass",
         get: |s| s.live.policy as u64,
         set: |s, v| s.live.policy = v as u8,
         restart: false,
@@ -392,7 +392,7 @@ fn parse_value(key: &Key, text: &str) -> Result<u64> {
             .map(|p| *p as u64)
             .ok_or_else(|| {
                 anyhow!(
-                    "{} = {text:?}: one of retransmit-challenge, syncookie, verified-only, pass",
+                    "{} = {text:?}: one of auto, retransmit-challenge, syncookie, verified-only, pass",
                     key.name
                 )
             }),
@@ -588,7 +588,7 @@ mod tests {
             ),
             (
                 "[attack]\npolicy = \"drop\"\n",
-                "one of retransmit-challenge, syncookie, verified-only, pass",
+                "one of auto, retransmit-challenge, syncookie, verified-only, pass",
             ),
             ("[attack]\ncooldown = \"soon\"\n", "attack.cooldown = \"soon\""),
             ("[timeouts]\ntime_wait = \"1500ms\"\n", "whole seconds only"),

@@ -414,7 +414,7 @@ fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory
 }
 
 #[test]
-fn the_policy_is_refused_where_the_listener_would_reject_its_cookies() {
+fn the_policy_is_refused_where_the_listener_would_reject_its_cookies_and_auto_picks_it_where_not() {
     let lab = Lab::new().expect("lab");
     // A new namespace has the kernel's default, tcp_syncookies = 1.
     let refused = Daemon::start(
@@ -431,7 +431,15 @@ fn the_policy_is_refused_where_the_listener_would_reject_its_cookies() {
         "{message}"
     );
 
-    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    // The default policy, auto, picks the retransmit challenge here.
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    assert!(
+        daemon
+            .log()
+            .contains("attack.policy auto: retransmit-challenge (syncookie needs"),
+        "{}",
+        daemon.log()
+    );
     let limits_set = |policy: &str| {
         run(lab.server.command(tcp_guard_bin()).args([
             "limits",
@@ -454,4 +462,25 @@ fn the_policy_is_refused_where_the_listener_would_reject_its_cookies() {
     lab.server.sysctl("net.ipv4.tcp_syncookies", "2").expect("sysctl");
     limits_set("syncookie").expect("accepted with tcp_syncookies = 2");
     assert_eq!(stats_json(&lab.server_iface)["attack"]["policy"], "syncookie");
+
+    // A reload goes back to the configured auto, which decides anew.
+    let policy_after_reload = || {
+        run(lab
+            .server
+            .command(tcp_guard_bin())
+            .args(["reload", "--iface", &lab.server_iface]))
+        .expect("reload");
+        stats_json(&lab.server_iface)["attack"]["policy"].clone()
+    };
+    assert_eq!(
+        policy_after_reload(),
+        "retransmit-challenge",
+        "auto: timestamps with random offsets would cost cookie connections their options"
+    );
+    lab.server.sysctl("net.ipv4.tcp_timestamps", "2").expect("sysctl");
+    assert_eq!(
+        policy_after_reload(),
+        "syncookie",
+        "auto where cookies lose nothing"
+    );
 }
