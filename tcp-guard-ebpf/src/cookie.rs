@@ -18,7 +18,7 @@ use tcp_guard_common::{
     packet::{
         ETH_HDR_LEN, Family, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN, TcpOptions, TcpSegment, VLAN_HDR_LEN,
     },
-    policy::GuardConfig,
+    policy::{DropReason, GuardConfig},
     stats::Counter,
     syncookie::{REPLY_MAX_LEN, SynAck, build_syn_ack, cookie_tsval},
 };
@@ -68,7 +68,7 @@ pub fn answer(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
             xdp_action::XDP_TX
         }
         None => {
-            counters.bump(Counter::DropCookieUnanswered);
+            counters.bump(DropReason::CookieUnanswered.counter());
             xdp_action::XDP_DROP
         }
     }
@@ -284,7 +284,7 @@ pub fn check_ack(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
     }
     counters.bump(Counter::InvalidNoFlow);
     if segment.payload_len == 0 && guard::attack_active() {
-        counters.bump(Counter::DropBadCookie);
+        counters.bump(DropReason::BadCookie.counter());
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_PASS
