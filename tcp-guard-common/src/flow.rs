@@ -365,6 +365,9 @@ pub fn transition(flow: Option<&Flow>, seg: &Seg, now: u64, out: &mut Flow) -> S
     if class == TcpClass::Other {
         return Step::Invalid(Invalid::BadFlags);
     }
+    // A flow that reaches CLOSED is removed, never stored: a stored value
+    // that says CLOSED (or nothing valid) counts as no flow.
+    let flow = flow.filter(|f| f.state().is_some_and(|s| s != TcpState::Closed));
     match seg.direction {
         Direction::Egress => egress(flow, seg, class, now, out),
         Direction::Ingress => ingress(flow, seg, class, now, out),

@@ -150,6 +150,34 @@ fn a_cookie_ack_opens_the_flow_a_full_handshake_would() {
 }
 
 #[test]
+fn a_stored_closed_value_counts_as_no_flow() {
+    // Found by transition_is_total: the programs never store CLOSED, but a
+    // value that says so must not be kept in CLOSED by a host segment.
+    let mut c = Conn {
+        flow: Some(Flow {
+            state: TcpState::Closed as u8,
+            ..Flow::default()
+        }),
+        ..Conn::default()
+    };
+    c.host(ACK | PSH, K, J);
+    assert_eq!(
+        c.state(),
+        Some(TcpState::Established),
+        "adopted as any unknown flow"
+    );
+    assert_eq!(c.events, [Event::Adopted]);
+    let mut c = Conn {
+        flow: Some(Flow {
+            state: TcpState::Closed as u8,
+            ..Flow::default()
+        }),
+        ..Conn::default()
+    };
+    assert_eq!(c.peer(ACK, J, K), Step::Invalid(Invalid::NoFlow));
+}
+
+#[test]
 fn active_open_establishes() {
     let mut c = Conn::default();
     c.host(SYN, K, 0);
