@@ -2,6 +2,7 @@
 //! a real listener, a background flood, real connecting clients.
 
 use std::{
+    io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
@@ -20,22 +21,55 @@ use crate::{
 /// The port the scenarios' listener uses.
 pub const PORT: u16 = 8080;
 
-/// A server that accepts and closes connections until dropped.
+/// Daemon options for a lab attack: attack mode from 4 half-open flows on,
+/// and left 2 s after the flood stops.
+pub const QUICK_ATTACK_MODE: &[&str] = &[
+    "--set",
+    "attack.enter_half_open=4",
+    "--set",
+    "attack.leave_half_open=2",
+    "--set",
+    "attack.leave_syn_rate=1000",
+    "--set",
+    "attack.cooldown=2s",
+];
+
+/// A server that accepts connections until dropped.
 pub struct Server {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Server {
+    /// Accepts and closes every connection.
     pub fn start(listener: TcpListener) -> Server {
+        Server::serve(listener, drop)
+    }
+
+    /// Sends every connection its bytes back, each on a thread of its own.
+    pub fn echo(listener: TcpListener) -> Server {
+        Server::serve(listener, |mut conn| {
+            std::thread::spawn(move || {
+                conn.set_nonblocking(false).expect("blocking");
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        })
+    }
+
+    fn serve(listener: TcpListener, handle_connection: fn(TcpStream)) -> Server {
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => drop(conn),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    Ok((conn, _)) => handle_connection(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
         });

@@ -19,7 +19,7 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{Lab, listen},
     packets::{SYN, TcpPacket},
-    scenario::{Flood, PORT, Server, connects, random_sources, wait_for},
+    scenario::{Flood, PORT, QUICK_ATTACK_MODE, Server, connects, random_sources, wait_for},
 };
 /// listen(16): the kernel holds at most 17 connections in SYN-RECV.
 const BACKLOG: i32 = 16;
@@ -69,19 +69,15 @@ fn guard_keeps_real_clients_served(v6: bool) {
         &lab.server,
         &lab.server_iface,
         &[
-            "--set",
-            "limits.global_half_open=12",
-            "--set",
-            "attack.enter_half_open=4",
-            "--set",
-            "attack.leave_half_open=2",
-            "--set",
-            "attack.leave_syn_rate=1000",
-            "--set",
-            "attack.cooldown=2s",
-            "--set",
-            "timeouts.syn_rcvd=4s",
-        ],
+            &[
+                "--set",
+                "limits.global_half_open=12",
+                "--set",
+                "timeouts.syn_rcvd=4s",
+            ],
+            QUICK_ATTACK_MODE,
+        ]
+        .concat(),
     )
     .expect("start tcp-guard");
     let addr = SocketAddr::new(lab.server_addr(v6), PORT);

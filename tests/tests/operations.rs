@@ -8,7 +8,7 @@ use std::{
     path::Path,
     process::Command,
     sync::atomic::AtomicBool,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tcp_guard_tests::{
@@ -17,20 +17,8 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{Lab, listen, run},
     packets::{ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet},
+    scenario::{PORT, wait_for},
 };
-
-const PORT: u16 = 8080;
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn xdp_prog_id(lab: &Lab) -> Option<String> {
     let out = lab

@@ -5,12 +5,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -19,7 +14,7 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{ClientXdp, Lab, Netns, connect_from, listen, run},
     packets::{ACK, TcpPacket},
-    scenario::{Flood, PORT, random_sources, wait_for},
+    scenario::{Flood, PORT, QUICK_ATTACK_MODE, Server, random_sources, wait_for},
 };
 
 /// The kernel forgets that a listener issued cookies after two minutes
@@ -43,23 +38,8 @@ fn cookie_lab() -> (Lab, ClientXdp) {
 }
 
 fn cookie_daemon(lab: &Lab) -> Daemon {
-    Daemon::start(
-        &lab.server,
-        &lab.server_iface,
-        &[
-            "--set",
-            "attack.policy=syncookie",
-            "--set",
-            "attack.enter_half_open=4",
-            "--set",
-            "attack.leave_half_open=2",
-            "--set",
-            "attack.leave_syn_rate=1000",
-            "--set",
-            "attack.cooldown=2s",
-        ],
-    )
-    .expect("start tcp-guard")
+    let args = [&["--set", "attack.policy=syncookie"], QUICK_ATTACK_MODE].concat();
+    Daemon::start(&lab.server, &lab.server_iface, &args).expect("start tcp-guard")
 }
 
 /// Client addresses nothing has connected from yet, so the guard has not
@@ -91,51 +71,6 @@ impl FreshAddresses {
         }
         lab.client.ip(&args).expect("add a client address");
         addr
-    }
-}
-
-/// An echo server: every accepted connection gets its bytes back.
-struct Echo {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start(listener: TcpListener) -> Echo {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        conn.set_nonblocking(false).expect("blocking");
-                        std::thread::spawn(move || {
-                            let mut buf = [0u8; 16 * 1024];
-                            while let Ok(n @ 1..) = conn.read(&mut buf) {
-                                if conn.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Echo {
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            handle.join().expect("echo thread");
-        }
     }
 }
 
@@ -251,7 +186,7 @@ fn syncookie_serves_fresh_clients_at_once_under_a_flood(v6: bool) {
     let (lab, _client_xdp) = cookie_lab();
     let _daemon = cookie_daemon(&lab);
     let server = SocketAddr::new(lab.server_addr(v6), PORT);
-    let _echo = Echo::start(listen(&lab.server, server, 128).expect("listen"));
+    let _echo = Server::echo(listen(&lab.server, server, 128).expect("listen"));
     let mut fresh = FreshAddresses::new(v6);
 
     // Before the flood: the kernel answers (with its own cookies, as
@@ -374,7 +309,7 @@ fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory
     let (lab, _client_xdp) = cookie_lab();
     let _daemon = cookie_daemon(&lab);
     let server = SocketAddr::new(lab.server_addr(false), PORT);
-    let _echo = Echo::start(listen(&lab.server, server, 128).expect("listen"));
+    let _echo = Server::echo(listen(&lab.server, server, 128).expect("listen"));
     let mut fresh = FreshAddresses::new(false);
     let flood = Flood::start(
         &lab,

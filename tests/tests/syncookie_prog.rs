@@ -71,8 +71,10 @@ impl Loaded {
         stats::read(self.0.map(maps::STATS).expect("STATS")).expect("read STATS")
     }
 
-    /// Runs `frame` once: the verdict and the frame as the program left it.
-    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    /// Runs `frame` once: the verdict, the frame as the program left it,
+    /// and what the run did to the counters.
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>, Moved) {
+        let before = self.stats();
         let xdp = program::xdp_program(&mut self.0).expect("xdp program");
         let mut out = vec![0u8; 4096];
         let mut opts = TestRunOptions::new();
@@ -80,7 +82,33 @@ impl Loaded {
         opts.data_out = Some(&mut out);
         let result = xdp.test_run(opts).expect("test run");
         out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        let moved = Moved {
+            before,
+            after: self.stats(),
+        };
+        (result.return_value, out, moved)
+    }
+}
+
+/// The counters before and after one run.
+struct Moved {
+    before: Stats,
+    after: Stats,
+}
+
+impl Moved {
+    /// How much `counter` grew.
+    fn by(&self, counter: Counter) -> u64 {
+        self.after.get(counter) - self.before.get(counter)
+    }
+
+    /// The names of the counters that moved, for failure messages.
+    fn names(&self) -> Vec<&'static str> {
+        Counter::ALL
+            .into_iter()
+            .filter(|c| self.by(*c) != 0)
+            .map(Counter::as_str)
+            .collect()
     }
 }
 
@@ -88,23 +116,12 @@ impl Loaded {
 /// the listener issues a cookie itself and keeps accepting ours; cookies
 /// follow (for the next 10 s).
 fn refresh_listener(prog: &mut Loaded, v6: bool) {
-    let before = prog.stats();
     let mut first = syn(v6, 1);
     first.src_port = 1;
-    assert_eq!(
-        prog.run(&first.frame()).0,
-        XDP_PASS,
-        "the listener's first SYN passes"
-    );
-    let after = prog.stats();
-    assert_eq!(
-        after.get(Counter::SynCookieRefresh) - before.get(Counter::SynCookieRefresh),
-        1
-    );
-    assert_eq!(
-        after.get(Counter::SynCookieSent),
-        before.get(Counter::SynCookieSent)
-    );
+    let (verdict, _, moved) = prog.run(&first.frame());
+    assert_eq!(verdict, XDP_PASS, "the listener's first SYN passes");
+    assert_eq!(moved.by(Counter::SynCookieRefresh), 1, "{:?}", moved.names());
+    assert_eq!(moved.by(Counter::SynCookieSent), 0);
 }
 
 /// The unverified client of each case, sending to the guarded host.
@@ -194,15 +211,9 @@ fn syns_of_every_shape_are_answered_with_a_cookie() {
         ("SYN with IPv4 options", &ip_options),
         ("SYN with data", &with_data),
     ] {
-        let before = prog.stats();
-        let (verdict, reply) = prog.run(&pkt.frame());
-        let after = prog.stats();
+        let (verdict, reply, moved) = prog.run(&pkt.frame());
         assert_eq!(verdict, XDP_TX, "{what}: answered in place");
-        assert_eq!(
-            after.get(Counter::SynCookieSent) - before.get(Counter::SynCookieSent),
-            1,
-            "{what}"
-        );
+        assert_eq!(moved.by(Counter::SynCookieSent), 1, "{what}: {:?}", moved.names());
         let (_, tsval, options) = check_syn_ack(what, pkt, &reply);
         let client_ts = pkt.tcp_options.len() > 4;
         assert_eq!(
@@ -252,7 +263,7 @@ fn the_ack_returning_a_cookie_opens_the_flow_and_a_bad_one_is_dropped() {
         refresh_listener(&mut prog, v6);
         let mut client = syn(v6, 0x7000_0000);
         client.tcp_options = linux_syn_options(1460, 1234, 7);
-        let (verdict, reply) = prog.run(&client.frame());
+        let (verdict, reply, _) = prog.run(&client.frame());
         assert_eq!(verdict, XDP_TX);
         let (cookie, tsval, _) = check_syn_ack("SYN", &client, &reply);
 
@@ -267,49 +278,21 @@ fn the_ack_returning_a_cookie_opens_the_flow_and_a_bad_one_is_dropped() {
         // index, so a neighbour may pass as the same cookie with another MSS.)
         let mut forged = ack.clone();
         forged.ack = cookie.wrapping_add(1) ^ 0x0100_0000;
-        let before = prog.stats();
-        let verdict = prog.run(&forged.frame()).0;
-        let after = prog.stats();
-        let moved: Vec<_> = Counter::ALL
-            .iter()
-            .filter(|c| after.get(**c) != before.get(**c))
-            .map(|c| c.as_str())
-            .collect();
-        assert_eq!(verdict, XDP_DROP, "a bad cookie is dropped: {moved:?}");
-        assert_eq!(
-            after.get(Counter::DropBadCookie) - before.get(Counter::DropBadCookie),
-            1
-        );
+        let (verdict, _, moved) = prog.run(&forged.frame());
+        assert_eq!(verdict, XDP_DROP, "a bad cookie is dropped: {:?}", moved.names());
+        assert_eq!(moved.by(Counter::DropBadCookie), 1);
 
         ack.ack = cookie.wrapping_add(1);
-        let before = prog.stats();
-        assert_eq!(
-            prog.run(&ack.frame()).0,
-            XDP_PASS,
-            "a valid cookie goes to the listener"
-        );
-        let after = prog.stats();
-        assert_eq!(
-            after.get(Counter::CookieAckValid) - before.get(Counter::CookieAckValid),
-            1
-        );
-        assert_eq!(
-            after.get(Counter::ToEstablished) - before.get(Counter::ToEstablished),
-            1
-        );
+        let (verdict, _, moved) = prog.run(&ack.frame());
+        assert_eq!(verdict, XDP_PASS, "a valid cookie goes to the listener");
+        assert_eq!(moved.by(Counter::CookieAckValid), 1, "{:?}", moved.names());
+        assert_eq!(moved.by(Counter::ToEstablished), 1);
         // The flow is now known: its next segment is tracked, not cookie-checked.
         let mut data = ack.clone();
         data.payload = vec![1; 100];
-        let before = prog.stats();
-        assert_eq!(prog.run(&data.frame()).0, XDP_PASS);
-        let after = prog.stats();
-        assert_eq!(
-            after.get(Counter::CookieAckValid),
-            before.get(Counter::CookieAckValid)
-        );
-        assert_eq!(
-            after.get(Counter::InvalidNoFlow),
-            before.get(Counter::InvalidNoFlow)
-        );
+        let (verdict, _, moved) = prog.run(&data.frame());
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(moved.by(Counter::CookieAckValid), 0);
+        assert_eq!(moved.by(Counter::InvalidNoFlow), 0, "{:?}", moved.names());
     }
 }
