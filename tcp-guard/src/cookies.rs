@@ -83,7 +83,7 @@ pub fn check_policy(config: &mut GuardConfig) -> Result<Option<String>> {
 /// `auto`: the syncookie policy where it loses nothing (the listener issues
 /// and accepts cookies, and timestamps carry their options), else the
 /// retransmit challenge. Returns the choice and why, if `auto` was set.
-pub fn resolve_auto(config: &mut GuardConfig, tcp: &TcpSettings) -> Option<String> {
+fn resolve_auto(config: &mut GuardConfig, tcp: &TcpSettings) -> Option<String> {
     if Policy::from_u8(config.policy) != Some(Policy::Auto) {
         return None;
     }
@@ -136,7 +136,9 @@ fn interface_mtu(iface: &str) -> Result<u32> {
     u32::try_from(mtu).with_context(|| format!("{iface} reports MTU {mtu}"))
 }
 
-pub fn prepare_with(config: &mut GuardConfig, tcp: &TcpSettings, mtu: u32) -> Result<()> {
+/// The cookie fields for these kernel settings and MTU; refuses the
+/// syncookie policy where the listener would reject the cookies.
+fn prepare_with(config: &mut GuardConfig, tcp: &TcpSettings, mtu: u32) -> Result<()> {
     let mss = |headers: u32| u16::try_from(mtu.saturating_sub(headers).max(536)).unwrap_or(u16::MAX);
     config.cookie_mss_v4 = mss(40);
     config.cookie_mss_v6 = mss(60);
