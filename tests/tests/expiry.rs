@@ -3,7 +3,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tcp_guard_tests::{
@@ -11,15 +11,8 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::Lab,
     packets::{SYN, TcpPacket},
+    scenario::wait_for,
 };
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn unanswered_half_open_flows_expire_in_both_views() {
@@ -29,7 +22,9 @@ fn unanswered_half_open_flows_expire_in_both_views() {
         .sysctl("net.ipv4.tcp_synack_retries", "0")
         .expect("sysctl");
     let daemon = Daemon::start(&lab.server, &lab.server_iface, &["--timeout", "syn_rcvd=2s"]).expect("start");
-    assert!(daemon.log().contains("syn_rcvd=2s"), "{}", daemon.log());
+    wait_for("the daemon to log its timeouts", Duration::from_secs(5), || {
+        daemon.log().contains("syn_rcvd=2s")
+    });
     let addr = SocketAddr::new(lab.server_addr(false), 8080);
     let _listener = lab
         .server
@@ -44,14 +39,14 @@ fn unanswered_half_open_flows_expire_in_both_views() {
         syn.dst_mac = dst_mac;
         injector.send(&syn.frame()).expect("send");
     }
-    wait_for("3 SYN-RECV flows", || {
+    wait_for("3 SYN-RECV flows", Duration::from_secs(15), || {
         flows(&lab.server_iface)
             .iter()
             .filter(|(s, _, _)| s == "SYN-RECV")
             .count()
             == 3
     });
-    wait_for("both views empty", || {
+    wait_for("both views empty", Duration::from_secs(15), || {
         flows(&lab.server_iface).is_empty() && lab.server_sockets().expect("ss").is_empty()
     });
     let stats = stats_json(&lab.server_iface);

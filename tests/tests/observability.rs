@@ -15,6 +15,7 @@ use tcp_guard_tests::{
     flood::{FloodSpec, Sources, flood},
     inject::Injector,
     lab::{Lab, listen, run},
+    scenario::wait_for,
 };
 
 const PORT: u16 = 8080;
@@ -93,11 +94,10 @@ fn metrics_move_with_the_traffic() {
     let mut args = vec!["--metrics", METRICS, "--bpf-stats"];
     args.extend(attack_settings());
     let daemon = Daemon::start(&lab.server, &lab.server_iface, &args).expect("start");
-    assert!(
-        daemon.log().contains("serving Prometheus metrics"),
-        "{}",
-        daemon.log()
-    );
+    // The daemon says it guards the interface before it opens the endpoint.
+    wait_for("the metrics endpoint", Duration::from_secs(5), || {
+        daemon.log().contains("serving Prometheus metrics")
+    });
     let addr = SocketAddr::new(lab.server_addr(false), PORT);
     let listener = listen(&lab.server, addr, 64).expect("listen");
 
