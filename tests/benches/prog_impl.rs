@@ -24,7 +24,10 @@ use tcp_guard_common::{
     programs,
     stats::{Counter, Stats},
 };
-use tcp_guard_tests::packets::{ACK, FIN, PSH, SYN, TcpPacket, ethernet, linux_syn_options};
+use tcp_guard_tests::{
+    machine::Machine,
+    packets::{ACK, FIN, PSH, SYN, TcpPacket, ethernet, linux_syn_options},
+};
 
 /// How much to measure.
 pub struct Params {
@@ -521,14 +524,14 @@ pub fn markdown(rows: &[Row], params: &Params) -> String {
             r.guard_ns / r.baseline_ns
         ));
     }
+    let machine = Machine::read();
     out.push_str(&format!(
-        "\n{} rounds of {} calls per case, one run per call (repeat = 1), medians; kernel {}, {}\n",
+        "\n{} rounds of {} calls per case, one run per call (repeat = 1), medians; kernel {}, {}, {} cores\n",
         params.rounds,
         params.chunk,
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        cpu_model()
+        machine.kernel,
+        machine.cpu.as_deref().unwrap_or("unknown CPU"),
+        machine.cores
     ));
     out
 }
@@ -555,17 +558,4 @@ fn baseline_program(ebpf: &mut Ebpf) -> &mut Xdp {
         .expect("baseline program")
         .try_into()
         .expect("XDP")
-}
-
-fn cpu_model() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
-    format!("{model}, {cores} cores")
 }

@@ -23,6 +23,7 @@ use crate::{
     flood::{FloodSpec, Sources, flood},
     inject::Injector,
     lab::{Lab, connect_from, listen, run},
+    machine::Machine,
 };
 
 const PORT: u16 = 8080;
@@ -466,18 +467,11 @@ fn ms(v: Option<f64>) -> String {
 
 /// The machine the run happened on.
 pub fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string());
+    let machine = Machine::read();
     json!({
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "cpu": model,
-        "cores": cpuinfo.lines().filter(|l| l.starts_with("processor")).count(),
+        "kernel": machine.kernel,
+        "cpu": machine.cpu.unwrap_or_else(|| "unknown".to_string()),
+        "cores": machine.cores,
     })
 }
 

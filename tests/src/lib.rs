@@ -8,5 +8,6 @@ pub mod flood;
 pub mod flood_bench;
 pub mod inject;
 pub mod lab;
+pub mod machine;
 pub mod packets;
 pub mod scenario;
