@@ -61,6 +61,12 @@ const HELP: &[(&str, &str)] = &[
     ("tcp_guard_flow_transitions_total", "Flows entering each state."),
 ];
 
+/// The HELP and TYPE lines that open a metric family.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")
+}
+
 /// Time the kernel spent in one attached program, counted only while BPF
 /// run-time statistics are on (`run --bpf-stats`, or
 /// `sysctl kernel.bpf_stats_enabled=1`).
@@ -97,8 +103,7 @@ pub fn render(
                 .iter()
                 .find(|(m, _)| *m == metric)
                 .map_or("A tcp-guard counter (see the README's Counters).", |(_, h)| *h);
-            writeln!(out, "# HELP {metric} {help}")?;
-            writeln!(out, "# TYPE {metric} counter")?;
+            header(&mut out, &metric, "counter", help)?;
             seen.push(metric.clone());
         }
         let value = stats.get(counter);
@@ -110,11 +115,7 @@ pub fn render(
             None => writeln!(out, "{metric}{{iface=\"{iface}\"}} {value}")?,
         }
     }
-    let gauge = |out: &mut String, name: &str, help: &str| -> Result<()> {
-        writeln!(out, "# HELP {name} {help}")?;
-        writeln!(out, "# TYPE {name} gauge")?;
-        Ok(())
-    };
+    let gauge = |out: &mut String, name: &str, help: &str| header(out, name, "gauge", help);
     gauge(&mut out, "tcp_guard_flows", "Tracked flows by TCP state.")?;
     for state in TcpState::STORED {
         writeln!(
@@ -124,11 +125,12 @@ pub fn render(
             gauges.per_state[state as usize - 1]
         )?;
     }
-    writeln!(
-        out,
-        "# HELP tcp_guard_expired_total Flows the controller expired, by state."
+    header(
+        &mut out,
+        "tcp_guard_expired_total",
+        "counter",
+        "Flows the controller expired, by state.",
     )?;
-    writeln!(out, "# TYPE tcp_guard_expired_total counter")?;
     for state in TcpState::STORED {
         writeln!(
             out,
@@ -217,8 +219,7 @@ pub fn render(
             |r: &RunTime| format!("{:.9}", r.nanoseconds as f64 / 1e9),
         ),
     ] {
-        writeln!(out, "# HELP {name} {help}")?;
-        writeln!(out, "# TYPE {name} counter")?;
+        header(&mut out, name, "counter", help)?;
         for run_time in run_times {
             writeln!(
                 out,
