@@ -253,6 +253,21 @@ impl Lab {
         if v6 { CLIENT_V6.into() } else { CLIENT_V4.into() }
     }
 
+    /// A connection from the client namespace to `listener`, bound at `addr`
+    /// in the server namespace: the client's end and the accepted server end.
+    pub fn connect_pair(
+        &self,
+        listener: &std::net::TcpListener,
+        addr: SocketAddr,
+    ) -> Result<(std::net::TcpStream, std::net::TcpStream)> {
+        let client = self
+            .client
+            .enter(move || std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)))?
+            .with_context(|| format!("connect to {addr}"))?;
+        let (server, _) = listener.accept().context("accept")?;
+        Ok((client, server))
+    }
+
     /// Lets the client's veth end receive what an XDP program on the
     /// server's end sends back (XDP_TX, e.g. cookie SYN-ACKs): veth delivers
     /// such frames only to a peer that runs an XDP program itself. A real NIC

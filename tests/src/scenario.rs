@@ -22,17 +22,28 @@ use crate::{
 pub const PORT: u16 = 8080;
 
 /// Daemon options for a lab attack: attack mode from 4 half-open flows on,
-/// and left 2 s after the flood stops.
-pub const QUICK_ATTACK_MODE: &[&str] = &[
+/// left when they fall to 2 (and the SYN rate is low enough).
+pub const ATTACK_AT_4_HALF_OPEN: &[&str] = &[
     "--set",
     "attack.enter_half_open=4",
     "--set",
     "attack.leave_half_open=2",
+];
+
+/// With [`ATTACK_AT_4_HALF_OPEN`]: attack mode left 2 s after the flood
+/// stops (below 1,000 SYN/s).
+pub const QUICK_LEAVE: &[&str] = &[
     "--set",
     "attack.leave_syn_rate=1000",
     "--set",
     "attack.cooldown=2s",
 ];
+
+/// A global half-open limit of 12, below the lab listener's backlog of 16.
+pub const GLOBAL_12: &[&str] = &["--set", "limits.global_half_open=12"];
+
+/// Half-open flows unanswered for 4 s expire (the lab's tests outlast that).
+pub const SYN_RCVD_4S: &[&str] = &["--set", "timeouts.syn_rcvd=4s"];
 
 /// A server that accepts connections until dropped.
 pub struct Server {

@@ -19,7 +19,10 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{Lab, listen},
     packets::{SYN, TcpPacket},
-    scenario::{Flood, PORT, QUICK_ATTACK_MODE, Server, connects, random_sources, wait_for},
+    scenario::{
+        ATTACK_AT_4_HALF_OPEN, Flood, GLOBAL_12, PORT, QUICK_LEAVE, SYN_RCVD_4S, Server, connects,
+        random_sources, wait_for,
+    },
 };
 /// listen(16): the kernel holds at most 17 connections in SYN-RECV.
 const BACKLOG: i32 = 16;
@@ -68,16 +71,7 @@ fn guard_keeps_real_clients_served(v6: bool) {
     let daemon = Daemon::start(
         &lab.server,
         &lab.server_iface,
-        &[
-            &[
-                "--set",
-                "limits.global_half_open=12",
-                "--set",
-                "timeouts.syn_rcvd=4s",
-            ],
-            QUICK_ATTACK_MODE,
-        ]
-        .concat(),
+        &[GLOBAL_12, SYN_RCVD_4S, ATTACK_AT_4_HALF_OPEN, QUICK_LEAVE].concat(),
     )
     .expect("start tcp-guard");
     let addr = SocketAddr::new(lab.server_addr(v6), PORT);
@@ -226,14 +220,7 @@ fn allow_listed_sources_skip_the_challenge() {
     let _daemon = Daemon::start(
         &lab.server,
         &lab.server_iface,
-        &[
-            "--set",
-            "attack.enter_half_open=4",
-            "--set",
-            "attack.leave_half_open=2",
-            "--set",
-            "timeouts.syn_rcvd=4s",
-        ],
+        &[ATTACK_AT_4_HALF_OPEN, SYN_RCVD_4S].concat(),
     )
     .expect("start tcp-guard");
     let addr = SocketAddr::new(lab.server_addr(false), PORT);
@@ -274,12 +261,7 @@ fn live_changes_take_effect_without_dropping_established_connections() {
     let iface = lab.server_iface.clone();
     let addr = SocketAddr::new(lab.server_addr(false), PORT);
     let listener = listen(&lab.server, addr, BACKLOG).expect("listen");
-    let mut client = lab
-        .client
-        .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-        .unwrap()
-        .expect("connect");
-    let (mut server, _) = listener.accept().expect("accept");
+    let (mut client, mut server) = lab.connect_pair(&listener, addr).expect("connect");
     let exchange = |client: &mut TcpStream, server: &mut TcpStream| {
         let mut buf = [0u8; 4];
         client.write_all(b"ping").expect("client write");
@@ -358,16 +340,7 @@ fn an_hping3_flood_is_contained_as_well() {
     let _daemon = Daemon::start(
         &lab.server,
         &lab.server_iface,
-        &[
-            "--set",
-            "limits.global_half_open=12",
-            "--set",
-            "attack.enter_half_open=4",
-            "--set",
-            "attack.leave_half_open=2",
-            "--set",
-            "timeouts.syn_rcvd=4s",
-        ],
+        &[GLOBAL_12, ATTACK_AT_4_HALF_OPEN, SYN_RCVD_4S].concat(),
     )
     .expect("start tcp-guard");
     let addr = SocketAddr::new(lab.server_addr(false), PORT);

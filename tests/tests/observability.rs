@@ -15,7 +15,7 @@ use tcp_guard_tests::{
     flood::{FloodSpec, Sources, flood},
     inject::Injector,
     lab::{Lab, listen, run},
-    scenario::wait_for,
+    scenario::{ATTACK_AT_4_HALF_OPEN, SYN_RCVD_4S, wait_for},
 };
 
 const PORT: u16 = 8080;
@@ -45,15 +45,8 @@ fn sample(metrics: &str, name: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {name} with {label} in:\n{metrics}"))
 }
 
-fn attack_settings() -> [&'static str; 6] {
-    [
-        "--set",
-        "attack.enter_half_open=4",
-        "--set",
-        "attack.leave_half_open=2",
-        "--set",
-        "timeouts.syn_rcvd=4s",
-    ]
+fn attack_settings() -> Vec<&'static str> {
+    [ATTACK_AT_4_HALF_OPEN, SYN_RCVD_4S].concat()
 }
 
 /// A flood from random 198.19.0.0/16 sources at 10,000 SYN/s.
@@ -112,12 +105,7 @@ fn metrics_move_with_the_traffic() {
 
     let mut held = Vec::new();
     for _ in 0..10 {
-        let client = lab
-            .client
-            .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-            .unwrap()
-            .expect("connect");
-        held.push((client, listener.accept().expect("accept").0));
+        held.push(lab.connect_pair(&listener, addr).expect("connect"));
     }
     flood_for(&lab, &[spoofed()], 2);
     let after = get(&lab, "/metrics");

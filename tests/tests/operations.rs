@@ -17,7 +17,7 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{Lab, listen, run},
     packets::{ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet},
-    scenario::{PORT, wait_for},
+    scenario::{ATTACK_AT_4_HALF_OPEN, GLOBAL_12, PORT, wait_for},
 };
 
 fn xdp_prog_id(lab: &Lab) -> Option<String> {
@@ -55,12 +55,7 @@ struct Held {
 
 impl Held {
     fn open(lab: &Lab, listener: &TcpListener, addr: SocketAddr) -> Held {
-        let client = lab
-            .client
-            .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-            .unwrap()
-            .expect("connect");
-        let (server, _) = listener.accept().expect("accept");
+        let (client, server) = lab.connect_pair(listener, addr).expect("connect");
         Held { client, server }
     }
 
@@ -78,14 +73,7 @@ impl Held {
 fn a_killed_daemon_leaves_the_host_protected_and_its_successor_adopts_the_state() {
     let lab = Lab::new().expect("lab");
     lab.server.sysctl("net.ipv4.tcp_syncookies", "0").expect("sysctl");
-    let settings = [
-        "--set",
-        "limits.global_half_open=12",
-        "--set",
-        "attack.enter_half_open=4",
-        "--set",
-        "attack.leave_half_open=2",
-    ];
+    let settings = [GLOBAL_12, ATTACK_AT_4_HALF_OPEN].concat();
     let mut daemon = Daemon::start(&lab.server, &lab.server_iface, &settings).expect("start");
     let iface = lab.server_iface.clone();
     let addr = SocketAddr::new(lab.server_addr(false), PORT);

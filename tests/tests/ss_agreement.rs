@@ -68,12 +68,7 @@ fn kernel_and_guard_agree_through_a_connections_life(v6: bool) {
 
     let mut pairs: Vec<Pair> = (0..8)
         .map(|_| {
-            let client = lab
-                .client
-                .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-                .unwrap()
-                .expect("connect");
-            let (server, _) = listener.accept().expect("accept");
+            let (client, server) = lab.connect_pair(&listener, addr).expect("connect");
             Pair { client, server }
         })
         .collect();

@@ -14,7 +14,7 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{ClientXdp, Lab, Netns, connect_from, listen, run},
     packets::{ACK, TcpPacket},
-    scenario::{Flood, PORT, QUICK_ATTACK_MODE, Server, random_sources, wait_for},
+    scenario::{ATTACK_AT_4_HALF_OPEN, Flood, PORT, QUICK_LEAVE, Server, random_sources, wait_for},
 };
 
 /// The kernel forgets that a listener issued cookies after two minutes
@@ -50,7 +50,12 @@ fn cookie_lab() -> (Lab, ClientXdp) {
 }
 
 fn cookie_daemon(lab: &Lab) -> Daemon {
-    let args = [&["--set", "attack.policy=syncookie"], QUICK_ATTACK_MODE].concat();
+    let args = [
+        &["--set", "attack.policy=syncookie"],
+        ATTACK_AT_4_HALF_OPEN,
+        QUICK_LEAVE,
+    ]
+    .concat();
     Daemon::start(&lab.server, &lab.server_iface, &args).expect("start tcp-guard")
 }
 

@@ -157,12 +157,7 @@ fn flows_filters_limits_and_prints_like_ss() {
         .expect("bind");
     let mut held = Vec::new();
     for _ in 0..3 {
-        let client = lab
-            .client
-            .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-            .unwrap()
-            .expect("connect");
-        held.push((client, listener.accept().expect("accept").0));
+        held.push(lab.connect_pair(&listener, addr).expect("connect"));
     }
     let iface = lab.server_iface.as_str();
     let json = |args: &[&str]| -> serde_json::Value {
