@@ -46,16 +46,12 @@ fn packet_at(ctx: &XdpContext, offset: usize, len: usize) -> Option<usize> {
     Some(at)
 }
 
-/// Resizes the frame to `len` bytes. (Its length comes from a helper: the
-/// verifier allows no arithmetic on the end-of-packet pointer.)
+/// Moves the end of the frame by `delta` bytes; false when the frame has no
+/// room (then nothing changed).
 #[inline(always)]
-fn resize(ctx: &XdpContext, len: usize) -> bool {
-    // SAFETY: helpers on this program's own context; adjust_tail fails (and
-    // changes nothing) when the frame has no room.
-    unsafe {
-        let delta = len as i64 - bpf_xdp_get_buff_len(ctx.ctx) as i64;
-        bpf_xdp_adjust_tail(ctx.ctx, delta as i32) == 0
-    }
+fn adjust_tail(ctx: &XdpContext, delta: i64) -> bool {
+    // SAFETY: a helper on this program's own context.
+    unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) == 0 }
 }
 
 /// Answers the SYN just parsed (in this CPU's scratch) with a cookie
@@ -88,10 +84,15 @@ fn syn_ack(ctx: &XdpContext, now: u64) -> Option<()> {
     let header_len = segment.tcp_header_len as usize;
     let cookie = generate(ctx, segment.family, l3, segment.tcp_offset as usize, header_len)?;
     let len = fill_reply(&client, cookie, now);
-    // The reply is never longer than a SYN with the same options, except
-    // for a SYN with timestamps and little else: then the frame must grow.
+    // The frame's length from a helper: the verifier allows no arithmetic
+    // on the end-of-packet pointer.
     // SAFETY: a helper on this program's own context.
-    if (l3 + len) as u64 > unsafe { bpf_xdp_get_buff_len(ctx.ctx) } && !resize(ctx, l3 + len) {
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i64;
+    // The reply is never longer than a SYN with the same options, except
+    // for a SYN with timestamps and little else: then the frame grows before
+    // the reply is written; otherwise it is cut after.
+    let delta = (l3 + len) as i64 - frame_len;
+    if delta > 0 && !adjust_tail(ctx, delta) {
         return None;
     }
     // The Ethernet header goes back where it came from; a VLAN tag stays.
@@ -111,7 +112,7 @@ fn syn_ack(ctx: &XdpContext, now: u64) -> Option<()> {
         80 => copy_reply::<80>(ctx, l3, &scratch.reply)?,
         _ => return None,
     }
-    resize(ctx, l3 + len).then_some(())
+    (delta >= 0 || adjust_tail(ctx, delta)).then_some(())
 }
 
 /// The kernel's cookie for the SYN whose `header_len`-byte TCP header starts

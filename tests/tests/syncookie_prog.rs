@@ -257,6 +257,21 @@ fn syns_of_every_shape_are_answered_with_a_cookie() {
 }
 
 #[test]
+fn a_syn_with_timestamps_alone_gets_a_longer_reply() {
+    let mut prog = Loaded::in_attack_mode();
+    refresh_listener(&mut prog, false);
+    // NOP, NOP, timestamps: a 32-byte TCP header, the reply's is 40.
+    let mut pkt = syn(false, 7000);
+    pkt.tcp_options = vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0];
+    let (verdict, reply, moved) = prog.run(&pkt.frame());
+    assert_eq!(verdict, XDP_TX, "{:?}", moved.names());
+    let (_, tsval, options) = check_syn_ack("SYN with timestamps alone", &pkt, &reply);
+    assert_eq!(reply.len(), pkt.frame().len() + 8, "the frame grew for the reply");
+    assert_eq!(options.timestamp().map(|(_, ecr)| ecr), Some(9));
+    assert_eq!(cookie_ts_decode(tsval.expect("timestamps")), (None, false));
+}
+
+#[test]
 fn the_ack_returning_a_cookie_opens_the_flow_and_a_bad_one_is_dropped() {
     let mut prog = Loaded::in_attack_mode();
     for v6 in [false, true] {
