@@ -1,14 +1,19 @@
-//! Project tasks: `cargo xtask setup | lint | test | demo`.
+//! Project tasks: `cargo xtask setup | lint | test | demo | bench`.
+//!
+//! xtask must build on a machine that has nothing but rustup's Rust: it is
+//! what installs the eBPF toolchain. So it depends on no crate of ours (the
+//! test `xtask_builds_without_the_ebpf_toolchain` holds it to that) and runs
+//! the lab's programs (tg-demo, tg-bench-flood) as built binaries.
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-mod demo;
 mod setup;
 
 use setup::{cargo, run};
@@ -66,7 +71,7 @@ fn main() {
         Task::Setup => setup::setup(),
         Task::Lint => lint(),
         Task::Test { args } => test(&args),
-        Task::Demo { seconds } => demo::demo(seconds),
+        Task::Demo { seconds } => demo(seconds),
         Task::Bench { which: Bench::Prog } => bench_prog(),
         Task::Bench { which: Bench::Flood } => bench_flood(),
     };
@@ -87,12 +92,42 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
 }
 
-/// Builds the tcp-guard binary and returns its path.
-fn build_tcp_guard() -> Result<PathBuf> {
-    run(Command::new(cargo())
-        .current_dir(workspace())
-        .args(["build", "--package", "tcp-guard"]))?;
-    Ok(target_dir().join("debug").join("tcp-guard"))
+/// Builds the tcp-guard binary and the lab binaries named; returns the
+/// directory holding them.
+fn build(lab_bins: &[&str]) -> Result<PathBuf> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(workspace())
+        .args(["build", "--package", "tcp-guard"]);
+    if !lab_bins.is_empty() {
+        cmd.args(["--package", "tcp-guard-tests"]);
+        for bin in lab_bins {
+            cmd.args(["--bin", bin]);
+        }
+    }
+    run(&mut cmd)?;
+    Ok(target_dir().join("debug"))
+}
+
+/// Replaces this process with a lab binary, so that Ctrl-C reaches the
+/// binary alone and its clean-up runs before the shell prompt returns.
+fn exec_lab_bin(task: &str, bin: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
+    require_root(task)?;
+    setup::setup()?;
+    let dir = build(&[bin])?;
+    let error = Command::new(dir.join(bin))
+        .args(args)
+        // The lab finds the daemon's binary through this variable.
+        .env("TCP_GUARD_BIN", dir.join("tcp-guard"))
+        .exec();
+    Err(error).with_context(|| format!("cannot start {}", dir.join(bin).display()))
+}
+
+fn demo(seconds: u64) -> Result<()> {
+    exec_lab_bin(
+        "demo",
+        "tg-demo",
+        &["--seconds".as_ref(), seconds.to_string().as_ref()],
+    )
 }
 
 fn require_root(task: &str) -> Result<()> {
@@ -151,35 +186,21 @@ fn bench_prog() -> Result<()> {
 }
 
 fn bench_flood() -> Result<()> {
-    use tcp_guard_tests::flood_bench;
-    require_root("bench flood")?;
-    setup::setup()?;
-    let bin = build_tcp_guard()?;
-    // The lab's helpers find the binary through this variable.
-    // SAFETY: single-threaded at this point.
-    unsafe { std::env::set_var("TCP_GUARD_BIN", &bin) };
-    let plan = flood_bench::Plan::full();
-    let runs = flood_bench::run_plan(&plan)?;
-    let written = flood_bench::write_results(
-        &runs,
-        &plan,
-        &workspace().join("bench/results"),
-        &flood_bench::stamp(),
-    )?;
-    println!("\n{}", flood_bench::markdown(&runs)?);
-    for path in written {
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    let out = workspace().join("bench/results");
+    exec_lab_bin(
+        "bench flood",
+        "tg-bench-flood",
+        &["--out".as_ref(), out.as_os_str()],
+    )
 }
 
 fn test(args: &[String]) -> Result<()> {
     require_root("test")?;
     setup::setup()?;
-    let bin = build_tcp_guard()?;
+    let dir = build(&[])?;
     run(Command::new(cargo())
         .current_dir(workspace())
-        .env("TCP_GUARD_BIN", &bin)
+        .env("TCP_GUARD_BIN", dir.join("tcp-guard"))
         .arg("test")
         .arg("--")
         .args(args))

@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: the lab, tcp-guard attached to the server's veth, a
+//! `tg-demo`, run by `cargo xtask demo`: the lab, tcp-guard attached to the server's veth, a
 //! client connecting a few times a second; midway a spoofed SYN flood and
 //! one noisy source start, attack mode engages, the noisy source is blocked,
 //! the client keeps connecting; the flood stops and attack mode ends. The
@@ -14,6 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use tcp_guard_tests::{
     daemon::{Daemon, counter, stats_json, tcp_guard},
     flood::{FloodSpec, Sources, flood},
@@ -51,15 +52,24 @@ const SETTINGS: &[&str] = &[
     "timeouts.syn_rcvd=4s",
 ];
 
-pub fn demo(seconds: u64) -> Result<()> {
-    crate::require_root("demo")?;
-    crate::setup::setup()?;
-    let bin = crate::build_tcp_guard()?;
+#[derive(Parser)]
+#[command(about = "tcp-guard on a built-in two-namespace lab, under a spoofed SYN flood and a noisy source")]
+struct Args {
+    /// How long to run; Ctrl-C ends it early. Everything is removed at exit.
+    #[arg(long, default_value_t = 25)]
+    seconds: u64,
+}
+
+fn main() {
+    if let Err(e) = demo(Args::parse().seconds) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn demo(seconds: u64) -> Result<()> {
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
-    // The lab's helpers find the binary through this variable.
-    // SAFETY: single-threaded at this point.
-    unsafe { std::env::set_var("TCP_GUARD_BIN", &bin) };
 
     let lab = Lab::new()?;
     // As a server without SYN cookies and with a short backlog: a flood hurts.
