@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod flows;
 pub mod instance;
 pub mod metrics;
+pub mod mount_ns;
 pub mod program;
 pub mod settings;
 pub mod stats;

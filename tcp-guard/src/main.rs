@@ -268,6 +268,19 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
+        Command::Completions { .. } | Command::Man => Ok(()),
+        // Before any thread starts: see mount_ns.
+        _ => tcp_guard::mount_ns::leave_ip_netns_exec(),
+    }
+    .and_then(|()| dispatch(cli.command));
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
         Command::Run(args) => run(args),
         Command::Stats { target, json } => print_stats(target.iface.as_deref(), json),
         Command::Flows {
@@ -290,10 +303,6 @@ fn main() {
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .context("cannot write the manual page"),
-    };
-    if let Err(error) = result {
-        eprintln!("error: {error:#}");
-        std::process::exit(1);
     }
 }
 

@@ -70,12 +70,23 @@ impl Daemon {
     /// Starts `tcp-guard run --iface IFACE EXTRA...` inside `ns` and waits
     /// until it reports that it guards the interface.
     pub fn start(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
+        Self::spawn(ns.command(tcp_guard_bin()), iface, extra)
+    }
+
+    /// The same, started the way most people run a program in a namespace:
+    /// `ip netns exec NS tcp-guard run ...`, in a mount namespace of its own.
+    pub fn start_ip_netns_exec(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns.name()]).arg(tcp_guard_bin());
+        Self::spawn(cmd, iface, extra)
+    }
+
+    fn spawn(mut cmd: Command, iface: &str, extra: &[&str]) -> Result<Self> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = std::env::temp_dir().join(format!("tcp-guard-{iface}-{}-{n}.log", std::process::id()));
         let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-        let child = ns
-            .command(tcp_guard_bin())
+        let child = cmd
             .args(["run", "--iface", iface])
             .args(extra)
             .stdout(Stdio::null())
