@@ -1,8 +1,14 @@
-//! `tg-demo`, run by `cargo xtask demo`: the lab, tcp-guard attached to the server's veth, a
-//! client connecting a few times a second; midway a spoofed SYN flood and
-//! one noisy source start, attack mode engages, the noisy source is blocked,
-//! the client keeps connecting; the flood stops and attack mode ends. The
-//! figures are shown every second; everything is removed at exit.
+//! `tg-demo`, run by `cargo xtask demo`: the lab, tcp-guard attached to the
+//! server's veth, a client connecting a few times a second. At a fifth of
+//! the run a noisy source starts and is rate-limited, then blocked; three
+//! seconds later a spoofed SYN flood starts, attack mode engages, the client
+//! keeps connecting; the flood stops and attack mode ends. The figures are
+//! shown every second; at the end the demo checks that each of those things
+//! happened (exit 1 if not), and removes everything.
+//!
+//! The noisy source comes first and may hold only 4 half-open connections,
+//! fewer than attack mode's threshold (8): in attack mode its SYNs would be
+//! challenged like the flood's, and it would never be seen as over its rate.
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
@@ -13,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tcp_guard_tests::{
     daemon::{Daemon, counter, stats_json, tcp_guard},
@@ -35,6 +41,8 @@ const SETTINGS: &[&str] = &[
     "--set",
     "limits.global_half_open=32",
     "--set",
+    "limits.per_source_half_open=4",
+    "--set",
     "limits.syn_rate=20",
     "--set",
     "limits.syn_burst=20",
@@ -47,7 +55,7 @@ const SETTINGS: &[&str] = &[
     "--set",
     "blocking.block_after_drops=50",
     "--set",
-    "blocking.block_ttl=20s",
+    "blocking.block_ttl=10m",
     "--set",
     "timeouts.syn_rcvd=4s",
 ];
@@ -56,7 +64,7 @@ const SETTINGS: &[&str] = &[
 #[command(about = "tcp-guard on a built-in two-namespace lab, under a spoofed SYN flood and a noisy source")]
 struct Args {
     /// How long to run; Ctrl-C ends it early. Everything is removed at exit.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(15..))]
     seconds: u64,
 }
 
@@ -90,12 +98,14 @@ fn demo(seconds: u64) -> Result<()> {
     let listener = listen(&lab.server, addr, 64)?;
     let accepting = Arc::new(AtomicBool::new(true));
     let server = spawn_server(listener, accepting.clone())?;
-    let flood_from = Duration::from_secs(seconds / 5);
+    let noisy_from = Duration::from_secs(seconds / 5);
+    let flood_from = noisy_from + Duration::from_secs(3);
     let flood_until = Duration::from_secs(seconds * 3 / 5);
     println!(
         "server listens on {addr} (backlog 64, SYN cookies off); a client connects 5 times a second;\n\
-         from {}s to {}s a spoofed SYN flood (20k SYN/s, random sources in 198.19.0.0/16) and a\n\
-         noisy source (198.18.99.99, 2k SYN/s) hit it.\n",
+         from {}s a noisy source (198.18.99.99, 2k SYN/s), from {}s to {}s also a spoofed SYN flood\n\
+         (20k SYN/s, random sources in 198.19.0.0/16).\n",
+        noisy_from.as_secs(),
         flood_from.as_secs(),
         flood_until.as_secs()
     );
@@ -108,6 +118,20 @@ fn demo(seconds: u64) -> Result<()> {
     let tried = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let flood_stop = Arc::new(AtomicBool::new(false));
+    let noisy: IpAddr = "198.18.99.99".parse()?;
+    // Each starts at its time and stops at `flood_until`.
+    let mut pending = vec![
+        (noisy_from, Sources::Fixed(noisy), 2_000),
+        (
+            flood_from,
+            Sources::Random {
+                network: "198.19.0.0".parse()?,
+                prefix_len: 16,
+            },
+            20_000,
+        ),
+    ];
+    let mut seen = Seen::default();
     let mut last = stats_json(&lab.server_iface);
     let mut next_report = Duration::from_secs(1);
     std::thread::scope(|scope| -> Result<()> {
@@ -125,31 +149,23 @@ fn demo(seconds: u64) -> Result<()> {
         });
         while !STOP.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(seconds) {
             let elapsed = start.elapsed();
-            if floods.is_empty() && elapsed >= flood_from {
-                let length = flood_until.saturating_sub(flood_from).max(Duration::from_secs(1));
-                for (sources, rate) in [
-                    (
-                        Sources::Random {
-                            network: "198.19.0.0".parse()?,
-                            prefix_len: 16,
-                        },
-                        20_000,
-                    ),
-                    (Sources::Fixed("198.18.99.99".parse::<IpAddr>()?), 2_000),
-                ] {
-                    let injector = Injector::open(&lab.client, &lab.client_iface)?;
-                    let spec = FloodSpec {
-                        dst: addr.ip(),
-                        dst_port: PORT,
-                        dst_mac: Lab::mac(&lab.server, &lab.server_iface)?,
-                        sources,
-                        rate,
-                        count: rate * length.as_secs(),
-                        duration: length,
-                    };
-                    let stop = flood_stop.clone();
-                    floods.push(scope.spawn(move || flood(&injector, &spec, &stop)));
-                }
+            while let Some(at) = pending.first().map(|p| p.0)
+                && elapsed >= at
+            {
+                let (at, sources, rate) = pending.remove(0);
+                let length = flood_until.saturating_sub(at).max(Duration::from_secs(1));
+                let injector = Injector::open(&lab.client, &lab.client_iface)?;
+                let spec = FloodSpec {
+                    dst: addr.ip(),
+                    dst_port: PORT,
+                    dst_mac: Lab::mac(&lab.server, &lab.server_iface)?,
+                    sources,
+                    rate,
+                    count: rate * length.as_secs(),
+                    duration: length,
+                };
+                let stop = flood_stop.clone();
+                floods.push(scope.spawn(move || flood(&injector, &spec, &stop)));
             }
             if elapsed >= next_report {
                 let now = stats_json(&lab.server_iface);
@@ -163,7 +179,14 @@ fn demo(seconds: u64) -> Result<()> {
                     .sum();
                 let blocked = tcp_guard(&["block", "list", "--iface", &lab.server_iface, "--json"]);
                 let blocked: serde_json::Value = serde_json::from_slice(&blocked.stdout)?;
-                let flooding = !floods.is_empty() && elapsed < flood_until;
+                let blocked = blocked["blocked"].as_array().map_or(0, Vec::len);
+                let attack = now["attack"]["active"] == true;
+                let traffic = match elapsed {
+                    e if e < noisy_from || e >= flood_until => "",
+                    e if e < flood_from => "noisy",
+                    _ => "flooding",
+                };
+                seen.report(traffic, blocked, attack);
                 println!(
                     "{:>4} {:>4}/{:<4} {:>9} {:>8} {:>9} {:>10} {:>7} {:>8}",
                     next_report.as_secs(),
@@ -172,13 +195,9 @@ fn demo(seconds: u64) -> Result<()> {
                     delta("syn"),
                     dropped,
                     format!("{}/{}", now["half_open"]["count"], now["half_open"]["limit"]),
-                    if now["attack"]["active"] == true {
-                        "ON"
-                    } else {
-                        "off"
-                    },
-                    blocked["blocked"].as_array().map_or(0, Vec::len),
-                    if flooding { "flooding" } else { "" }
+                    if attack { "ON" } else { "off" },
+                    blocked,
+                    traffic
                 );
                 last = now;
                 next_report += Duration::from_secs(1);
@@ -216,7 +235,56 @@ fn demo(seconds: u64) -> Result<()> {
     println!("\ntcp-guard stopped ({status}); removing the lab");
     drop(lab);
     println!("done: namespaces, veth, programs and pins removed");
+    if STOP.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let connects = (ok.load(Ordering::Relaxed), tried.load(Ordering::Relaxed));
+    let missed = seen.missed(connects);
+    if !missed.is_empty() {
+        bail!("the demo did not go as it should: {}", missed.join("; "));
+    }
+    println!(
+        "as it should: the noisy source was blocked before the flood, attack mode came and went, \
+         every client connected"
+    );
     Ok(())
+}
+
+/// What the per-second reports showed, for the demo's closing check.
+#[derive(Default)]
+struct Seen {
+    blocked_before_flood: bool,
+    attack_during_flood: bool,
+    attack_at_end: bool,
+}
+
+impl Seen {
+    fn report(&mut self, traffic: &str, blocked: usize, attack: bool) {
+        match traffic {
+            "noisy" => self.blocked_before_flood |= blocked > 0,
+            "flooding" => self.attack_during_flood |= attack,
+            _ => {}
+        }
+        self.attack_at_end = attack;
+    }
+
+    /// What did not happen, in words; empty when the demo went as described.
+    fn missed(&self, (ok, tried): (u64, u64)) -> Vec<String> {
+        let mut missed = Vec::new();
+        if !self.blocked_before_flood {
+            missed.push("the noisy source was not blocked before the flood began".to_string());
+        }
+        if !self.attack_during_flood {
+            missed.push("attack mode never came on during the flood".to_string());
+        }
+        if self.attack_at_end {
+            missed.push("attack mode was still on at the end".to_string());
+        }
+        if tried == 0 || ok < tried {
+            missed.push(format!("{ok} of {tried} client connects succeeded"));
+        }
+        missed
+    }
 }
 
 fn spawn_server(listener: TcpListener, accepting: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
