@@ -374,7 +374,13 @@ fn an_hping3_flood_is_contained_as_well() {
     let peak = lab.server_syn_recv().expect("ss");
     let stats = stats_json(&lab.server_iface);
     let status = hping.wait().expect("hping3");
-    assert!(status.success() || status.code() == Some(124), "hping3: {status}");
+    // hping3 exits 1 when it saw no reply (always, with random sources), 124
+    // when the timeout ends it first: which one depends on the machine's
+    // speed. That it flooded is proven by the drops below.
+    assert!(
+        matches!(status.code(), Some(0 | 1 | 124)),
+        "hping3 failed: {status}"
+    );
     assert_eq!(ok, 10, "real connects under an hping3 flood: {stats}");
     assert!(peak <= GLOBAL, "{peak} SYN-RECV");
     assert_eq!(stats["attack"]["active"], true, "{stats}");
