@@ -20,11 +20,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns / veth for the test lab"),
     ("util-linux", "nsenter and setpriv for the test lab"),
     ("procps", "sysctl inside lab namespaces"),
+    ("tmux", "runs `tcp-guard top` in a terminal for its test"),
     ("nftables", "holds back a FIN in the simultaneous-close test"),
     (
         "hping3",
         "an independent SYN flood generator, to cross-check our own",
     ),
+    ("fonts-dejavu-core", "the font of the flood benchmark's figure"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
