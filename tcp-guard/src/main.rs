@@ -62,7 +62,7 @@ enum Command {
     Stats {
         #[command(flatten)]
         target: Target,
-        /// Print JSON (schema in the README).
+        /// Print JSON (schema in docs/metrics.md).
         #[arg(long)]
         json: bool,
     },

@@ -102,7 +102,7 @@ pub fn render(
             let help = HELP
                 .iter()
                 .find(|(m, _)| *m == metric)
-                .map_or("A tcp-guard counter (see the README's Counters).", |(_, h)| *h);
+                .map_or("A tcp-guard counter (see docs/metrics.md, Counters).", |(_, h)| *h);
             header(&mut out, &metric, "counter", help)?;
             seen.push(metric.clone());
         }

@@ -249,7 +249,7 @@ fn top_shows_a_flood_in_an_80x24_terminal_and_quits_on_q() {
         screen.lines().count() <= 24 && screen.lines().all(|l| l.chars().count() <= 80),
         "{screen}"
     );
-    // The README shows this screen; TOP_CAPTURE=path keeps a fresh copy of it.
+    // docs/metrics.md shows this screen; TOP_CAPTURE=path keeps a fresh copy of it.
     if let Some(path) = std::env::var_os("TOP_CAPTURE") {
         std::fs::write(path, &screen).expect("write TOP_CAPTURE");
     }
