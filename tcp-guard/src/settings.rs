@@ -553,6 +553,51 @@ mod tests {
         assert_eq!(load(example).expect("example parses"), Settings::default());
     }
 
+    /// docs/configuration.md's table names every key, and the defaults it
+    /// gives are the defaults.
+    #[test]
+    fn the_configuration_reference_names_every_key_with_its_default() {
+        let doc = include_str!("../../docs/configuration.md");
+        let defaults = Settings::default();
+        let mut documented = Vec::new();
+        for row in doc.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let mut section = "";
+            let keys: Vec<String> = cells[1]
+                .split(", ")
+                .map(|k| {
+                    let k = k.trim_matches('`');
+                    match k.split_once('.') {
+                        Some((s, _)) => {
+                            section = s;
+                            k.to_string()
+                        }
+                        None => format!("{section}.{k}"),
+                    }
+                })
+                .collect();
+            let values: Vec<&str> = cells[2].split(", ").map(|v| v.trim_matches('`')).collect();
+            if values.len() == keys.len() {
+                for (key, value) in keys.iter().zip(&values) {
+                    let mut set = Settings::default();
+                    set.set(key, value)
+                        .unwrap_or_else(|e| panic!("docs/configuration.md: {key} = {value}: {e:#}"));
+                    assert_eq!(
+                        set, defaults,
+                        "docs/configuration.md gives {key} the default {value}"
+                    );
+                }
+            }
+            documented.extend(keys);
+        }
+        for key in defaults.to_json().as_object().expect("object").keys() {
+            assert!(
+                documented.contains(key),
+                "docs/configuration.md does not name {key}"
+            );
+        }
+    }
+
     #[test]
     fn every_key_round_trips_through_show_and_set() {
         let defaults = Settings::default();
