@@ -99,10 +99,10 @@ pub fn render(
             family_name.to_string()
         };
         if !seen.contains(&metric) {
-            let help = HELP
-                .iter()
-                .find(|(m, _)| *m == metric)
-                .map_or("A tcp-guard counter (see docs/metrics.md, Counters).", |(_, h)| *h);
+            let help = HELP.iter().find(|(m, _)| *m == metric).map_or(
+                "A tcp-guard counter (see docs/metrics.md, Counters).",
+                |(_, h)| *h,
+            );
             header(&mut out, &metric, "counter", help)?;
             seen.push(metric.clone());
         }

@@ -80,7 +80,7 @@ fn sys_mount_source(mountinfo: &str) -> Option<&str> {
             let (fstype, source) = (fs.next()?, fs.next()?);
             (mount_point == "/sys" && fstype == "sysfs").then_some(source)
         })
-        .last()
+        .next_back()
 }
 
 /// The nearest ancestor process in another mount namespace than ours.

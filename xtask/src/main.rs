@@ -97,12 +97,12 @@ fn target_dir() -> PathBuf {
 fn build(lab_bins: &[&str]) -> Result<PathBuf> {
     let mut cmd = Command::new(cargo());
     cmd.current_dir(workspace())
-        .args(["build", "--package", "tcp-guard"]);
+        .args(["build", "--package", "tcp-guard", "--bin", "tcp-guard"]);
     if !lab_bins.is_empty() {
         cmd.args(["--package", "tcp-guard-tests"]);
-        for bin in lab_bins {
-            cmd.args(["--bin", bin]);
-        }
+    }
+    for bin in lab_bins {
+        cmd.args(["--bin", bin]);
     }
     run(&mut cmd)?;
     Ok(target_dir().join("debug"))
