@@ -2,7 +2,8 @@
 //! against a real listener under each defence (none, kernel SYN cookies,
 //! nftables synproxy, tcp-guard in each attack-mode policy with kernel
 //! cookies off and on), with new real clients connecting throughout. One
-//! fresh lab per run. Results: JSON, a Markdown table and an SVG plot.
+//! fresh lab per run. Results: JSON, a Markdown table and a figure (PNG and
+//! SVG, drawn with plotters) that `tg-bench-plot` can redraw from the JSON.
 
 use std::{
     fmt::Write as _,
@@ -16,6 +17,17 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use plotters::{
+    coord::{
+        Shift,
+        ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter},
+        types::RangedCoordf64,
+    },
+    element::DashedPathElement,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
@@ -143,10 +155,11 @@ impl Plan {
     }
 }
 
-/// What one run measured.
-#[derive(Clone, Debug)]
+/// What one run measured. Its fields are the keys of a run in the results
+/// JSON (serde writes and reads them), plus `success_percent` for readers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Run {
-    pub defence: &'static str,
+    pub defence: String,
     pub rate_asked: u64,
     pub rate_reached: f64,
     pub sent: u64,
@@ -173,21 +186,17 @@ impl Run {
         }
     }
 
-    fn to_json(&self) -> Value {
-        json!({
-            "defence": self.defence,
-            "rate_asked": self.rate_asked,
-            "rate_reached": self.rate_reached,
-            "sent": self.sent,
-            "connects": self.connects,
-            "connected": self.connected,
-            "success_percent": self.success_percent(),
-            "latency_p50_ms": self.latency_p50_ms,
-            "latency_p99_ms": self.latency_p99_ms,
-            "peak_syn_recv": self.peak_syn_recv,
-            "kernel_cpu_s_per_million": self.kernel_cpu_s_per_million,
-            "guard_drops": self.guard_drops,
-        })
+    /// The run as written in the results JSON.
+    pub fn to_json(&self) -> Result<Value> {
+        let mut value = serde_json::to_value(self)?;
+        value["success_percent"] = json!(self.success_percent());
+        Ok(value)
+    }
+
+    /// A run read back from the results JSON (`success_percent` is derived,
+    /// so ignored).
+    pub fn from_json(value: &Value) -> Result<Run> {
+        Run::deserialize(value).context("not a flood benchmark run")
     }
 }
 
@@ -387,7 +396,7 @@ pub fn run_one(defence: &Defence, rate: u64, duration: Duration) -> Result<Run> 
     let mut latencies = latencies.lock().expect("latencies").clone();
     latencies.sort_by(f64::total_cmp);
     Ok(Run {
-        defence: defence.name,
+        defence: defence.name.to_string(),
         rate_asked: rate,
         rate_reached: report.rate(),
         sent: report.sent,
@@ -475,7 +484,8 @@ pub fn machine() -> Value {
     })
 }
 
-/// Writes `flood-<stamp>.json`, `.md` and `.svg` into `dir`; returns their paths.
+/// Writes `flood-<stamp>.json`, `.md`, `.png` and `.svg` (the figure, see
+/// [`plot`]) into `dir`; returns their paths in that order.
 pub fn write_results(runs: &[Run], plan: &Plan, dir: &Path, stamp: &str) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let base = dir.join(format!("flood-{stamp}"));
@@ -484,14 +494,57 @@ pub fn write_results(runs: &[Run], plan: &Plan, dir: &Path, stamp: &str) -> Resu
         "machine": machine(),
         "date": stamp,
         "duration_secs": plan.duration.as_secs(),
-        "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "runs": runs.iter().map(Run::to_json).collect::<Result<Vec<_>>>()?,
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     let md_path = base.with_extension("md");
     std::fs::write(&md_path, markdown(runs)?)?;
-    let svg_path = base.with_extension("svg");
-    std::fs::write(&svg_path, svg(runs, &plan.rates)?)?;
-    Ok(vec![json_path, md_path, svg_path])
+    let mut written = vec![json_path, md_path];
+    written.extend(plot(runs, &plan.rates, &subtitle(&doc), &base)?);
+    Ok(written)
+}
+
+/// A results JSON read back: the document and its runs.
+pub fn read_results(path: &Path) -> Result<(Value, Vec<Run>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let runs = doc["runs"]
+        .as_array()
+        .with_context(|| format!("{} has no \"runs\" list", path.display()))?
+        .iter()
+        .enumerate()
+        .map(|(i, run)| Run::from_json(run).with_context(|| format!("{}: run {i}", path.display())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((doc, runs))
+}
+
+/// The rate steps of `runs`, in the order they were run.
+pub fn rates_of(runs: &[Run]) -> Vec<u64> {
+    let mut rates = Vec::new();
+    for run in runs {
+        if !rates.contains(&run.rate_asked) {
+            rates.push(run.rate_asked);
+        }
+    }
+    rates
+}
+
+/// The figure's second line: when, how long each step, and on what.
+pub fn subtitle(doc: &Value) -> String {
+    let machine = &doc["machine"];
+    format!(
+        "{}, {} s per step; {} cores, {}, Linux {}",
+        doc["date"].as_str().map_or("undated".to_string(), readable_stamp),
+        doc["duration_secs"]
+            .as_u64()
+            .map_or("?".to_string(), |s| s.to_string()),
+        machine["cores"]
+            .as_u64()
+            .map_or("?".to_string(), |c| c.to_string()),
+        machine["cpu"].as_str().unwrap_or("unknown CPU"),
+        machine["kernel"].as_str().unwrap_or("unknown kernel"),
+    )
 }
 
 pub fn markdown(runs: &[Run]) -> Result<String> {
@@ -518,116 +571,505 @@ pub fn markdown(runs: &[Run]) -> Result<String> {
     Ok(out)
 }
 
-/// Two panels against the rate step: real-connect success, and kernel CPU per million SYNs.
-pub fn svg(runs: &[Run], rates: &[u64]) -> Result<String> {
-    const W: f64 = 920.0;
-    const PANEL_H: f64 = 260.0;
-    const LEFT: f64 = 60.0;
-    const PLOT_W: f64 = 560.0;
-    let colours = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-        "#17becf",
-    ];
+/// The Debian package that holds the figure's font; `cargo xtask setup`
+/// installs it.
+const FONT_PACKAGE: &str = "fonts-dejavu-core";
+const FONT_FILES: [(FontStyle, &str); 2] = [
+    (
+        FontStyle::Normal,
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ),
+    (
+        FontStyle::Bold,
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    ),
+];
+/// The family the font files are registered as (and the SVG names).
+const FONT: &str = "sans-serif";
+/// The figure's size in pixels (PNG) or user units (SVG).
+const FIGURE: (u32, u32) = (1600, 1700);
+const TITLE_HEIGHT: u32 = 90;
+const LEGEND_WIDTH: u32 = 470;
+
+/// One colour per defence, qualitative: black (the first defence is no
+/// defence), the ten of category10, and navy.
+const PALETTE: [RGBColor; 12] = [
+    RGBColor(0x00, 0x00, 0x00),
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
+    RGBColor(0x39, 0x3b, 0x79),
+];
+
+#[derive(Clone, Copy)]
+enum Shape {
+    Circle,
+    Square,
+    TriangleUp,
+    Diamond,
+    TriangleDown,
+    Plus,
+    Cross,
+}
+
+/// One marker per defence as well, filled then hollow, so that series that
+/// share a value stay told apart where their points overlap.
+const MARKERS: [(Shape, bool); 12] = [
+    (Shape::Circle, true),
+    (Shape::Square, true),
+    (Shape::TriangleUp, true),
+    (Shape::Diamond, true),
+    (Shape::TriangleDown, true),
+    (Shape::Circle, false),
+    (Shape::Square, false),
+    (Shape::TriangleUp, false),
+    (Shape::Diamond, false),
+    (Shape::TriangleDown, false),
+    (Shape::Plus, false),
+    (Shape::Cross, false),
+];
+
+/// The width of a rate step over which the defences' points are spread.
+const SPREAD: f64 = 0.84;
+
+/// How one defence is drawn.
+struct Series<'a> {
+    name: &'a str,
+    colour: RGBColor,
+    marker: (Shape, bool),
+    /// Dashed: a defence without tcp-guard.
+    dashed: bool,
+    /// Sideways from the rate step's centre, in rate steps.
+    offset: f64,
+}
+
+fn series(runs: &[Run]) -> Vec<Series<'_>> {
+    let mut names: Vec<&str> = Vec::new();
+    for run in runs {
+        if !names.contains(&run.defence.as_str()) {
+            names.push(&run.defence);
+        }
+    }
+    let n = names.len();
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| Series {
+            name,
+            colour: PALETTE[i % PALETTE.len()],
+            // Shifted once per lap of the palette: each pair stays unique.
+            marker: MARKERS[(i + i / PALETTE.len()) % MARKERS.len()],
+            dashed: !name.starts_with("tcp-guard"),
+            offset: if n > 1 {
+                SPREAD * (i as f64 / (n - 1) as f64 - 0.5)
+            } else {
+                0.0
+            },
+        })
+        .collect()
+}
+
+/// One panel: a measure against the rate step.
+struct Panel {
+    caption: &'static str,
+    y_desc: &'static str,
+    /// What is plotted of a run (a logarithm on a log axis), if anything.
+    value: fn(&Run) -> Option<f64>,
+    y_range: std::ops::Range<f64>,
+    y_ticks: Vec<f64>,
+    y_label: Box<dyn Fn(f64) -> String>,
+}
+
+fn panels(runs: &[Run]) -> [Panel; 3] {
+    // p99 latency on a log axis: 1 ms (cookies) to 2 s (retransmitted
+    // SYNs) in one panel. Ticks at 1, 2 and 5 times powers of ten.
+    let latencies: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.latency_p99_ms)
+        .filter(|ms| *ms > 0.0)
+        .collect();
+    let (low, high) = if latencies.is_empty() {
+        (0.0, 3.0)
+    } else {
+        let min = latencies.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = latencies.iter().copied().fold(0.0, f64::max);
+        ((min / 1.4).log10(), (max * 1.4).log10())
+    };
+    let latency_ticks = (low.floor() as i32..=high.ceil() as i32)
+        .flat_map(|e| [1.0, 2.0, 5.0].map(|m: f64| m.log10() + e as f64))
+        .filter(|t| (low..=high).contains(t))
+        .collect();
+
     let max_cpu = runs
         .iter()
         .map(|r| r.kernel_cpu_s_per_million)
-        .fold(0.1, f64::max);
-    let x = |i: usize| LEFT + PLOT_W * (i as f64 + 0.5) / rates.len().max(1) as f64;
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-        2.0 * PANEL_H + 60.0
-    );
-    for (panel, (title, max, value)) in [
-        (
-            "real connects succeeding (%)",
-            100.0,
-            Box::new(|r: &Run| r.success_percent()) as Box<dyn Fn(&Run) -> f64>,
-        ),
-        (
-            "kernel CPU s per million SYNs",
-            max_cpu,
-            Box::new(|r: &Run| r.kernel_cpu_s_per_million),
-        ),
+        .fold(0.0, f64::max);
+    let max_cpu = if max_cpu > 0.0 { max_cpu } else { 1.0 };
+    let step = nice_step(max_cpu / 6.0);
+    let cpu_top = (max_cpu * 1.06 / step).ceil() * step;
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let cpu_ticks = (0..=(cpu_top / step).round() as u32)
+        .map(|i| i as f64 * step)
+        .collect();
+
+    [
+        Panel {
+            caption: "(a) Real clients' connects that succeed",
+            y_desc: "connects succeeding (%)",
+            value: |r| Some(r.success_percent()),
+            y_range: -6.0..106.0,
+            y_ticks: vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0],
+            y_label: Box::new(|v| format!("{v:.0}")),
+        },
+        Panel {
+            caption: "(b) p99 latency of the connects that succeed (no point: none did)",
+            y_desc: "p99 connect latency (ms, log scale)",
+            value: |r| r.latency_p99_ms.filter(|ms| *ms > 0.0).map(f64::log10),
+            y_range: low..high,
+            y_ticks: latency_ticks,
+            y_label: Box::new(|v| {
+                let ms = 10f64.powf(v);
+                if ms < 1.0 {
+                    format!("{ms:.1}")
+                } else {
+                    format!("{ms:.0}")
+                }
+            }),
+        },
+        Panel {
+            caption: "(c) Kernel CPU per million flood SYNs",
+            y_desc: "kernel CPU (s / million SYNs)",
+            value: |r| Some(r.kernel_cpu_s_per_million),
+            y_range: 0.0..cpu_top,
+            y_ticks: cpu_ticks,
+            y_label: Box::new(move |v| format!("{v:.decimals$}")),
+        },
     ]
-    .into_iter()
-    .enumerate()
-    {
-        let top = 30.0 + panel as f64 * (PANEL_H + 20.0);
-        let bottom = top + PANEL_H - 30.0;
-        let y = |v: f64| bottom - (bottom - top - 20.0) * (v / max).clamp(0.0, 1.0);
-        writeln!(
-            out,
-            "<text x=\"{LEFT}\" y=\"{}\" font-weight=\"bold\">{title}</text>",
-            top + 10.0
-        )?;
-        writeln!(
-            out,
-            "<line x1=\"{LEFT}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\" stroke=\"black\"/>",
-            LEFT + PLOT_W
-        )?;
-        writeln!(
-            out,
-            "<line x1=\"{LEFT}\" y1=\"{}\" x2=\"{LEFT}\" y2=\"{bottom}\" stroke=\"black\"/>",
-            top + 20.0
-        )?;
-        writeln!(
-            out,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.1}</text>",
-            LEFT - 4.0,
-            y(max) + 4.0,
-            max
-        )?;
-        writeln!(
-            out,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>",
-            LEFT - 4.0,
-            bottom + 4.0
-        )?;
-        for (i, rate) in rates.iter().enumerate() {
-            writeln!(
-                out,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} SYN/s</text>",
-                x(i),
-                bottom + 16.0,
-                rate_label(*rate)
-            )?;
+}
+
+/// A linear axis with its ticks where we put them: at the rate steps, or
+/// at 1-2-5 on a log axis (plotters' own would pick round numbers).
+#[derive(Clone)]
+struct Ticked {
+    linear: RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl Ticked {
+    fn new(range: std::ops::Range<f64>, ticks: Vec<f64>) -> Ticked {
+        Ticked {
+            linear: range.into(),
+            ticks,
         }
-        let mut names: Vec<&str> = runs.iter().map(|r| r.defence).collect();
-        names.dedup();
-        for (n, name) in names.iter().enumerate() {
-            let colour = colours[n % colours.len()];
-            let points: Vec<String> = rates
+    }
+}
+
+impl Ranged for Ticked {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.linear.map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        // No light grid lines between the ticks.
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.linear.range()
+    }
+}
+
+/// Only the fallback: every panel sets its own label formatters.
+impl ValueFormatter<f64> for Ticked {
+    fn format(value: &f64) -> String {
+        value.to_string()
+    }
+}
+
+/// 1, 2 or 5 times a power of ten, at least `x`.
+fn nice_step(x: f64) -> f64 {
+    let decade = 10f64.powf(x.log10().floor());
+    let mantissa = x / decade;
+    decade
+        * if mantissa <= 1.0 {
+            1.0
+        } else if mantissa <= 2.0 {
+            2.0
+        } else if mantissa <= 5.0 {
+            5.0
+        } else {
+            10.0
+        }
+}
+
+/// Registers the font files with plotters, once.
+fn register_fonts() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            for (style, path) in FONT_FILES {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    format!(
+                        "cannot read the figure's font {path} ({e}): install the Debian package {FONT_PACKAGE} (`cargo xtask setup` does)"
+                    )
+                })?;
+                // plotters keeps fonts for the life of the process.
+                plotters::style::register_font(FONT, style, Box::leak(bytes.into_boxed_slice()))
+                    .map_err(|_| format!("{path} is not a font plotters can read (from {FONT_PACKAGE})"))?;
+            }
+            Ok(())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Draws the figure of `runs` into `<base>.png` and `<base>.svg`; returns
+/// their paths. Three panels against the rate steps `rates` (real-connect
+/// success, p99 connect latency, kernel CPU per million SYNs), one colour,
+/// marker and sideways offset per defence, and the legend at the right.
+pub fn plot(runs: &[Run], rates: &[u64], subtitle: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    register_fonts()?;
+    let png = base.with_extension("png");
+    let svg = base.with_extension("svg");
+    {
+        let bitmap = BitMapBackend::new(&png, FIGURE).into_drawing_area();
+        draw_figure(&bitmap, runs, rates, subtitle)?;
+        bitmap
+            .present()
+            .with_context(|| format!("cannot write {}", png.display()))?;
+    }
+    {
+        let vector = SVGBackend::new(&svg, FIGURE).into_drawing_area();
+        draw_figure(&vector, runs, rates, subtitle)?;
+        vector
+            .present()
+            .with_context(|| format!("cannot write {}", svg.display()))?;
+    }
+    Ok(vec![png, svg])
+}
+
+fn draw_figure<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[Run],
+    rates: &[u64],
+    subtitle: &str,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(TITLE_HEIGHT);
+    title.draw_text(
+        "Flood benchmark: real clients connecting during a spoofed SYN flood, by defence",
+        &(FONT, 34, FontStyle::Bold).into_font().color(&BLACK),
+        (24, 16),
+    )?;
+    title.draw_text(
+        subtitle,
+        &(FONT, 23).into_font().color(&BLACK.mix(0.75)),
+        (24, 58),
+    )?;
+    let (plots, legend) = body.split_horizontally(FIGURE.0 - LEGEND_WIDTH);
+    let series = series(runs);
+    for (area, panel) in plots.split_evenly((3, 1)).iter().zip(panels(runs)) {
+        draw_panel(area, &panel, runs, rates, &series)?;
+    }
+    draw_legend(&legend, &series)
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    runs: &[Run],
+    rates: &[u64],
+    series: &[Series],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let steps = rates.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.caption, (FONT, 26, FontStyle::Bold))
+        .margin(12)
+        .margin_right(24)
+        .x_label_area_size(72)
+        .y_label_area_size(104)
+        .build_cartesian_2d(
+            Ticked::new(-0.5..steps as f64 - 0.5, (0..steps).map(|i| i as f64).collect()),
+            Ticked::new(panel.y_range.clone(), panel.y_ticks.clone()),
+        )?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .bold_line_style(BLACK.mix(0.12))
+        .x_label_formatter(&|x| {
+            rates
+                .get(x.round().max(0.0) as usize)
+                .map_or(String::new(), |rate| rate_label(*rate))
+        })
+        .y_label_formatter(&|y| (panel.y_label)(*y))
+        .x_desc("flood rate asked (SYN/s; max: as fast as the generator goes)")
+        .y_desc(panel.y_desc)
+        .label_style((FONT, 21))
+        .axis_desc_style((FONT, 22))
+        .draw()?;
+    // Rate steps apart.
+    for step in 1..steps {
+        let x = step as f64 - 0.5;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(x, panel.y_range.start), (x, panel.y_range.end)],
+            BLACK.mix(0.25),
+        )))?;
+    }
+    let points: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            rates
                 .iter()
                 .enumerate()
-                .filter_map(|(i, rate)| {
+                .filter_map(|(step, rate)| {
                     runs.iter()
-                        .find(|r| r.defence == *name && r.rate_asked == *rate)
-                        .map(|r| format!("{:.1},{:.1}", x(i), y(value(r))))
+                        .find(|r| r.defence == s.name && r.rate_asked == *rate)
+                        .and_then(|r| (panel.value)(r))
+                        .map(|y| (step as f64 + s.offset, y))
                 })
-                .collect();
-            writeln!(
-                out,
-                "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
-                points.join(" ")
-            )?;
-            if panel == 0 {
-                let ly = 50.0 + n as f64 * 18.0;
-                writeln!(
-                    out,
-                    "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{colour}\"/>",
-                    LEFT + PLOT_W + 20.0,
-                    ly - 10.0
-                )?;
-                writeln!(
-                    out,
-                    "<text x=\"{}\" y=\"{ly}\">{name}</text>",
-                    LEFT + PLOT_W + 38.0
-                )?;
+                .collect()
+        })
+        .collect();
+    // Lines first, then every marker on top of every line.
+    for (s, points) in series.iter().zip(&points) {
+        let style = s.colour.mix(0.8).stroke_width(2);
+        // Only neighbouring rate steps are joined: a missing value stays a gap.
+        for pair in points.windows(2) {
+            if (pair[1].0 - pair[0].0 - 1.0).abs() < 1e-9 {
+                if s.dashed {
+                    chart.draw_series(DashedLineSeries::new(pair.to_vec(), 9, 6, style))?;
+                } else {
+                    chart.draw_series(LineSeries::new(pair.to_vec(), style))?;
+                }
             }
         }
     }
-    out.push_str("</svg>\n");
-    Ok(out)
+    for (s, points) in series.iter().zip(&points) {
+        for point in points {
+            marker(chart.plotting_area(), *point, s)?;
+        }
+    }
+    Ok(())
+}
+
+/// A defence's marker at `at`, 16 pixels across.
+fn marker<DB: DrawingBackend, CT: CoordTranslate>(
+    area: &DrawingArea<DB, CT>,
+    at: CT::From,
+    s: &Series,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+    CT::From: Copy,
+{
+    let (shape, filled) = s.marker;
+    let outline = s.colour.stroke_width(2);
+    let inside = if filled { s.colour.filled() } else { WHITE.filled() };
+    let polygon = |mut points: Vec<(i32, i32)>| -> Result<()> {
+        area.draw(&(EmptyElement::at(at) + Polygon::new(points.clone(), inside)))?;
+        points.push(points[0]);
+        area.draw(&(EmptyElement::at(at) + PathElement::new(points, outline)))?;
+        Ok(())
+    };
+    let strokes = |lines: [[(i32, i32); 2]; 2]| -> Result<()> {
+        for line in lines {
+            area.draw(&(EmptyElement::at(at) + PathElement::new(line.to_vec(), s.colour.stroke_width(3))))?;
+        }
+        Ok(())
+    };
+    match shape {
+        Shape::Circle => {
+            area.draw(
+                &(EmptyElement::at(at) + Circle::new((0, 0), 7, inside) + Circle::new((0, 0), 7, outline)),
+            )?;
+            Ok(())
+        }
+        Shape::Square => polygon(vec![(-6, -6), (6, -6), (6, 6), (-6, 6)]),
+        Shape::TriangleUp => polygon(vec![(0, -8), (8, 6), (-8, 6)]),
+        Shape::TriangleDown => polygon(vec![(0, 8), (8, -6), (-8, -6)]),
+        Shape::Diamond => polygon(vec![(0, -8), (8, 0), (0, 8), (-8, 0)]),
+        Shape::Plus => strokes([[(-8, 0), (8, 0)], [(0, -8), (0, 8)]]),
+        Shape::Cross => strokes([[(-7, -7), (7, 7)], [(-7, 7), (7, -7)]]),
+    }
+}
+
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, series: &[Series]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let left = |size, style| {
+        // Not .style(): plotters would keep the normal face's glyphs.
+        (FONT, size, style)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Left, VPos::Center))
+    };
+    area.draw_text("Defence", &left(25, FontStyle::Bold), (16, 40))?;
+    let mut y = 84;
+    for s in series {
+        let line = [(16, y), (84, y)];
+        if s.dashed {
+            area.draw(&DashedPathElement::new(line, 9, 6, s.colour.stroke_width(2)))?;
+        } else {
+            area.draw(&PathElement::new(line.to_vec(), s.colour.stroke_width(2)))?;
+        }
+        marker(area, (50, y), s)?;
+        area.draw_text(s.name, &left(21, FontStyle::Normal), (98, y))?;
+        y += 38;
+    }
+    y += 20;
+    for note in [
+        "Solid lines: tcp-guard; dashed: without it.",
+        "cookies=N, syncookies=N: the server's",
+        "net.ipv4.tcp_syncookies.",
+        "In each rate step the defences' points are",
+        "spread sideways, in legend order, so that",
+        "equal values (0 %, 100 %) stay apart.",
+        "(c): less the idle rate; it includes the",
+        "generator's own send path.",
+    ] {
+        area.draw_text(note, &left(20, FontStyle::Normal), (16, y))?;
+        y += 28;
+    }
+    Ok(())
+}
+
+/// 20261128T094500Z as 2026-11-28 09:45:00 UTC; anything else as it is.
+fn readable_stamp(stamp: &str) -> String {
+    let b = stamp.as_bytes();
+    if b.len() == 16 && b[8] == b'T' && b[15] == b'Z' && stamp.is_ascii() {
+        format!(
+            "{}-{}-{} {}:{}:{} UTC",
+            &stamp[0..4],
+            &stamp[4..6],
+            &stamp[6..8],
+            &stamp[9..11],
+            &stamp[11..13],
+            &stamp[13..15]
+        )
+    } else {
+        stamp.to_string()
+    }
 }
 
 /// A UTC timestamp for result file names: 20261128T094500Z.
@@ -635,4 +1077,71 @@ pub fn stamp() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(['-', ':'], "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(defence: &str, rate: u64, connected: usize, p99: Option<f64>) -> Run {
+        Run {
+            defence: defence.to_string(),
+            rate_asked: rate,
+            rate_reached: rate as f64 * 0.99,
+            sent: rate * 5,
+            connects: 12,
+            connected,
+            latency_p50_ms: p99.map(|ms| ms / 2.0),
+            latency_p99_ms: p99,
+            peak_syn_recv: 25,
+            kernel_cpu_s_per_million: 4.5,
+            guard_drops: Some(7),
+        }
+    }
+
+    #[test]
+    fn a_run_reads_back_from_its_json() {
+        let original = run("tcp-guard challenge, cookies=0", 50_000, 9, None);
+        let json = original.to_json().unwrap();
+        assert_eq!(json["success_percent"], json!(75.0));
+        assert!(json["latency_p99_ms"].is_null());
+        let back = Run::from_json(&json).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{original:?}"));
+        assert!(Run::from_json(&json!({"defence": "x"})).is_err());
+    }
+
+    #[test]
+    fn the_figure_is_a_png_and_an_svg_naming_every_defence() {
+        let runs: Vec<Run> = ["none (syncookies=0)", "tcp-guard syncookie, cookies=2"]
+            .iter()
+            .flat_map(|d| {
+                [10_000, 0].map(|rate| run(d, rate, if d.starts_with("none") { 0 } else { 12 }, None))
+            })
+            .map(|mut r| {
+                if r.connected > 0 {
+                    r.latency_p99_ms = Some(2.0);
+                }
+                r
+            })
+            .collect();
+        assert_eq!(rates_of(&runs), [10_000, 0]);
+        let dir = std::env::temp_dir().join(format!("tcp-guard-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let written = plot(&runs, &rates_of(&runs), "test", &dir.join("flood-test")).unwrap();
+        let png = std::fs::read(&written[0]).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        let svg = std::fs::read_to_string(&written[1]).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
+        assert!(svg.contains("none (syncookies=0)") && svg.contains("tcp-guard syncookie, cookies=2"));
+        assert!(svg.lines().any(|l| l.trim() == "max"), "rate labels");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn steps_are_one_two_or_five_times_a_power_of_ten() {
+        assert_eq!(nice_step(0.7), 1.0);
+        assert_eq!(nice_step(6.4), 10.0);
+        assert_eq!(nice_step(3.0), 5.0);
+        assert!((nice_step(0.15) - 0.2).abs() < 1e-12);
+    }
 }

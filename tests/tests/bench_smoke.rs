@@ -56,10 +56,26 @@ fn flood_benchmark_runs_one_short_step_of_each_defence() {
     );
     let dir = std::env::temp_dir().join(format!("tcp-guard-bench-{}", std::process::id()));
     let written = flood_bench::write_results(&runs, &plan, &dir, "smoke").expect("write results");
+    let extensions: Vec<_> = written
+        .iter()
+        .map(|p| p.extension().unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(extensions, ["json", "md", "png", "svg"]);
     for path in &written {
+        if path.extension().is_some_and(|e| e == "png") {
+            let png = std::fs::read(path).expect("read back");
+            assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{}", path.display());
+            continue;
+        }
         let text = std::fs::read_to_string(path).expect("read back");
         assert!(text.contains("tcp-guard challenge"), "{}", path.display());
     }
+    let svg = std::fs::read_to_string(&written[3]).unwrap();
+    assert!(
+        svg.trim_start().starts_with("<svg") || svg.trim_start().starts_with("<?xml"),
+        "not SVG: {}",
+        &svg[..svg.len().min(80)]
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&written[0]).unwrap()).unwrap();
     assert_eq!(json["runs"].as_array().map(Vec::len), Some(4));
