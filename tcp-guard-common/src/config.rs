@@ -76,7 +76,8 @@ impl Default for GuardConfig {
             cookie_mss_v6: 1440,
             cookie_wscale: 7,
             cookie_options: GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE,
-            _pad: [0; 2],
+            manage_sysctls: 1,
+            _pad: [0; 1],
         }
     }
 }

@@ -19,10 +19,9 @@ pub enum Policy {
     /// As verified-only, and an unknown source's SYN is answered from XDP
     /// with a SYN cookie; its valid ACK is handed to the listener.
     SynCookie = 3,
-    /// The default: the daemon picks `SynCookie` where the kernel accepts
-    /// its cookies with every option (`tcp_syncookies=2`,
-    /// `tcp_timestamps=2`), `RetransmitChallenge` elsewhere. The programs
-    /// never see it.
+    /// The default: the daemon picks `SynCookie` where the kernel issues
+    /// cookies itself (`tcp_syncookies` 1 or 2), `RetransmitChallenge` where
+    /// it does not. The programs never see it.
     Auto = 4,
 }
 
@@ -109,7 +108,12 @@ pub struct GuardConfig {
     pub cookie_mss_v6: u16,
     pub cookie_wscale: u8,
     pub cookie_options: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero: the daemon may set `tcp_syncookies` and `tcp_timestamps`
+    /// to 2 in its network namespace while the syncookie policy answers
+    /// SYNs, and restores them after (`attack.manage_sysctls`). Read by the
+    /// daemon only.
+    pub manage_sysctls: u8,
+    pub _pad: [u8; 1],
 }
 
 impl GuardConfig {
@@ -145,7 +149,12 @@ impl GuardConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttackState {
     /// Non-zero while in attack mode.
-    pub active: u32,
+    pub active: u8,
+    /// Non-zero while the listener accepts the fast path's cookies (the
+    /// daemon has the kernel settings they need in place): only then does
+    /// the syncookie policy answer SYNs; until then they go on to the limits.
+    pub cookies_ready: u8,
+    pub _pad: [u8; 2],
     /// What started it: [`AttackState::BY_HALF_OPEN`] or [`AttackState::BY_SYN_RATE`].
     pub trigger: u32,
     /// CLOCK_MONOTONIC ns when it started (0 when not active).

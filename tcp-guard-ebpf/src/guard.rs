@@ -68,27 +68,40 @@ pub fn within_rate(source: &SourceKey, config: &GuardConfig, now: u64) -> bool {
     }
 }
 
+/// What the attack-mode gate found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attack {
+    Off,
+    On,
+    /// On, and the listener accepts the fast path's cookies.
+    OnCookiesReady,
+}
+
 /// Enters attack mode the moment half-open flows reach the threshold: the
 /// controller's tick would let a fast flood take every half-open slot first.
 /// (Leaving, with hysteresis, is the controller's.) Returns whether attack
 /// mode is on. (Its own BPF function: keeps the event record off the stack
 /// of the call chain through `admit`.)
 #[inline(never)]
-fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> bool {
+fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> Attack {
     let Some(attack) = ATTACK.get_ptr_mut(0) else {
-        return false;
+        return Attack::Off;
     };
     // SAFETY: a live array map value; racing writers all write "on".
     let attack = unsafe { &mut *attack };
     if attack.active != 0 {
-        return true;
+        return if attack.cookies_ready != 0 {
+            Attack::OnCookiesReady
+        } else {
+            Attack::On
+        };
     }
     let half_open = COUNTS.get_ptr(CountKey::global()).map_or(0, |count| {
         // SAFETY: a live map value, read once.
         unsafe { *count }
     });
     if config.attack_enter_half_open == 0 || half_open < config.attack_enter_half_open as u64 {
-        return false;
+        return Attack::Off;
     }
     attack.active = 1;
     attack.trigger = AttackState::BY_HALF_OPEN;
@@ -103,7 +116,7 @@ fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> bool 
     if EVENTS.output::<Event>(&event, 0).is_err() {
         counters.bump(Counter::EventsLost);
     }
-    true
+    Attack::On
 }
 
 /// What the attack-mode gate decides for a SYN.
@@ -130,7 +143,8 @@ pub enum Gate {
 /// harmless: the kernel retransmits its SYN-ACK by itself.)
 #[inline(never)]
 pub fn attack_gate(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, config: &GuardConfig) -> Gate {
-    if !attack_mode(counters, now, config) {
+    let attack = attack_mode(counters, now, config);
+    if attack == Attack::Off {
         return Gate::Open;
     }
     let policy = config.policy();
@@ -145,6 +159,9 @@ pub fn attack_gate(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, c
     }
     match policy {
         Policy::VerifiedOnly => Gate::Drop(DropReason::Unverified),
+        // Until the daemon has the listener ready for our cookies, the
+        // limits stand in (a cookie it would refuse is worse than none).
+        Policy::SynCookie if attack != Attack::OnCookiesReady => Gate::Open,
         Policy::SynCookie => cookie_gate(key, now),
         _ => challenge(counters, key, seq, now, config),
     }

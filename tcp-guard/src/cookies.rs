@@ -3,12 +3,16 @@
 //! SYN-ACK must offer what the listener will decode: this reads the
 //! kernel's TCP settings (in the daemon's network namespace) and the
 //! interface's MTU into the cookie fields of [`GuardConfig`], and refuses
-//! the policy where the listener would not accept the cookies.
+//! the policy where the listener would not accept the cookies. While cookies
+//! are answered, the daemon may hold `tcp_syncookies` and `tcp_timestamps`
+//! at 2 ([`crate::sysctls`]): the options are then those of that setting.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use tcp_guard_common::policy::{GuardConfig, Policy};
+
+use crate::sysctls::Values;
 
 /// The kernel settings the cookie SYN-ACK depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,31 +79,70 @@ pub fn check_policy(config: &mut GuardConfig) -> Result<Option<String>> {
     let tcp = TcpSettings::read()?;
     let chosen = resolve_auto(config, &tcp);
     if config.policy() == Policy::SynCookie {
-        require_listener_cookies(&tcp)?;
+        require_listener_cookies(&tcp.while_answering(config))?;
     }
     Ok(chosen)
 }
 
-/// `auto`: the syncookie policy where it loses nothing (the listener issues
-/// and accepts cookies, and timestamps carry their options), else the
-/// retransmit challenge. Returns the choice and why, if `auto` was set.
+impl TcpSettings {
+    fn sysctls(&self) -> Values {
+        Values {
+            syncookies: self.syncookies,
+            timestamps: self.timestamps,
+        }
+    }
+
+    /// The settings in force while the fast path answers cookies: those the
+    /// daemon holds, where it manages them ([`crate::sysctls`]).
+    fn while_answering(&self, config: &GuardConfig) -> TcpSettings {
+        if config.manage_sysctls == 0 || self.syncookies == 0 {
+            return *self;
+        }
+        let held = self.sysctls().for_cookies();
+        TcpSettings {
+            syncookies: held.syncookies,
+            timestamps: held.timestamps,
+            ..*self
+        }
+    }
+}
+
+/// `auto`: where the kernel issues cookies itself (tcp_syncookies 1 or 2),
+/// the syncookie policy: no new client waits longer than with the kernel
+/// alone. It needs both settings at 2 while it answers; where the daemon may
+/// not set them and they are not so, `pass` (the kernel's own cookies
+/// answer). Where the kernel issues none, the retransmit challenge. Returns
+/// the choice and why, if `auto` was set.
 fn resolve_auto(config: &mut GuardConfig, tcp: &TcpSettings) -> Option<String> {
     if Policy::from_u8(config.policy) != Some(Policy::Auto) {
         return None;
     }
-    let cookies = tcp.syncookies == 2 && tcp.timestamps == 2;
-    let (policy, why) = if cookies {
+    let (policy, why) = if tcp.syncookies == 0 {
+        (
+            Policy::RetransmitChallenge,
+            "net.ipv4.tcp_syncookies is 0: the kernel issues no cookies, so none from XDP either".to_string(),
+        )
+    } else if tcp.sysctls().ready_for_cookies() {
         (
             Policy::SynCookie,
-            "net.ipv4.tcp_syncookies and tcp_timestamps are 2".to_string(),
+            format!("{}: cookies from XDP lose nothing here", tcp.sysctls()),
+        )
+    } else if config.manage_sysctls != 0 {
+        (
+            Policy::SynCookie,
+            format!(
+                "{}: while attack mode answers SYNs with cookies the daemon sets {} and restores them after \
+                 (attack.manage_sysctls)",
+                tcp.sysctls(),
+                tcp.sysctls().for_cookies()
+            ),
         )
     } else {
         (
-            Policy::RetransmitChallenge,
+            Policy::Pass,
             format!(
-                "syncookie needs net.ipv4.tcp_syncookies = 2 and net.ipv4.tcp_timestamps = 2; \
-                 they are {} and {}",
-                tcp.syncookies, tcp.timestamps
+                "{} and attack.manage_sysctls is false: the kernel's own cookies answer floods",
+                tcp.sysctls()
             ),
         )
     };
@@ -138,7 +181,8 @@ fn interface_mtu(iface: &str) -> Result<u32> {
 
 /// The cookie fields for these kernel settings and MTU; refuses the
 /// syncookie policy where the listener would reject the cookies.
-fn prepare_with(config: &mut GuardConfig, tcp: &TcpSettings, mtu: u32) -> Result<()> {
+fn prepare_with(config: &mut GuardConfig, found: &TcpSettings, mtu: u32) -> Result<()> {
+    let tcp = &found.while_answering(config);
     let mss = |headers: u32| u16::try_from(mtu.saturating_sub(headers).max(536)).unwrap_or(u16::MAX);
     config.cookie_mss_v4 = mss(40);
     config.cookie_mss_v6 = mss(60);
@@ -160,12 +204,14 @@ fn prepare_with(config: &mut GuardConfig, tcp: &TcpSettings, mtu: u32) -> Result
     Ok(())
 }
 
+/// `tcp` as it will be while cookies are answered.
 fn require_listener_cookies(tcp: &TcpSettings) -> Result<()> {
     if tcp.syncookies != 2 {
         bail!(
-            "attack.policy = \"syncookie\" needs net.ipv4.tcp_syncookies = 2 (it is {}): the listener \
-             accepts cookies only if it issued one itself within two minutes, and only with 2 does it \
-             issue one for the SYN tcp-guard lets through to keep that so. Run \
+            "attack.policy = \"syncookie\" needs net.ipv4.tcp_syncookies = 2 while it answers (it is {}): \
+             the listener accepts cookies only if it issued one itself within two minutes, and only with 2 \
+             does it issue one for the SYN tcp-guard lets through to keep that so. Let the daemon set it \
+             during attack mode (attack.manage_sysctls = true; it does so where it is 1), run \
              `sysctl -w net.ipv4.tcp_syncookies=2` in the interface's network namespace, or choose \
              another attack.policy",
             tcp.syncookies
@@ -231,31 +277,51 @@ mod tests {
     }
 
     #[test]
-    fn the_syncookie_policy_needs_tcp_syncookies_2() {
-        let mut config = GuardConfig {
+    fn the_syncookie_policy_needs_tcp_syncookies_2_while_it_answers() {
+        let managed = GuardConfig {
             policy: Policy::SynCookie as u8,
             ..GuardConfig::default()
         };
-        let error = prepare_with(&mut config, &linux_defaults(), 1500)
+        assert_eq!(managed.manage_sysctls, 1, "the default");
+        prepare_with(&mut managed.clone(), &linux_defaults(), 1500)
+            .expect("the daemon sets 2 while it answers");
+        let mut unmanaged = GuardConfig {
+            manage_sysctls: 0,
+            ..managed
+        };
+        let error = prepare_with(&mut unmanaged, &linux_defaults(), 1500)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("net.ipv4.tcp_syncookies = 2 (it is 1)"), "{error}");
+        assert!(
+            error.contains("net.ipv4.tcp_syncookies = 2 while it answers (it is 1)")
+                && error.contains("attack.manage_sysctls = true"),
+            "{error}"
+        );
         let tcp = TcpSettings {
             syncookies: 2,
             ..linux_defaults()
         };
-        prepare_with(&mut config, &tcp, 1500).unwrap();
+        prepare_with(&mut unmanaged, &tcp, 1500).unwrap();
+        // A host whose kernel issues no cookies is not changed.
+        let off = TcpSettings {
+            syncookies: 0,
+            ..linux_defaults()
+        };
+        assert!(prepare_with(&mut managed.clone(), &off, 1500).is_err());
         // Other policies do not care.
-        config.policy = Policy::RetransmitChallenge as u8;
-        prepare_with(&mut config, &linux_defaults(), 1500).unwrap();
+        unmanaged.policy = Policy::RetransmitChallenge as u8;
+        prepare_with(&mut unmanaged, &linux_defaults(), 1500).unwrap();
     }
 
     #[test]
-    fn auto_picks_syncookie_only_where_it_loses_nothing() {
+    fn auto_picks_syncookie_wherever_the_kernel_issues_cookies() {
         let auto = GuardConfig::default();
         assert_eq!(Policy::from_u8(auto.policy), Some(Policy::Auto), "the default");
-        let pick = |syncookies, timestamps| {
-            let mut config = auto;
+        let pick = |manage_sysctls, syncookies, timestamps| {
+            let mut config = GuardConfig {
+                manage_sysctls,
+                ..auto
+            };
             let tcp = TcpSettings {
                 syncookies,
                 timestamps,
@@ -265,12 +331,22 @@ mod tests {
             prepare_with(&mut config, &tcp, 1500).expect("a policy that works here");
             (config.policy(), why)
         };
-        assert_eq!(pick(2, 2).0, Policy::SynCookie);
-        let (policy, why) = pick(1, 1);
-        assert_eq!(policy, Policy::RetransmitChallenge);
-        assert!(why.contains("they are 1 and 1"), "{why}");
-        assert_eq!(pick(2, 1).0, Policy::RetransmitChallenge);
-        assert_eq!(pick(0, 2).0, Policy::RetransmitChallenge);
+        let (policy, why) = pick(1, 1, 1);
+        assert_eq!(policy, Policy::SynCookie, "a stock host");
+        assert!(
+            why.contains("the daemon sets net.ipv4.tcp_syncookies=2 net.ipv4.tcp_timestamps=2"),
+            "{why}"
+        );
+        assert_eq!(pick(1, 2, 2).0, Policy::SynCookie);
+        assert_eq!(pick(1, 2, 1).0, Policy::SynCookie);
+        assert_eq!(pick(1, 0, 2).0, Policy::RetransmitChallenge, "cookies off");
+        // Not allowed to change them: the kernel's own cookies, unless they are so already.
+        let (policy, why) = pick(0, 1, 1);
+        assert_eq!(policy, Policy::Pass);
+        assert!(why.contains("attack.manage_sysctls is false"), "{why}");
+        assert_eq!(pick(0, 2, 2).0, Policy::SynCookie);
+        assert_eq!(pick(0, 2, 0).0, Policy::SynCookie);
+        assert_eq!(pick(0, 0, 1).0, Policy::RetransmitChallenge);
         // An explicit policy stays as it is.
         let mut pass = GuardConfig {
             policy: Policy::Pass as u8,
@@ -285,6 +361,16 @@ mod tests {
         let mut config = GuardConfig::default();
         prepare_with(&mut config, &linux_defaults(), 9000).unwrap();
         assert_eq!((config.cookie_mss_v4, config.cookie_mss_v6), (8960, 8940));
+        assert_eq!(
+            config.cookie_options,
+            GuardConfig::COOKIE_TIMESTAMPS | GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE,
+            "a stock host, with the timestamps the daemon sets to 2 while cookies are answered"
+        );
+        let mut config = GuardConfig {
+            manage_sysctls: 0,
+            ..GuardConfig::default()
+        };
+        prepare_with(&mut config, &linux_defaults(), 9000).unwrap();
         assert_eq!(
             config.cookie_options,
             GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE

@@ -2,6 +2,7 @@
 //! SIGINT or SIGTERM. SIGHUP reloads the configuration.
 
 use std::{
+    os::fd::AsRawFd,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -16,7 +17,8 @@ use tcp_guard_common::{
     flow::TcpState,
     maps,
     policy::{
-        AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event, Policy, SourceKey,
+        AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event, GuardConfig, Policy,
+        SourceKey,
     },
     stats::Counter,
 };
@@ -33,7 +35,7 @@ use crate::{
     instance::{self, Claim, InstanceLock},
     program,
     settings::{self, Settings},
-    stats,
+    stats, sysctls,
 };
 
 /// The control loop's period. Expiry, automatic blocks and block expiry run
@@ -159,6 +161,7 @@ pub fn run(options: RunOptions) -> Result<()> {
                 attach::detach_pinned(&lock.path(link))?;
             }
             drop(ebpf);
+            control.release_sysctls()?;
             lock.remove_all()
         }
         Ok(Exit::HandOver) => {
@@ -359,6 +362,15 @@ fn start(
         instance.dir().display()
     );
     log_settings(settings);
+    let sysctls = sysctls::Manager::for_this_netns(iface)?;
+    let sysctls_held = sysctls.held()?;
+    if sysctls_held {
+        log::info!(
+            "a previous daemon on {iface} left the kernel settings for cookies changed ({}); \
+             they are restored once attack mode is over",
+            sysctls.read()?
+        );
+    }
     let control = Control {
         iface: iface.to_string(),
         tables,
@@ -369,6 +381,9 @@ fn start(
         ticks: 0,
         running_tables: settings.tables,
         egress: settings.live.egress,
+        sysctls,
+        sysctls_held,
+        cookies_ended: None,
     };
     Ok((ebpf, logger, control))
 }
@@ -423,6 +438,13 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut hand_over = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
+    // SAFETY: the events ring's fd is owned by `control`, which outlives
+    // this poll and keeps the fd open and unchanged.
+    let events = unsafe {
+        AsyncFd::register_with_interest(RawFdOf(control.events.as_raw_fd()), tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+    .context("cannot poll the events ring")?;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -435,8 +457,22 @@ async fn serve(
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            ready = events.readable() => {
+                ready.context("polling the events ring failed")?.clear_ready();
+                control.on_events()?;
+            }
             _ = tick.tick() => control.tick(ebpf)?,
         }
+    }
+}
+
+/// A descriptor owned elsewhere (the events ring, owned by `Control`, which
+/// outlives the poll).
+struct RawFdOf(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for RawFdOf {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
     }
 }
 
@@ -452,7 +488,18 @@ struct Control {
     running_tables: tcp_guard_common::config::TableSizes,
     /// `GuardConfig::egress` of this daemon, kept across reloads.
     egress: u8,
+    /// The kernel settings the fast path's cookies need (see sysctls).
+    sysctls: sysctls::Manager,
+    /// Whether this interface holds them changed (a daemon before this one
+    /// may have left it so).
+    sysctls_held: bool,
+    /// When the fast path was last seen to stop answering cookies.
+    cookies_ended: Option<Instant>,
 }
+
+/// How long the settings cookies need stay after attack mode ends: the ACKs
+/// of the last cookies answered are still on their way.
+const SYSCTL_GRACE: Duration = Duration::from_secs(10);
 
 impl Control {
     fn tick(&mut self, ebpf: &mut Ebpf) -> Result<()> {
@@ -461,6 +508,7 @@ impl Control {
         let now = monotonic_now_ns();
         self.detect_attack(&config, now)?;
         self.drain_events();
+        self.steer_cookies(&config)?;
         if self.ticks.is_multiple_of(2) {
             let expire = program::expire_program(ebpf)?;
             let mut removed = 0;
@@ -500,6 +548,7 @@ impl Control {
                         AttackTrigger::SynRate => AttackState::BY_SYN_RATE,
                     },
                     since_ns: now,
+                    ..AttackState::default()
                 })?;
                 let why = match trigger {
                     AttackTrigger::HalfOpen => "half_open",
@@ -523,7 +572,18 @@ impl Control {
         Ok(())
     }
 
-    fn drain_events(&mut self) {
+    /// Events from the fast path: logged; attack mode entered there gets
+    /// its cookies ready at once, not at the next tick.
+    fn on_events(&mut self) -> Result<()> {
+        if self.drain_events() {
+            self.steer_cookies(&self.instance.config()?)?;
+        }
+        Ok(())
+    }
+
+    /// Logs the fast path's events; returns whether it entered attack mode.
+    fn drain_events(&mut self) -> bool {
+        let mut attack_entered = false;
         while let Some(item) = self.events.next() {
             if item.len() < std::mem::size_of::<Event>() {
                 log::error!("event of {} bytes is too short; ignored", item.len());
@@ -542,13 +602,88 @@ impl Control {
                         control::addr_of(event.family, event.addr)
                     );
                 }
-                Event::ATTACK_MODE_ON => log::warn!(
-                    "event=attack_mode_on iface={} trigger=half_open half_open={} (entered by the fast path)",
-                    self.iface,
-                    event.counter
-                ),
+                Event::ATTACK_MODE_ON => {
+                    attack_entered = true;
+                    log::warn!(
+                        "event=attack_mode_on iface={} trigger=half_open half_open={} (entered by the fast path)",
+                        self.iface,
+                        event.counter
+                    );
+                }
                 other => log::error!("event of unknown kind {other}; ignored"),
             }
+        }
+        attack_entered
+    }
+
+    /// While attack mode answers SYNs with cookies, the kernel settings they
+    /// need are held in place (where the daemon may), and the fast path
+    /// answers only while they are: `AttackState::cookies_ready`. They are
+    /// let go `SYSCTL_GRACE` after it stops.
+    fn steer_cookies(&mut self, config: &GuardConfig) -> Result<()> {
+        let attack = self.instance.attack()?;
+        if attack.active == 0 || config.policy() != Policy::SynCookie {
+            if self.sysctls_held {
+                let ended = *self.cookies_ended.get_or_insert_with(Instant::now);
+                if ended.elapsed() >= SYSCTL_GRACE {
+                    self.release_sysctls()?;
+                }
+            }
+            return Ok(());
+        }
+        self.cookies_ended = None;
+        let mut now = self.sysctls.read()?;
+        if config.manage_sysctls != 0 && now.syncookies != 0 && !now.ready_for_cookies() {
+            let change = self.sysctls.acquire()?;
+            self.sysctls_held = true;
+            self.log_sysctls(&change);
+            now = self.sysctls.read()?;
+        }
+        // Timestamps in the SYN-ACK only where the kernel keeps no random offset.
+        let ready = now.syncookies == 2
+            && (config.cookie_options & GuardConfig::COOKIE_TIMESTAMPS == 0 || now.timestamps == 2);
+        if ready != (attack.cookies_ready != 0) {
+            self.instance.set_attack(&AttackState {
+                cookies_ready: u8::from(ready),
+                ..attack
+            })?;
+            if !ready {
+                log::warn!(
+                    "event=cookies_held_back iface={} {now}: the listener would refuse the fast path's cookies, \
+                     so SYNs go on to the limits (see attack.manage_sysctls)",
+                    self.iface
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the kernel settings, unless another interface still needs them.
+    fn release_sysctls(&mut self) -> Result<()> {
+        let change = self.sysctls.release()?;
+        self.sysctls_held = false;
+        self.cookies_ended = None;
+        self.log_sysctls(&change);
+        Ok(())
+    }
+
+    fn log_sysctls(&self, change: &sysctls::Change) {
+        match change {
+            sysctls::Change::None => {}
+            sysctls::Change::Set { from, to } => log::warn!(
+                "event=sysctls_set iface={} {from} -> {to}: the listener accepts the fast path's cookies \
+                 with their options only so; restored {}s after attack mode ends",
+                self.iface,
+                SYSCTL_GRACE.as_secs()
+            ),
+            sysctls::Change::Restored { from, to } => {
+                log::warn!("event=sysctls_restored iface={} {from} -> {to}", self.iface)
+            }
+            sysctls::Change::LeftAlone { found, now } => log::warn!(
+                "event=sysctls_left iface={} {now}: changed by someone else since tcp-guard found {found}; \
+                 left as they are",
+                self.iface
+            ),
         }
     }
 

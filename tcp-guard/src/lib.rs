@@ -12,4 +12,5 @@ pub mod mount_ns;
 pub mod program;
 pub mod settings;
 pub mod stats;
+pub mod sysctls;
 pub mod top;

@@ -553,6 +553,17 @@ fn detach(iface: &str) -> Result<()> {
             }
             lock.remove_all()?;
             println!("{iface}: detached (no daemon was running) and removed the pinned state");
+            // A daemon killed during attack mode leaves them changed.
+            match tcp_guard::sysctls::Manager::for_this_netns(iface)?.release()? {
+                tcp_guard::sysctls::Change::Restored { from, to } => {
+                    println!("{iface}: restored the kernel settings it had changed: {from} -> {to}")
+                }
+                tcp_guard::sysctls::Change::LeftAlone { found, now } => println!(
+                    "{iface}: left the kernel settings as they are ({now}): changed by someone else since \
+                     tcp-guard found {found}"
+                ),
+                tcp_guard::sysctls::Change::None | tcp_guard::sysctls::Change::Set { .. } => {}
+            }
         }
     }
     Ok(())

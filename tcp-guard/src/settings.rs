@@ -40,6 +40,8 @@ enum Kind {
         max_ms: u64,
     },
     Policy,
+    /// On or off: `true` or `false`.
+    Switch,
 }
 
 /// One settable key.
@@ -175,9 +177,17 @@ static KEYS: &[Key] = &[
     Key {
         name: "attack.policy",
         kind: Kind::Policy,
-        help: "what attack mode does: auto (syncookie where tcp_syncookies and tcp_timestamps are 2, else retransmit-challenge), retransmit-challenge, syncookie, verified-only or pass",
+        help: "what attack mode does: auto (syncookie where the kernel issues cookies, tcp_syncookies 1 or 2; retransmit-challenge where it does not), retransmit-challenge, syncookie, verified-only or pass",
         get: |s| s.live.policy as u64,
         set: |s, v| s.live.policy = v as u8,
+        restart: false,
+    },
+    Key {
+        name: "attack.manage_sysctls",
+        kind: Kind::Switch,
+        help: "while the syncookie policy answers SYNs, set net.ipv4.tcp_syncookies and tcp_timestamps to 2 in the interface's namespace (what the listener needs to accept the cookies with their options) and restore them after; false: never touch them (auto then picks pass where they are not so)",
+        get: |s| s.live.manage_sysctls as u64,
+        set: |s, v| s.live.manage_sysctls = v as u8,
         restart: false,
     },
     live_count!(
@@ -396,6 +406,11 @@ fn parse_value(key: &Key, text: &str) -> Result<u64> {
                     key.name
                 )
             }),
+        Kind::Switch => match text {
+            "true" => Ok(1),
+            "false" => Ok(0),
+            _ => bail!("{} = {text:?}: true or false", key.name),
+        },
     }
 }
 
@@ -411,6 +426,7 @@ fn format_value(key: &Key, value: u64) -> String {
         Kind::Policy => Policy::from_u8(value as u8)
             .map_or("?", Policy::as_str)
             .to_string(),
+        Kind::Switch => (value != 0).to_string(),
     }
 }
 
@@ -482,8 +498,9 @@ impl Settings {
                 let text = match value {
                     toml::Value::String(s) => s.clone(),
                     toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
                     other => bail!(
-                        "{}: {section}.{name} = {other}: expected a number or a string",
+                        "{}: {section}.{name} = {other}: expected a number, a string or true/false",
                         path.display()
                     ),
                 };
@@ -516,6 +533,7 @@ impl Settings {
                 let value = (k.get)(self);
                 let json = match k.kind {
                     Kind::Count { .. } => serde_json::Value::from(value),
+                    Kind::Switch => serde_json::Value::Bool(value != 0),
                     _ => serde_json::Value::String(format_value(k, value)),
                 };
                 (k.name.to_string(), json)

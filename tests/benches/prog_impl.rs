@@ -457,10 +457,13 @@ fn set_attack(ebpf: &mut Ebpf, on: bool) {
         .expect("ATTACK")
         .try_into()
         .expect("array");
+    // As the daemon has it with the syncookie policy: cookies ready.
     let state = AttackState {
-        active: u32::from(on),
+        active: u8::from(on),
+        cookies_ready: u8::from(on),
         trigger: AttackState::BY_HALF_OPEN,
         since_ns: 1,
+        ..AttackState::default()
     };
     attack.set(0, state, 0).expect("attack mode");
 }

@@ -14,7 +14,9 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{ClientXdp, Lab, Netns, connect_from, listen, run},
     packets::{ACK, TcpPacket},
-    scenario::{ATTACK_AT_4_HALF_OPEN, Flood, PORT, QUICK_LEAVE, Server, random_sources, wait_for},
+    scenario::{
+        ATTACK_AT_4_HALF_OPEN, Flood, PORT, QUICK_LEAVE, SYN_RCVD_4S, Server, random_sources, wait_for,
+    },
 };
 
 /// The kernel forgets that a listener issued cookies after two minutes
@@ -369,53 +371,56 @@ fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory
 }
 
 #[test]
-fn the_policy_is_refused_where_the_listener_would_reject_its_cookies_and_auto_picks_it_where_not() {
+fn the_policy_is_refused_where_the_listener_would_reject_its_cookies_and_auto_picks_what_fits() {
     let lab = Lab::new().expect("lab");
-    // A new namespace has the kernel's default, tcp_syncookies = 1.
+    const UNMANAGED: [&str; 2] = ["--set", "attack.manage_sysctls=false"];
+    // A new namespace has the kernel's defaults, tcp_syncookies = 1 and
+    // tcp_timestamps = 1; the daemon may not change them here.
     let refused = Daemon::start(
         &lab.server,
         &lab.server_iface,
-        &["--set", "attack.policy=syncookie"],
+        &[&UNMANAGED[..], &["--set", "attack.policy=syncookie"]].concat(),
     )
     .err()
     .expect("the daemon refuses the policy");
     let message = format!("{refused:#}");
     assert!(
-        message.contains("needs net.ipv4.tcp_syncookies = 2 (it is 1)")
+        message.contains("needs net.ipv4.tcp_syncookies = 2 while it answers (it is 1)")
+            && message.contains("attack.manage_sysctls = true")
             && message.contains("sysctl -w net.ipv4.tcp_syncookies=2"),
         "{message}"
     );
 
-    // The default policy, auto, picks the retransmit challenge here.
-    let daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    // auto leaves floods to the kernel's own cookies then.
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &UNMANAGED).expect("start tcp-guard");
     assert!(
         daemon
             .log()
-            .contains("attack.policy auto: retransmit-challenge (syncookie needs"),
+            .contains("attack.policy auto: pass (net.ipv4.tcp_syncookies=1 net.ipv4.tcp_timestamps=1 and attack.manage_sysctls is false"),
         "{}",
         daemon.log()
     );
-    let limits_set = |policy: &str| {
+    let limits_set = |setting: &str| {
         run(lab.server.command(tcp_guard_bin()).args([
             "limits",
             "set",
             "--iface",
             &lab.server_iface,
-            &format!("attack.policy={policy}"),
+            setting,
         ]))
     };
-    let refused = limits_set("syncookie").expect_err("limits set refuses the policy");
+    let refused = limits_set("attack.policy=syncookie").expect_err("limits set refuses the policy");
     assert!(
-        format!("{refused:#}").contains("tcp_syncookies = 2 (it is 1)"),
+        format!("{refused:#}").contains("tcp_syncookies = 2 while it answers (it is 1)"),
         "{refused:#}"
     );
     assert_eq!(
         stats_json(&lab.server_iface)["attack"]["policy"],
-        "retransmit-challenge",
+        "pass",
         "the running policy stays"
     );
     lab.server.sysctl("net.ipv4.tcp_syncookies", "2").expect("sysctl");
-    limits_set("syncookie").expect("accepted with tcp_syncookies = 2");
+    limits_set("attack.policy=syncookie").expect("accepted with tcp_syncookies = 2");
     assert_eq!(stats_json(&lab.server_iface)["attack"]["policy"], "syncookie");
 
     // A reload goes back to the configured auto, which decides anew.
@@ -429,8 +434,8 @@ fn the_policy_is_refused_where_the_listener_would_reject_its_cookies_and_auto_pi
     };
     assert_eq!(
         policy_after_reload(),
-        "retransmit-challenge",
-        "auto: timestamps with random offsets would cost cookie connections their options"
+        "pass",
+        "auto, unmanaged: timestamps with random offsets would cost cookie connections their options"
     );
     lab.server.sysctl("net.ipv4.tcp_timestamps", "2").expect("sysctl");
     assert_eq!(
@@ -438,4 +443,273 @@ fn the_policy_is_refused_where_the_listener_would_reject_its_cookies_and_auto_pi
         "syncookie",
         "auto where cookies lose nothing"
     );
+    drop(daemon);
+
+    // Where the kernel issues no cookies, auto challenges, managed or not.
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").expect("sysctl");
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    assert!(
+        daemon
+            .log()
+            .contains("attack.policy auto: retransmit-challenge (net.ipv4.tcp_syncookies is 0"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A sysctl of the server namespace.
+fn server_sysctl(lab: &Lab, key: &str) -> String {
+    let out = run(lab.server.command("sysctl").args(["-n", key])).expect("sysctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn cookie_sysctls(lab: &Lab) -> (String, String) {
+    (
+        server_sysctl(lab, "net.ipv4.tcp_syncookies"),
+        server_sysctl(lab, "net.ipv4.tcp_timestamps"),
+    )
+}
+
+fn stock() -> (String, String) {
+    ("1".to_string(), "1".to_string())
+}
+
+fn held_for_cookies() -> (String, String) {
+    ("2".to_string(), "2".to_string())
+}
+
+/// Connect times of `n` clients, each from an address the guard has never
+/// seen, sorted; the first one's stream is returned too.
+fn fresh_clients(
+    lab: &Lab,
+    fresh: &mut FreshAddresses,
+    server: SocketAddr,
+    n: usize,
+) -> (Vec<Duration>, TcpStream) {
+    let mut first = None;
+    let mut latencies = Vec::new();
+    for _ in 0..n {
+        let local = fresh.take(lab);
+        let (stream, took) = timed_connect(lab, local, server);
+        latencies.push(took);
+        first.get_or_insert(stream);
+    }
+    latencies.sort();
+    (latencies, first.expect("at least one client"))
+}
+
+/// The 99th percentile of sorted samples, leaving out `outliers` of the slowest.
+fn p99(sorted: &[Duration], outliers: usize) -> Duration {
+    let kept = &sorted[..sorted.len() - outliers.min(sorted.len() - 1)];
+    kept[(kept.len() * 99).div_ceil(100) - 1]
+}
+
+/// The main promise on the settings nearly every host has: with tcp-guard's
+/// defaults, new clients under a spoofed flood connect as fast as with the
+/// kernel alone, measured in the same lab, and with the options the kernel
+/// itself would negotiate.
+fn a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone(v6: bool) {
+    const CLIENTS: usize = 32;
+    let lab = Lab::new().expect("lab");
+    assert_eq!(
+        cookie_sysctls(&lab),
+        stock(),
+        "a new namespace has the kernel's defaults"
+    );
+    // Frames the guard answers with XDP_TX reach the client's veth end only so.
+    let _client_xdp = lab.receive_xdp_tx().expect("XDP on the client's end");
+    let server = SocketAddr::new(lab.server_addr(v6), PORT);
+    let _echo = Server::echo(listen(&lab.server, server, 128).expect("listen"));
+    let mut fresh = FreshAddresses::new(v6);
+    let (_, reference) = fresh_clients(&lab, &mut fresh, server, 1);
+    let reference = negotiated(&reference);
+
+    // The kernel alone, its own SYN cookies answering the flood.
+    let flood = Flood::start(
+        &lab,
+        server.ip(),
+        random_sources(v6),
+        20_000,
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (kernel, _) = fresh_clients(&lab, &mut fresh, server, CLIENTS);
+    let kernel_report = flood.stop();
+
+    // tcp-guard with its defaults.
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    assert!(
+        daemon
+            .log()
+            .contains("attack.policy auto: syncookie (net.ipv4.tcp_syncookies=1"),
+        "{}",
+        daemon.log()
+    );
+    let flood = Flood::start(
+        &lab,
+        server.ip(),
+        random_sources(v6),
+        20_000,
+        Duration::from_secs(30),
+    );
+    wait_for("attack mode", Duration::from_secs(10), || attack_active(&lab));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        cookie_sysctls(&lab),
+        held_for_cookies(),
+        "held while cookies are answered"
+    );
+    let (guarded, mut first) = fresh_clients(&lab, &mut fresh, server, CLIENTS);
+    echo_round_trip(&mut first, 256 * 1024);
+    let ours = negotiated(&first);
+    let server_side = server_wscale(&lab, first.local_addr().expect("addr"));
+    let guard_report = flood.stop();
+    let stats = stats_json(&lab.server_iface);
+
+    let late = |l: &[Duration]| l.iter().filter(|t| **t >= INITIAL_RTO).count();
+    eprintln!(
+        "stock host {}: kernel alone p50 {:?} p99 {:?} ({} late, flood {} SYN/s); \
+         tcp-guard p50 {:?} p99 {:?} ({} late, flood {} SYN/s)",
+        if v6 { "IPv6" } else { "IPv4" },
+        kernel[CLIENTS / 2],
+        p99(&kernel, 0),
+        late(&kernel),
+        kernel_report.rate() as u64,
+        guarded[CLIENTS / 2],
+        p99(&guarded, 0),
+        late(&guarded),
+        guard_report.rate() as u64,
+    );
+    assert!(
+        kernel_report.sent > 10_000 && guard_report.sent > 10_000,
+        "both floods ran"
+    );
+    // A veth may lose a client's SYN now and then on these shared cores,
+    // whatever defends the listener: one such client is allowed beyond the
+    // kernel's own, and left out of the percentile.
+    assert!(
+        late(&guarded) <= late(&kernel) + LATE_ALLOWED,
+        "no client waits for a SYN retransmission that the kernel alone would not: {guarded:?} vs {kernel:?}"
+    );
+    let slack = Duration::from_millis(5);
+    assert!(
+        p99(&guarded, LATE_ALLOWED) <= p99(&kernel, 0) + slack,
+        "p99 no worse than the kernel alone: {guarded:?} vs {kernel:?}"
+    );
+    assert_eq!(
+        ours, reference,
+        "a cookie connection negotiates what the listener itself does"
+    );
+    let (snd, rcv) = ours.wscale.expect("window scaling");
+    assert_eq!(
+        server_side,
+        Some((rcv, snd)),
+        "the server's socket scales windows as the client expects"
+    );
+    assert!(ours.sack, "SACK, as the kernel's own cookies keep it");
+    assert!(
+        counter(&stats, "syn_cookie_sent") >= guard_report.sent / 2,
+        "answered from XDP: {stats}"
+    );
+    assert!(counter(&stats, "cookie_ack_valid") >= CLIENTS as u64, "{stats}");
+
+    // Stopping the daemon restores what it changed.
+    daemon.stop().expect("stop");
+    assert_eq!(cookie_sysctls(&lab), stock(), "restored when the daemon stops");
+}
+
+#[test]
+fn ipv4_a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone() {
+    a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone(false);
+}
+
+#[test]
+fn ipv6_a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone() {
+    a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone(true);
+}
+
+/// The settings are held exactly while cookies are answered: restored after
+/// attack mode, by the successor of a daemon killed during an attack, and
+/// by `detach` where no daemon followed.
+#[test]
+fn the_kernel_settings_are_held_only_while_cookies_are_answered() {
+    let lab = Lab::new().expect("lab");
+    let _client_xdp = lab.receive_xdp_tx().expect("XDP on the client's end");
+    let server = SocketAddr::new(lab.server_addr(false), PORT);
+    let _listener = Server::start(listen(&lab.server, server, 128).expect("listen"));
+    // Half-open flows admitted before attack mode expire quickly, so that it ends.
+    let settings = [ATTACK_AT_4_HALF_OPEN, QUICK_LEAVE, SYN_RCVD_4S].concat();
+    let attack = |seconds: u64| {
+        let flood = Flood::start(
+            &lab,
+            server.ip(),
+            random_sources(false),
+            5_000,
+            Duration::from_secs(seconds),
+        );
+        wait_for("attack mode", Duration::from_secs(10), || attack_active(&lab));
+        wait_for("the settings cookies need", Duration::from_secs(5), || {
+            cookie_sysctls(&lab) == held_for_cookies()
+        });
+        flood
+    };
+
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &settings).expect("start");
+    let flood = attack(3);
+    assert!(daemon.log().contains("event=sysctls_set"), "{}", daemon.log());
+    flood.stop();
+    // Attack mode ends 2 s after the flood; the settings 10 s after that.
+    wait_for("attack mode to end", Duration::from_secs(20), || {
+        !attack_active(&lab)
+    });
+    assert_eq!(
+        cookie_sysctls(&lab),
+        held_for_cookies(),
+        "kept for the last cookies' ACKs"
+    );
+    wait_for("the settings restored", Duration::from_secs(20), || {
+        cookie_sysctls(&lab) == stock()
+    });
+    assert!(
+        daemon.log().contains("event=sysctls_restored"),
+        "{}",
+        daemon.log()
+    );
+
+    // Killed during an attack: the successor restores them once it is over.
+    let flood = attack(3);
+    daemon.stop_with(libc::SIGKILL).expect("kill -9");
+    assert_eq!(
+        cookie_sysctls(&lab),
+        held_for_cookies(),
+        "the fast path still answers cookies"
+    );
+    let successor = Daemon::start(&lab.server, &lab.server_iface, &settings).expect("restart");
+    assert!(
+        successor.log().contains("a previous daemon on"),
+        "{}",
+        successor.log()
+    );
+    flood.stop();
+    wait_for(
+        "the settings restored by the successor",
+        Duration::from_secs(40),
+        || cookie_sysctls(&lab) == stock(),
+    );
+
+    // Killed again, and detached by hand: detach restores them.
+    let flood = attack(2);
+    successor.stop_with(libc::SIGKILL).expect("kill -9");
+    flood.stop();
+    let out = run(lab
+        .server
+        .command(tcp_guard_bin())
+        .args(["detach", "--iface", &lab.server_iface]))
+    .expect("detach");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restored the kernel settings"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(cookie_sysctls(&lab), stock());
 }

@@ -58,13 +58,37 @@ impl Loaded {
                 0,
                 AttackState {
                     active: 1,
+                    cookies_ready: 1,
                     trigger: AttackState::BY_SYN_RATE,
                     since_ns: 1,
+                    ..AttackState::default()
                 },
                 0,
             )
             .expect("set ATTACK");
         Loaded(ebpf)
+    }
+
+    /// Attack mode as it is before the daemon has the listener ready for
+    /// cookies (or after someone changed its settings).
+    fn cookies_not_ready(&mut self) {
+        let mut attack: Array<_, AttackState> = self
+            .0
+            .map_mut(maps::ATTACK)
+            .expect("ATTACK")
+            .try_into()
+            .expect("array");
+        let state = attack.get(&0, 0).expect("ATTACK");
+        attack
+            .set(
+                0,
+                AttackState {
+                    cookies_ready: 0,
+                    ..state
+                },
+                0,
+            )
+            .expect("set ATTACK");
     }
 
     fn stats(&self) -> Stats {
@@ -253,6 +277,19 @@ fn syns_of_every_shape_are_answered_with_a_cookie() {
             );
             assert!(!options.sack_permitted(), "{what}");
         }
+    }
+}
+
+#[test]
+fn until_the_listener_is_ready_for_cookies_syns_go_on_to_the_limits() {
+    let mut prog = Loaded::in_attack_mode();
+    prog.cookies_not_ready();
+    for v6 in [false, true] {
+        let (verdict, _, moved) = prog.run(&syn(v6, 77).frame());
+        assert_eq!(verdict, XDP_PASS, "to the listener, counted as a new flow");
+        assert_eq!(moved.by(Counter::SynCookieSent), 0, "{:?}", moved.names());
+        assert_eq!(moved.by(Counter::SynCookieRefresh), 0, "{:?}", moved.names());
+        assert_eq!(moved.by(Counter::Syn), 1, "{:?}", moved.names());
     }
 }
 
