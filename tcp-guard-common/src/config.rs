@@ -55,7 +55,7 @@ impl Default for GuardConfig {
             global_half_open: 1024,
             per_source_half_open: 64,
             per_prefix_half_open: 256,
-            per_port_half_open: 512,
+            per_port_half_open: GuardConfig::PER_PORT_AUTO,
             syn_rate: 200,
             syn_burst: 400,
             attack_enter_half_open: 256,

@@ -14,7 +14,7 @@ pub mod syncookie;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 4;
+    pub const LAYOUT_VERSION: u64 = 5;
 
     pub const STATS: &str = "STATS";
     /// Half-open flows (SYN-SENT, SYN-RECV), keyed by [`crate::flow::FlowKey`].
@@ -47,6 +47,9 @@ pub mod maps {
     /// When a SYN to each listener was last let through in attack mode
     /// (syncookie policy), keyed by [`crate::policy::ListenerKey`].
     pub const LISTENERS: &str = "LISTENERS";
+    /// [`crate::policy::ListenerLimit`] per local port (65,536 entries),
+    /// written by the controller from the listeners' real queues.
+    pub const LISTENER_LIMITS: &str = "LISTENER_LIMITS";
     /// Ring buffer of [`crate::policy::Event`]s.
     pub const EVENTS: &str = "EVENTS";
 }
@@ -71,6 +74,7 @@ mod user {
     unsafe impl aya::Pod for crate::flow::Flow {}
     unsafe impl aya::Pod for crate::policy::GuardConfig {}
     unsafe impl aya::Pod for crate::policy::AttackState {}
+    unsafe impl aya::Pod for crate::policy::ListenerLimit {}
     unsafe impl aya::Pod for crate::policy::CountKey {}
     unsafe impl aya::Pod for crate::policy::LpmAddr {}
     unsafe impl aya::Pod for crate::policy::BlockEntry {}

@@ -68,7 +68,9 @@ pub struct GuardConfig {
     pub per_source_half_open: u32,
     /// Half-open flows per source prefix (`prefix_len_v4` / `prefix_len_v6`).
     pub per_prefix_half_open: u32,
-    /// Half-open flows per local (destination) port.
+    /// Half-open flows per local (destination) port, or
+    /// [`GuardConfig::PER_PORT_AUTO`]: each port's own limit in the
+    /// `LISTENER_LIMITS` map, from its listeners' real queues.
     pub per_port_half_open: u32,
     /// SYNs per second per source address (token bucket refill rate).
     pub syn_rate: u32,
@@ -125,6 +127,8 @@ impl GuardConfig {
     pub const COOKIE_SACK: u8 = 0x02;
     /// The kernel accepts window scaling (`tcp_window_scaling=1`).
     pub const COOKIE_WSCALE: u8 = 0x04;
+    /// `per_port_half_open`: follow each port's listeners.
+    pub const PER_PORT_AUTO: u32 = u32::MAX;
 
     pub const fn timeout_secs(&self, state: TcpState) -> u32 {
         match state {
@@ -164,14 +168,33 @@ pub struct AttackState {
 impl AttackState {
     pub const BY_HALF_OPEN: u32 = 1;
     pub const BY_SYN_RATE: u32 = 2;
+    /// A listener's half-open connections reached its `ListenerLimit::enter_attack`.
+    pub const BY_LISTENER: u32 = 3;
+    /// The kernel's own overflow counters moved (ListenOverflows,
+    /// ListenDrops, SyncookiesSent).
+    pub const BY_KERNEL: u32 = 4;
 
     pub const fn trigger_name(&self) -> &'static str {
         match self.trigger {
             Self::BY_HALF_OPEN => "half-open",
             Self::BY_SYN_RATE => "SYN rate",
+            Self::BY_LISTENER => "listener",
+            Self::BY_KERNEL => "kernel",
             _ => "-",
         }
     }
+}
+
+/// What the fast path allows one local port, from its listeners' queues as
+/// the daemon reads them from the kernel: one entry of the
+/// `LISTENER_LIMITS` array, indexed by port. Zero: no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerLimit {
+    /// Half-open flows the fast path admits for the port.
+    pub half_open: u32,
+    /// Attack mode starts when the port has this many.
+    pub enter_attack: u32,
 }
 
 /// Which limit a [`CountKey`] counts for.
@@ -500,6 +523,8 @@ pub struct AttackDetector {
 pub enum AttackTrigger {
     HalfOpen,
     SynRate,
+    /// The kernel's own overflow counters moved.
+    Kernel,
 }
 
 /// A change of attack mode.
@@ -516,6 +541,17 @@ impl AttackDetector {
             self.active = true;
             self.calm_since_ns = None;
         }
+    }
+
+    /// Takes note that the kernel's listeners overflowed (or answered with
+    /// cookies of their own): attack mode starts, or its cooldown starts over.
+    pub fn kernel_overflowed(&mut self) -> Option<AttackChange> {
+        self.calm_since_ns = None;
+        if self.active {
+            return None;
+        }
+        self.active = true;
+        Some(AttackChange::Entered(AttackTrigger::Kernel))
     }
 
     /// Feeds one observation; returns the change it causes, if any.
@@ -617,6 +653,10 @@ impl Event {
     /// The fast path entered attack mode: half-open flows reached
     /// `attack_enter_half_open` (`counter` holds their number).
     pub const ATTACK_MODE_ON: u32 = 2;
+    /// The fast path entered attack mode: a port's half-open flows reached
+    /// its `ListenerLimit::enter_attack` (`counter` holds their number, the
+    /// first two bytes of `addr` the port, in network order).
+    pub const ATTACK_MODE_ON_BY_LISTENER: u32 = 3;
 }
 
 #[cfg(test)]
@@ -741,6 +781,25 @@ mod tests {
             r.observe(&c, 0, 1000, s),
             Some(AttackChange::Entered(AttackTrigger::SynRate))
         );
+    }
+
+    #[test]
+    fn kernel_overflows_enter_attack_mode_and_hold_off_its_end() {
+        let c = config();
+        let s = 1_000_000_000;
+        let mut d = AttackDetector::default();
+        assert_eq!(
+            d.kernel_overflowed(),
+            Some(AttackChange::Entered(AttackTrigger::Kernel))
+        );
+        assert_eq!(d.observe(&c, 0, 0, 0), None, "calm starts");
+        assert_eq!(d.kernel_overflowed(), None, "already on");
+        assert_eq!(
+            d.observe(&c, 0, 0, 4 * s),
+            None,
+            "the overflow restarted the cooldown"
+        );
+        assert_eq!(d.observe(&c, 0, 0, 9 * s), Some(AttackChange::Left));
     }
 
     #[test]

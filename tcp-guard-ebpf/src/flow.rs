@@ -162,9 +162,13 @@ fn track(
         Step::Store(event) => {
             let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
             if opening {
-                let enforce = !allowlisted && !guard::passing_floods(config);
+                let enforce =
+                    !allowlisted && !guard::passing_floods(config) && !guard::kernel_answers_with_cookies();
                 match guard::admit(key, config, enforce) {
-                    Ok(prefix_len) => {
+                    Ok((prefix_len, attack_at)) => {
+                        if attack_at != 0 {
+                            guard::listener_under_attack(counters, key.local_port, attack_at);
+                        }
                         flow.flags |= Flow::COUNTED;
                         flow.prefix_len = prefix_len;
                         if config.egress != 0 {

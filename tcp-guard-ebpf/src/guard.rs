@@ -2,7 +2,7 @@
 //! the attack-mode policy and the half-open limits. Decisions that need no
 //! map live in `tcp_guard_common::policy`; this is the map glue around them.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use tcp_guard_common::{
     flow::FlowKey,
     policy::{
@@ -13,8 +13,8 @@ use tcp_guard_common::{
 };
 
 use crate::maps::{
-    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, LISTENERS, OFFENDERS, RATE, SYN_SOURCES,
-    VERIFIED, atomic_add,
+    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, LISTENER_LIMITS, LISTENERS, OFFENDERS, RATE,
+    SYN_SOURCES, VERIFIED, atomic_add,
 };
 
 /// Whether `addr` is on the block list now.
@@ -103,20 +103,65 @@ fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> Attac
     if config.attack_enter_half_open == 0 || half_open < config.attack_enter_half_open as u64 {
         return Attack::Off;
     }
+    enter_attack(
+        counters,
+        attack,
+        AttackState::BY_HALF_OPEN,
+        half_open as u32,
+        0,
+        now,
+    );
+    Attack::On
+}
+
+/// Turns attack mode on and tells the controller.
+#[inline(always)]
+fn enter_attack(
+    counters: &mut Counters,
+    attack: &mut AttackState,
+    trigger: u32,
+    count: u32,
+    port: u16,
+    now: u64,
+) {
     attack.active = 1;
-    attack.trigger = AttackState::BY_HALF_OPEN;
+    attack.trigger = trigger;
     attack.since_ns = now;
+    let mut addr = [0; 16];
+    let kind = if trigger == AttackState::BY_LISTENER {
+        addr[..2].copy_from_slice(&port.to_be_bytes());
+        Event::ATTACK_MODE_ON_BY_LISTENER
+    } else {
+        Event::ATTACK_MODE_ON
+    };
     let event = Event {
-        kind: Event::ATTACK_MODE_ON,
-        counter: half_open as u32,
-        addr: [0; 16],
+        kind,
+        counter: count,
+        addr,
         family: 0,
         _pad: [0; 7],
     };
     if EVENTS.output::<Event>(&event, 0).is_err() {
         counters.bump(Counter::EventsLost);
     }
-    Attack::On
+}
+
+/// A port's half-open flows reached what its listeners allow before attack
+/// mode: enter it, unless it is on already. (Its own BPF function: keeps the
+/// event record off the admission path's stack.)
+#[inline(never)]
+pub fn listener_under_attack(counters: &mut Counters, port: u16, count: u32) {
+    let Some(attack) = ATTACK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a live array map value; racing writers all write "on".
+    let attack = unsafe { &mut *attack };
+    if attack.active == 0 {
+        // SAFETY: a helper without arguments. (Read here, once per attack,
+        // rather than passed down: BPF functions take at most 5 arguments.)
+        let now = unsafe { bpf_ktime_get_ns() };
+        enter_attack(counters, attack, AttackState::BY_LISTENER, count, port, now);
+    }
 }
 
 /// What the attack-mode gate decides for a SYN.
@@ -251,6 +296,7 @@ fn release_first(key: &FlowKey, prefix_len: u8, n: usize) {
 }
 
 /// Counts a new half-open flow against every limit, or none of them.
+/// (`PER_PORT_AUTO` is never reached here: `admit` checks ports then.)
 #[inline(always)]
 fn reserve(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<u8, DropReason> {
     let prefix_len = if key.family == 4 {
@@ -282,11 +328,48 @@ pub fn passing_floods(config: &GuardConfig) -> bool {
     config.policy() == Policy::Pass && attack_active()
 }
 
+/// Whether the listener answers every SYN with a cookie of its own now
+/// (attack mode with the syncookie policy, and the kernel settings for it in
+/// place): the SYNs let through then hold no place in its queue, so the
+/// half-open limits count them but do not drop them.
+#[inline(always)]
+pub fn kernel_answers_with_cookies() -> bool {
+    ATTACK
+        .get(0)
+        .is_some_and(|a| a.active != 0 && a.cookies_ready != 0)
+}
+
 /// Counts a SYN that opens a half-open flow against the limits (enforced
-/// unless its source is allow-listed); on success returns the prefix length used.
+/// unless its source is allow-listed); on success returns the prefix length
+/// used, and the port's half-open count if it is enough for attack mode
+/// (the caller enters it: a call from here would take the verifier's
+/// stack budget past 512 bytes).
 #[inline(never)]
-pub fn admit(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<u8, DropReason> {
-    reserve(key, config, enforce)
+pub fn admit(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<(u8, u32), DropReason> {
+    let prefix_len = reserve(key, config, enforce)?;
+    if config.per_port_half_open != GuardConfig::PER_PORT_AUTO {
+        return Ok((prefix_len, 0));
+    }
+    // The port's own limits, from its listeners; checked after the count
+    // went up (the counter just touched is cheap to read again).
+    let Some(listener) = LISTENER_LIMITS.get(key.local_port as u32) else {
+        return Ok((prefix_len, 0));
+    };
+    let Some(count) = COUNTS.get_ptr(CountKey::port(key.local_port)) else {
+        return Ok((prefix_len, 0));
+    };
+    // SAFETY: a live map value, read once.
+    let count = unsafe { *count };
+    if enforce && listener.half_open != 0 && count > listener.half_open as u64 {
+        release_first(key, prefix_len, CountKind::ALL.len());
+        return Err(DropReason::PortHalfOpen);
+    }
+    let attack_at = if listener.enter_attack != 0 && count >= listener.enter_attack as u64 {
+        count as u32
+    } else {
+        0
+    };
+    Ok((prefix_len, attack_at))
 }
 
 /// Records a source that earns its drop, and tells the controller the first time.

@@ -9,8 +9,8 @@ use tcp_guard_common::{
     flow::{Flow, FlowKey},
     packet::Dissection,
     policy::{
-        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountKey, GuardConfig, ListenerKey, LpmAddr,
-        SourceKey, TokenBucket,
+        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountKey, GuardConfig, ListenerKey,
+        ListenerLimit, LpmAddr, SourceKey, TokenBucket,
     },
     stats::{Counter, Stats},
     syncookie::{REPLY_MAX_LEN, SynAck},
@@ -77,6 +77,10 @@ pub static SYN_SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entrie
 /// (syncookie policy): see `policy::COOKIE_REFRESH_NS`.
 #[map]
 pub static LISTENERS: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(4_096, 0);
+
+/// What each local port's listeners hold, by port: see `policy::ListenerLimit`.
+#[map]
+pub static LISTENER_LIMITS: Array<ListenerLimit> = Array::with_max_entries(65_536, 0);
 
 /// Working space of the programs, kept off the 512-byte stack.
 pub struct Scratch {

@@ -17,7 +17,7 @@ use aya::maps::{
 use serde_json::{Value, json};
 use tcp_guard_common::{
     maps,
-    policy::{AttackState, BlockEntry, CountKey, CountKind, GuardConfig, LpmAddr, SourceKey},
+    policy::{AttackState, BlockEntry, CountKey, CountKind, GuardConfig, ListenerLimit, LpmAddr, SourceKey},
 };
 
 use crate::{attach::Mode, flows::monotonic_now_ns, instance};
@@ -100,6 +100,13 @@ impl Instance {
         array::<GuardConfig>(&self.dir, maps::CONFIG)?
             .set(0, *config, 0)
             .context("cannot write CONFIG")
+    }
+
+    /// What the fast path allows `port`, from its listeners.
+    pub fn set_listener_limit(&self, port: u16, limit: ListenerLimit) -> Result<()> {
+        array::<ListenerLimit>(&self.dir, maps::LISTENER_LIMITS)?
+            .set(u32::from(port), limit, 0)
+            .with_context(|| format!("cannot write LISTENER_LIMITS[{port}]"))
     }
 
     pub fn attack(&self) -> Result<AttackState> {

@@ -2,6 +2,7 @@
 //! SIGINT or SIGTERM. SIGHUP reloads the configuration.
 
 use std::{
+    collections::BTreeMap,
     os::fd::AsRawFd,
     path::PathBuf,
     time::{Duration, Instant},
@@ -17,8 +18,8 @@ use tcp_guard_common::{
     flow::TcpState,
     maps,
     policy::{
-        AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event, GuardConfig, Policy,
-        SourceKey,
+        AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event, GuardConfig,
+        ListenerLimit, Policy, SourceKey,
     },
     stats::Counter,
 };
@@ -33,7 +34,7 @@ use crate::{
     cookies,
     flows::{FlowTables, monotonic_now_ns},
     instance::{self, Claim, InstanceLock},
-    program,
+    listeners, program,
     settings::{self, Settings},
     stats, sysctls,
 };
@@ -384,6 +385,9 @@ fn start(
         sysctls,
         sysctls_held,
         cookies_ended: None,
+        listener_limits: BTreeMap::new(),
+        syn_queues: BTreeMap::new(),
+        overflows: None,
     };
     Ok((ebpf, logger, control))
 }
@@ -466,6 +470,13 @@ async fn serve(
     }
 }
 
+fn read_sysctl_u32(path: &str) -> Result<u32> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{path} holds {:?}, not a number", text.trim()))
+}
+
 /// A descriptor owned elsewhere (the events ring, owned by `Control`, which
 /// outlives the poll).
 struct RawFdOf(std::os::fd::RawFd);
@@ -495,6 +506,69 @@ struct Control {
     sysctls_held: bool,
     /// When the fast path was last seen to stop answering cookies.
     cookies_ended: Option<Instant>,
+    /// What `LISTENER_LIMITS` holds, by port (ports not here hold zeroes).
+    listener_limits: BTreeMap<u16, ListenerLimit>,
+    /// The kernel's SYN queue per port at the last tick.
+    syn_queues: BTreeMap<u16, u32>,
+    /// The kernel's overflow counters at the last tick.
+    overflows: Option<KernelOverflows>,
+}
+
+/// The kernel's own signs that a listener's queue overflowed, from
+/// /proc/net/netstat (of the daemon's network namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KernelOverflows {
+    listen_overflows: u64,
+    listen_drops: u64,
+    syncookies_sent: u64,
+    /// net.ipv4.tcp_syncookies when they were read.
+    syncookies: u32,
+}
+
+impl KernelOverflows {
+    fn read(syncookies: u32) -> Result<KernelOverflows> {
+        let text = std::fs::read_to_string("/proc/net/netstat").context("cannot read /proc/net/netstat")?;
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            bail!("/proc/net/netstat has no TcpExt lines");
+        };
+        let field = |name: &str| -> Result<u64> {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.parse().ok())
+                .with_context(|| format!("/proc/net/netstat has no TcpExt {name}"))
+        };
+        Ok(KernelOverflows {
+            listen_overflows: field("ListenOverflows")?,
+            listen_drops: field("ListenDrops")?,
+            syncookies_sent: field("SyncookiesSent")?,
+            syncookies,
+        })
+    }
+
+    /// What rose since `before`, in words. Cookies the kernel sends count
+    /// only where it sends them on overflow alone (`tcp_syncookies` 1, then
+    /// and now): with 2 it answers every SYN that way.
+    fn rose_since(&self, before: &KernelOverflows) -> Option<String> {
+        let mut rose = Vec::new();
+        for (name, now, then) in [
+            ("ListenOverflows", self.listen_overflows, before.listen_overflows),
+            ("ListenDrops", self.listen_drops, before.listen_drops),
+        ] {
+            if now > then {
+                rose.push(format!("{name}+{}", now - then));
+            }
+        }
+        if self.syncookies == 1 && before.syncookies == 1 && self.syncookies_sent > before.syncookies_sent {
+            rose.push(format!(
+                "SyncookiesSent+{}",
+                self.syncookies_sent - before.syncookies_sent
+            ));
+        }
+        (!rose.is_empty()).then(|| rose.join(" "))
+    }
 }
 
 /// How long the settings cookies need stay after attack mode ends: the ACKs
@@ -506,7 +580,8 @@ impl Control {
         self.ticks += 1;
         let config = self.instance.config()?;
         let now = monotonic_now_ns();
-        self.detect_attack(&config, now)?;
+        let filling_queues = self.update_listener_limits(&config)?;
+        self.detect_attack(&config, now, filling_queues)?;
         self.drain_events();
         self.steer_cookies(&config)?;
         if self.ticks.is_multiple_of(2) {
@@ -524,7 +599,12 @@ impl Control {
         Ok(())
     }
 
-    fn detect_attack(&mut self, config: &tcp_guard_common::policy::GuardConfig, now: u64) -> Result<()> {
+    fn detect_attack(
+        &mut self,
+        config: &GuardConfig,
+        now: u64,
+        filling_queues: Option<String>,
+    ) -> Result<()> {
         let syns = stats::read_pinned(&self.instance.dir().join(maps::STATS))?.get(Counter::Syn);
         let at = Instant::now();
         let rate = match self.last_syns.replace((syns, at)) {
@@ -539,20 +619,34 @@ impl Control {
             // The fast path may have entered it (its event says so in the log).
             self.detector.entered_by_kernel();
         }
-        match self.detector.observe(config, half_open, rate, now) {
+        let overflows = KernelOverflows::read(self.sysctls.read()?.syncookies)?;
+        let overflowed = match self.overflows.replace(overflows) {
+            Some(before) => overflows.rose_since(&before),
+            None => None,
+        }
+        .into_iter()
+        .chain(filling_queues)
+        .reduce(|a, b| format!("{a} {b}"));
+        let change = match &overflowed {
+            Some(_) => self.detector.kernel_overflowed(),
+            None => self.detector.observe(config, half_open, rate, now),
+        };
+        match change {
             Some(AttackChange::Entered(trigger)) => {
                 self.instance.set_attack(&AttackState {
                     active: 1,
                     trigger: match trigger {
                         AttackTrigger::HalfOpen => AttackState::BY_HALF_OPEN,
                         AttackTrigger::SynRate => AttackState::BY_SYN_RATE,
+                        AttackTrigger::Kernel => AttackState::BY_KERNEL,
                     },
                     since_ns: now,
                     ..AttackState::default()
                 })?;
                 let why = match trigger {
-                    AttackTrigger::HalfOpen => "half_open",
-                    AttackTrigger::SynRate => "syn_rate",
+                    AttackTrigger::HalfOpen => "half_open".to_string(),
+                    AttackTrigger::SynRate => "syn_rate".to_string(),
+                    AttackTrigger::Kernel => format!("kernel ({})", overflowed.unwrap_or_default()),
                 };
                 log::warn!(
                     "event=attack_mode_on iface={} trigger={why} half_open={half_open} syn_rate={rate}/s policy={}",
@@ -610,6 +704,15 @@ impl Control {
                         event.counter
                     );
                 }
+                Event::ATTACK_MODE_ON_BY_LISTENER => {
+                    attack_entered = true;
+                    log::warn!(
+                        "event=attack_mode_on iface={} trigger=listener port={} half_open={} (entered by the fast path)",
+                        self.iface,
+                        u16::from_be_bytes([event.addr[0], event.addr[1]]),
+                        event.counter
+                    );
+                }
                 other => log::error!("event of unknown kind {other}; ignored"),
             }
         }
@@ -656,6 +759,74 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    /// Keeps `LISTENER_LIMITS` as the listeners of this namespace are now
+    /// (with `limits.per_port_half_open = "auto"`): they come and go. Returns,
+    /// in words, the ports whose kernel SYN queue grew since the last tick
+    /// to as many handshakes as should start attack mode (SYNs that did not
+    /// come through this interface fill it too; a queue that only holds old
+    /// handshakes, which the kernel keeps for a minute of SYN-ACK retries,
+    /// does not grow).
+    fn update_listener_limits(&mut self, config: &GuardConfig) -> Result<Option<String>> {
+        let mut filling = Vec::new();
+        let wanted = if config.per_port_half_open == GuardConfig::PER_PORT_AUTO {
+            let ports = listeners::read()?;
+            for (port, queued) in &ports.syn_queue {
+                let before = self.syn_queues.get(port).copied().unwrap_or(0);
+                if let Some(limit) = self.listener_limits.get(port)
+                    && *queued >= limit.enter_attack
+                    && *queued > before
+                {
+                    filling.push(format!(":{port} SYN queue {before} -> {queued}"));
+                }
+            }
+            self.syn_queues = ports.syn_queue.clone();
+            let max_syn_backlog = read_sysctl_u32("/proc/sys/net/ipv4/tcp_max_syn_backlog")?;
+            let syncookies = self.sysctls.read()?.syncookies;
+            ports
+                .backlog
+                .iter()
+                .map(|(port, backlog)| {
+                    let capacity = listeners::capacity(*backlog, max_syn_backlog, syncookies);
+                    (
+                        *port,
+                        (listeners::limit_for(capacity, syncookies), *backlog, capacity),
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        for (port, (limit, backlog, capacity)) in &wanted {
+            if self.listener_limits.get(port) != Some(limit) {
+                self.instance.set_listener_limit(*port, *limit)?;
+                let admitted = match limit.half_open {
+                    0 => "the kernel answers the rest with cookies".to_string(),
+                    n => format!("up to {n} half-open"),
+                };
+                log::info!(
+                    "listener :{port} holds {capacity} handshakes (backlog {backlog}): {admitted}, \
+                     attack mode at {}",
+                    limit.enter_attack
+                );
+            }
+        }
+        let gone: Vec<u16> = self
+            .listener_limits
+            .keys()
+            .filter(|port| !wanted.contains_key(port))
+            .copied()
+            .collect();
+        for port in gone {
+            self.instance.set_listener_limit(port, ListenerLimit::default())?;
+            log::info!("listener :{port} is gone");
+        }
+        self.listener_limits = wanted
+            .into_iter()
+            .map(|(port, (limit, ..))| (port, limit))
+            .collect();
+        Ok((!filling.is_empty()).then(|| filling.join(" ")))
     }
 
     /// Restores the kernel settings, unless another interface still needs them.

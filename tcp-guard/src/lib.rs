@@ -7,6 +7,7 @@ pub mod cookies;
 pub mod daemon;
 pub mod flows;
 pub mod instance;
+pub mod listeners;
 pub mod metrics;
 pub mod mount_ns;
 pub mod program;

@@ -34,6 +34,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::OFFENDERS,
     maps::SYN_SOURCES,
     maps::LISTENERS,
+    maps::LISTENER_LIMITS,
     maps::EVENTS,
 ];
 

@@ -42,6 +42,11 @@ enum Kind {
     Policy,
     /// On or off: `true` or `false`.
     Switch,
+    /// `auto` (stored as `GuardConfig::PER_PORT_AUTO`), or a count in `0..=max`.
+    AutoOrCount {
+        max: u32,
+        unit: &'static str,
+    },
 }
 
 /// One settable key.
@@ -134,14 +139,17 @@ static KEYS: &[Key] = &[
         "flows",
         "half-open flows per source prefix (prefix_len_v4 / prefix_len_v6); 0: no limit"
     ),
-    live_count!(
-        "limits.per_port_half_open",
-        per_port_half_open,
-        0,
-        COUNT,
-        "flows",
-        "half-open flows per local port, so one flooded service cannot starve another; 0: no limit"
-    ),
+    Key {
+        name: "limits.per_port_half_open",
+        kind: Kind::AutoOrCount {
+            max: GuardConfig::PER_PORT_AUTO - 1,
+            unit: "flows",
+        },
+        help: "half-open flows per local port; auto: from the port's listeners as the kernel reports them (their backlog; with SYN cookies off also three quarters of tcp_max_syn_backlog): attack mode at a quarter of it and, with SYN cookies off, at most half of it admitted; a number: that many for every port; 0: no limit",
+        get: |s| s.live.per_port_half_open as u64,
+        set: |s, v| s.live.per_port_half_open = v as u32,
+        restart: false,
+    },
     live_count!(
         "limits.prefix_len_v4",
         prefix_len_v4,
@@ -411,6 +419,15 @@ fn parse_value(key: &Key, text: &str) -> Result<u64> {
             "false" => Ok(0),
             _ => bail!("{} = {text:?}: true or false", key.name),
         },
+        Kind::AutoOrCount { .. } if text == "auto" => Ok(GuardConfig::PER_PORT_AUTO as u64),
+        Kind::AutoOrCount { max, .. } => match parse_count(text) {
+            Some(value) if value <= max as u64 => Ok(value),
+            _ => bail!(
+                "{} = {text:?}: auto, or a whole number from 0 to {} (such as 512, 10k)",
+                key.name,
+                format_count(max.into())
+            ),
+        },
     }
 }
 
@@ -427,6 +444,8 @@ fn format_value(key: &Key, value: u64) -> String {
             .map_or("?", Policy::as_str)
             .to_string(),
         Kind::Switch => (value != 0).to_string(),
+        Kind::AutoOrCount { .. } if value == GuardConfig::PER_PORT_AUTO as u64 => "auto".to_string(),
+        Kind::AutoOrCount { .. } => format_count(value),
     }
 }
 
@@ -518,6 +537,7 @@ impl Settings {
                 let value = format_value(k, (k.get)(self));
                 let shown = match k.kind {
                     Kind::Count { unit, .. } => format!("{value} {unit}"),
+                    Kind::AutoOrCount { unit, .. } if value != "auto" => format!("{value} {unit}"),
                     _ => value,
                 };
                 (k.name, shown, k.help)

@@ -54,9 +54,14 @@ pub struct Defence {
     /// net.ipv4.tcp_syncookies in the server namespace.
     pub syncookies: u8,
     pub synproxy: bool,
-    /// tcp-guard's attack-mode policy, if tcp-guard runs.
+    /// tcp-guard's attack-mode policy, if tcp-guard runs; [`DEFAULTS`]: no
+    /// setting at all, on the kernel's own defaults.
     pub guard: Option<&'static str>,
 }
+
+/// A [`Defence::guard`]: tcp-guard exactly as installed, with no setting
+/// (the server namespace keeps the kernel's defaults but `syncookies`).
+pub const DEFAULTS: &str = "defaults";
 
 pub const DEFENCES: &[Defence] = &[
     Defence {
@@ -82,6 +87,12 @@ pub const DEFENCES: &[Defence] = &[
         syncookies: 2,
         synproxy: true,
         guard: None,
+    },
+    Defence {
+        name: "tcp-guard defaults, stock host",
+        syncookies: 1,
+        synproxy: false,
+        guard: Some(DEFAULTS),
     },
     Defence {
         name: "tcp-guard challenge, cookies=0",
@@ -148,7 +159,7 @@ impl Plan {
     /// One short step of each kind of defence, for the test run.
     pub fn smoke() -> Plan {
         Plan {
-            defences: vec![DEFENCES[1], DEFENCES[3], DEFENCES[4], DEFENCES[6]],
+            defences: vec![DEFENCES[1], DEFENCES[3], DEFENCES[4], DEFENCES[5], DEFENCES[7]],
             rates: vec![5_000],
             duration: Duration::from_secs(2),
         }
@@ -246,10 +257,13 @@ pub fn run_one(defence: &Defence, rate: u64, duration: Duration) -> Result<Run> 
     lab.server
         .sysctl("net.ipv4.tcp_syncookies", &defence.syncookies.to_string())?;
     // The syncookie policy answers from XDP: timestamps without random
-    // offsets keep the options its cookies carry, and the client's veth end
-    // must run XDP to receive what XDP sends back (a real NIC need not).
-    let _client_xdp = if defence.guard == Some("syncookie") {
+    // offsets keep the options its cookies carry (tcp-guard's defaults set
+    // them itself while they answer), and the client's veth end must run XDP
+    // to receive what XDP sends back (a real NIC need not).
+    if defence.guard == Some("syncookie") {
         lab.server.sysctl("net.ipv4.tcp_timestamps", "2")?;
+    }
+    let _client_xdp = if matches!(defence.guard, Some("syncookie" | DEFAULTS)) {
         Some(lab.receive_xdp_tx()?)
     } else {
         None
@@ -279,6 +293,7 @@ pub fn run_one(defence: &Defence, rate: u64, duration: Duration) -> Result<Run> 
         }
     }
     let daemon = match defence.guard {
+        Some(DEFAULTS) => Some(Daemon::start(&lab.server, &lab.server_iface, &[])?),
         Some(policy) => Some(Daemon::start(
             &lab.server,
             &lab.server_iface,

@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -13,9 +13,10 @@ use std::{
 };
 
 use crate::{
+    daemon::stats_json,
     flood::{FloodReport, FloodSpec, Sources, flood},
     inject::Injector,
-    lab::Lab,
+    lab::{Lab, connect_from},
 };
 
 /// The port the scenarios' listener uses.
@@ -188,4 +189,52 @@ pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Client addresses nothing has connected from yet, so the guard has not
+/// verified them: in attack mode their SYNs get a cookie or the challenge.
+pub struct FreshAddresses {
+    v6: bool,
+    next: u16,
+}
+
+impl FreshAddresses {
+    pub fn new(v6: bool) -> Self {
+        FreshAddresses { v6, next: 100 }
+    }
+
+    pub fn take(&mut self, lab: &Lab) -> IpAddr {
+        let n = self.next;
+        self.next += 1;
+        let (addr, prefix): (IpAddr, u8) = if self.v6 {
+            (Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, n).into(), 64)
+        } else {
+            (Ipv4Addr::new(198, 18, 0, n as u8).into(), 24)
+        };
+        let mut args = vec!["addr", "add"];
+        let cidr = format!("{addr}/{prefix}");
+        args.push(&cidr);
+        args.extend(["dev", &lab.client_iface]);
+        if self.v6 {
+            args.push("nodad");
+        }
+        lab.client.ip(&args).expect("add a client address");
+        addr
+    }
+}
+
+/// Connects from `local` and times it.
+pub fn timed_connect(lab: &Lab, local: IpAddr, server: SocketAddr) -> (TcpStream, Duration) {
+    let start = Instant::now();
+    let stream = lab
+        .client
+        .enter(move || connect_from(SocketAddr::new(local, 0), server, Duration::from_secs(5)))
+        .expect("enter")
+        .unwrap_or_else(|e| {
+            panic!(
+                "connect from {local} to {server}: {e}; guard: {}",
+                stats_json(&lab.server_iface)
+            )
+        });
+    (stream, start.elapsed())
 }

@@ -11,7 +11,7 @@ use tcp_guard_tests::{daemon::tcp_guard_bin, lab::require_root};
 fn the_demo_goes_as_the_readme_says() {
     require_root();
     let out = Command::new(env!("CARGO_BIN_EXE_tg-demo"))
-        .args(["--seconds", "20"])
+        .args(["--seconds", "25"])
         .env("TCP_GUARD_BIN", tcp_guard_bin())
         .output()
         .expect("cannot start tg-demo");

@@ -20,8 +20,8 @@ use tcp_guard_tests::{
     lab::{Lab, listen},
     packets::{SYN, TcpPacket},
     scenario::{
-        ATTACK_AT_4_HALF_OPEN, Flood, GLOBAL_12, PORT, QUICK_LEAVE, SYN_RCVD_4S, Server, connects,
-        random_sources, wait_for,
+        ATTACK_AT_4_HALF_OPEN, Flood, FreshAddresses, GLOBAL_12, PORT, QUICK_LEAVE, SYN_RCVD_4S, Server,
+        connects, random_sources, timed_connect, wait_for,
     },
 };
 /// listen(16): the kernel holds at most 17 connections in SYN-RECV.
@@ -444,4 +444,86 @@ fn the_pass_policy_leaves_a_flood_to_the_kernel() {
         syn_recv > TABLE,
         "the kernel got the SYNs the full table could not track: {syn_recv} in SYN-RECV; {report:?}"
     );
+}
+
+/// With SYN cookies off and a listen(16) listener, tcp-guard's defaults keep
+/// the kernel's queue from filling: they read the listener's backlog from
+/// the kernel, admit at most half of it and enter attack mode at a quarter,
+/// so every new client, from addresses the guard has never seen, connects.
+fn defaults_keep_a_small_listener_queue_from_filling(v6: bool) {
+    const CLIENTS: usize = 24;
+    const THREADS: usize = 4;
+    let lab = Lab::new().expect("lab");
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").expect("sysctl");
+    let addr = SocketAddr::new(lab.server_addr(v6), PORT);
+    let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    wait_for("the listener's limits", Duration::from_secs(5), || {
+        daemon
+            .log()
+            .contains(":8080 holds 16 handshakes (backlog 16): up to 8 half-open, attack mode at 4")
+    });
+    let mut fresh = FreshAddresses::new(v6);
+    let locals: Vec<IpAddr> = (0..CLIENTS).map(|_| fresh.take(&lab)).collect();
+
+    let flood = Flood::start(
+        &lab,
+        addr.ip(),
+        random_sources(v6),
+        20_000,
+        Duration::from_secs(60),
+    );
+    let max_syn_recv = AtomicUsize::new(0);
+    let sampling = AtomicBool::new(true);
+    let connected = AtomicUsize::new(0);
+    std::thread::sleep(Duration::from_millis(500));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while sampling.load(Ordering::Relaxed) {
+                max_syn_recv.fetch_max(lab.server_syn_recv().expect("ss"), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let clients: Vec<_> = locals
+            .chunks(CLIENTS / THREADS)
+            .map(|chunk| {
+                let (lab, connected) = (&lab, &connected);
+                scope.spawn(move || {
+                    for local in chunk {
+                        timed_connect(lab, *local, addr);
+                        connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("client");
+        }
+        sampling.store(false, Ordering::Relaxed);
+    });
+    let report = flood.stop();
+    let stats = stats_json(&lab.server_iface);
+    assert!(report.sent > 10_000, "the flood ran: {report:?}");
+    assert_eq!(connected.into_inner(), CLIENTS, "every new client connects");
+    let peak = max_syn_recv.into_inner();
+    assert!(
+        peak < BACKLOG as usize,
+        "the listener's queue never fills: {peak} SYN-RECV at most, backlog {BACKLOG}"
+    );
+    assert_eq!(stats["attack"]["active"], true, "{stats}");
+    assert!(
+        daemon.log().contains("trigger=listener port=8080"),
+        "attack mode entered for the listener: {}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn ipv4_defaults_keep_a_small_listener_queue_from_filling() {
+    defaults_keep_a_small_listener_queue_from_filling(false);
+}
+
+#[test]
+fn ipv6_defaults_keep_a_small_listener_queue_from_filling() {
+    defaults_keep_a_small_listener_queue_from_filling(true);
 }

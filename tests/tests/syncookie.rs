@@ -15,7 +15,8 @@ use tcp_guard_tests::{
     lab::{ClientXdp, Lab, Netns, connect_from, listen, run},
     packets::{ACK, TcpPacket},
     scenario::{
-        ATTACK_AT_4_HALF_OPEN, Flood, PORT, QUICK_LEAVE, SYN_RCVD_4S, Server, random_sources, wait_for,
+        ATTACK_AT_4_HALF_OPEN, Flood, FreshAddresses, PORT, QUICK_LEAVE, SYN_RCVD_4S, Server, random_sources,
+        timed_connect, wait_for,
     },
 };
 
@@ -59,54 +60,6 @@ fn cookie_daemon(lab: &Lab) -> Daemon {
     ]
     .concat();
     Daemon::start(&lab.server, &lab.server_iface, &args).expect("start tcp-guard")
-}
-
-/// Client addresses nothing has connected from yet, so the guard has not
-/// verified them: their SYNs take the cookie path.
-struct FreshAddresses {
-    v6: bool,
-    next: u16,
-}
-
-impl FreshAddresses {
-    fn new(v6: bool) -> Self {
-        FreshAddresses { v6, next: 100 }
-    }
-
-    fn take(&mut self, lab: &Lab) -> IpAddr {
-        let n = self.next;
-        self.next += 1;
-        let (addr, prefix): (IpAddr, u8) = if self.v6 {
-            (Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, n).into(), 64)
-        } else {
-            (Ipv4Addr::new(198, 18, 0, n as u8).into(), 24)
-        };
-        let mut args = vec!["addr", "add"];
-        let cidr = format!("{addr}/{prefix}");
-        args.push(&cidr);
-        args.extend(["dev", &lab.client_iface]);
-        if self.v6 {
-            args.push("nodad");
-        }
-        lab.client.ip(&args).expect("add a client address");
-        addr
-    }
-}
-
-/// Connects from `local` and times it.
-fn timed_connect(lab: &Lab, local: IpAddr, server: SocketAddr) -> (TcpStream, Duration) {
-    let start = Instant::now();
-    let stream = lab
-        .client
-        .enter(move || connect_from(SocketAddr::new(local, 0), server, Duration::from_secs(5)))
-        .expect("enter")
-        .unwrap_or_else(|e| {
-            panic!(
-                "connect from {local} to {server}: {e}; guard: {}",
-                stats_json(&lab.server_iface)
-            )
-        });
-    (stream, start.elapsed())
 }
 
 /// Sends `len` bytes and reads them back: data flows both ways.
@@ -340,6 +293,7 @@ fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory
         LONG_ATTACK + Duration::from_secs(30),
     );
     wait_for("attack mode", Duration::from_secs(10), || attack_active(&lab));
+    let received_before = tcp_ext(&lab.server, "SyncookiesRecv");
     let started = Instant::now();
     let mut rounds = 0;
     let mut late = Vec::new();
@@ -359,9 +313,16 @@ fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory
     let report = flood.stop();
     let stats = stats_json(&lab.server_iface);
     assert!(report.sent > 500_000, "the flood ran throughout: {report:?}");
+    // A client's SYN may be the one let through to the listener (below),
+    // which then answers it with a cookie of its own: the listener's count
+    // covers both kinds.
     assert!(
-        counter(&stats, "cookie_ack_valid") >= rounds,
-        "every client came through a cookie: {stats}"
+        tcp_ext(&lab.server, "SyncookiesRecv") - received_before >= rounds,
+        "every client came through a cookie the listener accepted: {stats}"
+    );
+    assert!(
+        counter(&stats, "cookie_ack_valid") + 1 >= rounds,
+        "all clients but at most the one let through got the fast path's cookie: {stats}"
     );
     // One SYN per listener every 10 s keeps its cookie check open.
     assert!(
@@ -591,7 +552,9 @@ fn a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone(v6: bool) {
         late(&guarded) <= late(&kernel) + LATE_ALLOWED,
         "no client waits for a SYN retransmission that the kernel alone would not: {guarded:?} vs {kernel:?}"
     );
-    let slack = Duration::from_millis(5);
+    // Below a SYN retransmission, what differs here is the scheduling of
+    // two shared cores running other tests' floods too.
+    let slack = Duration::from_millis(20);
     assert!(
         p99(&guarded, LATE_ALLOWED) <= p99(&kernel, 0) + slack,
         "p99 no worse than the kernel alone: {guarded:?} vs {kernel:?}"
@@ -626,6 +589,20 @@ fn ipv4_a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone() {
 #[test]
 fn ipv6_a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone() {
     a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone(true);
+}
+
+/// Waits until the server namespace has the stock settings again.
+fn restored_within(lab: &Lab, daemon: &Daemon, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while cookie_sysctls(lab) != stock() {
+        assert!(
+            Instant::now() < deadline,
+            "the settings restored within {limit:?}: {}\n{}",
+            daemon.log(),
+            stats_json(&lab.server_iface)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The settings are held exactly while cookies are answered: restored after
@@ -667,9 +644,7 @@ fn the_kernel_settings_are_held_only_while_cookies_are_answered() {
         held_for_cookies(),
         "kept for the last cookies' ACKs"
     );
-    wait_for("the settings restored", Duration::from_secs(20), || {
-        cookie_sysctls(&lab) == stock()
-    });
+    restored_within(&lab, &daemon, Duration::from_secs(20));
     assert!(
         daemon.log().contains("event=sysctls_restored"),
         "{}",
@@ -691,11 +666,7 @@ fn the_kernel_settings_are_held_only_while_cookies_are_answered() {
         successor.log()
     );
     flood.stop();
-    wait_for(
-        "the settings restored by the successor",
-        Duration::from_secs(40),
-        || cookie_sysctls(&lab) == stock(),
-    );
+    restored_within(&lab, &successor, Duration::from_secs(40));
 
     // Killed again, and detached by hand: detach restores them.
     let flood = attack(2);
@@ -712,4 +683,92 @@ fn the_kernel_settings_are_held_only_while_cookies_are_answered() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(cookie_sysctls(&lab), stock());
+}
+
+/// Connections a few clients complete (connect, 1 KiB each way, close)
+/// within `window`, each client from its own addresses in turn: real load
+/// comes from many clients, and one address alone would meet the per-source
+/// SYN rate limit (200/s by default).
+fn throughput(lab: &Lab, addresses: &[IpAddr], server: SocketAddr, window: Duration) -> usize {
+    const CLIENTS: usize = 4;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let until = Instant::now() + window;
+    std::thread::scope(|scope| {
+        for own in addresses.chunks(addresses.len().div_ceil(CLIENTS)) {
+            let done = &done;
+            scope.spawn(move || {
+                for local in own.iter().cycle() {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let local = SocketAddr::new(*local, 0);
+                    let connected = lab
+                        .client
+                        .enter(move || connect_from(local, server, Duration::from_secs(1)))
+                        .expect("enter");
+                    if let Ok(mut stream) = connected {
+                        echo_round_trip(&mut stream, 1024);
+                        if Instant::now() < until {
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    done.into_inner()
+}
+
+/// Under two floods at once, tcp-guard's defaults on a stock host keep at
+/// least the legitimate throughput the kernel's own cookies keep, measured
+/// in alternating rounds in one lab (the machine is shared and noisy: one
+/// round of either can be far off; the sums over the rounds are compared).
+#[test]
+fn under_two_floods_the_defaults_keep_at_least_what_kernel_cookies_keep() {
+    const ROUNDS: usize = 3;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let lab = Lab::new().expect("lab");
+    let _client_xdp = lab.receive_xdp_tx().expect("XDP on the client's end");
+    let server = SocketAddr::new(lab.server_addr(false), PORT);
+    let _echo = Server::echo(listen(&lab.server, server, 128).expect("listen"));
+    let mut fresh = FreshAddresses::new(false);
+    let addresses: Vec<IpAddr> = (0..32).map(|_| fresh.take(&lab)).collect();
+    let calm = throughput(&lab, &addresses, server, WINDOW);
+    let floods = || {
+        [0, 1].map(|_| {
+            Flood::start(
+                &lab,
+                server.ip(),
+                random_sources(false),
+                100_000,
+                Duration::from_secs(20),
+            )
+        })
+    };
+    let (mut kernel, mut guarded) = (0, 0);
+    for _ in 0..ROUNDS {
+        let running = floods();
+        std::thread::sleep(Duration::from_millis(500));
+        kernel += throughput(&lab, &addresses, server, WINDOW);
+        drop(running);
+
+        let daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+        let running = floods();
+        wait_for("attack mode", Duration::from_secs(10), || attack_active(&lab));
+        guarded += throughput(&lab, &addresses, server, WINDOW);
+        drop(running);
+        daemon.stop().expect("stop");
+    }
+    eprintln!(
+        "two floods: {} connections in {WINDOW:?} without a flood; per round under the floods, \
+         kernel cookies alone {:.0}, tcp-guard's defaults {:.0}",
+        calm,
+        kernel as f64 / ROUNDS as f64,
+        guarded as f64 / ROUNDS as f64
+    );
+    assert!(calm > 0 && kernel > 0, "the lab serves clients");
+    assert!(
+        guarded >= kernel,
+        "tcp-guard keeps at least the kernel's throughput: {guarded} vs {kernel} connections over {ROUNDS} rounds"
+    );
 }

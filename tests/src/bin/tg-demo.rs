@@ -1,14 +1,16 @@
 //! `tg-demo`, run by `cargo xtask demo`: the lab, tcp-guard attached to the
-//! server's veth, a client connecting a few times a second. At a fifth of
-//! the run a noisy source starts and is rate-limited, then blocked; three
-//! seconds later a spoofed SYN flood starts, attack mode engages, the client
-//! keeps connecting; the flood stops and attack mode ends. The figures are
-//! shown every second; at the end the demo checks that each of those things
-//! happened (exit 1 if not), and removes everything.
+//! server's veth with its default protection, on the kernel settings nearly
+//! every host has (`tcp_syncookies=1`, `tcp_timestamps=1`), a client
+//! connecting a few times a second. At a fifth of the run a noisy source
+//! starts and is blocked; three seconds later a spoofed SYN flood starts,
+//! attack mode engages and the flood's SYNs are answered with cookies from
+//! XDP, the client keeps connecting; the flood stops and attack mode ends.
+//! The figures are shown every second; at the end the demo checks that each
+//! of those things happened (exit 1 if not), and removes everything.
 //!
 //! The noisy source comes first and may hold only 4 half-open connections,
 //! fewer than attack mode's threshold (8): in attack mode its SYNs would be
-//! challenged like the flood's, and it would never be seen as over its rate.
+//! answered with cookies like the flood's, never seen as over its limits.
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
@@ -25,7 +27,7 @@ use tcp_guard_tests::{
     daemon::{Daemon, counter, stats_json, tcp_guard},
     flood::{FloodSpec, Sources, flood},
     inject::Injector,
-    lab::{Lab, listen},
+    lab::{Lab, listen, run},
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -79,10 +81,15 @@ fn demo(seconds: u64) -> Result<()> {
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
 
+    // The server namespace keeps the kernel's defaults, but for one: the
+    // kernel gives up a half-open connection after one SYN-ACK retry (3 s)
+    // instead of five (a minute), so that the few it took in before attack
+    // mode began are gone, and attack mode ends, within the demo.
     let lab = Lab::new()?;
-    // As a server without SYN cookies and with a short backlog: a flood hurts.
-    lab.server.sysctl("net.ipv4.tcp_syncookies", "0")?;
     lab.server.sysctl("net.ipv4.tcp_synack_retries", "1")?;
+    // A veth end receives what XDP sends back out of its peer (the cookie
+    // SYN-ACKs) only while it runs an XDP program itself; a real NIC need not.
+    let _client_xdp = lab.receive_xdp_tx()?;
     println!(
         "lab: server namespace {} ({}, {}) <-veth-> client namespace {} ({})",
         lab.server.name(),
@@ -96,22 +103,24 @@ fn demo(seconds: u64) -> Result<()> {
 
     let addr = SocketAddr::new(lab.server_addr(false), PORT);
     let listener = listen(&lab.server, addr, 64)?;
+    let settings_before = cookie_sysctls(&lab)?;
     let accepting = Arc::new(AtomicBool::new(true));
     let server = spawn_server(listener, accepting.clone())?;
     let noisy_from = Duration::from_secs(seconds / 5);
     let flood_from = noisy_from + Duration::from_secs(3);
     let flood_until = Duration::from_secs(seconds * 3 / 5);
     println!(
-        "server listens on {addr} (backlog 64, SYN cookies off); a client connects 5 times a second;\n\
+        "server listens on {addr} (backlog 64, the kernel's defaults: {}); a client connects 5 times a second;\n\
          from {}s a noisy source (198.18.99.99, 2k SYN/s), from {}s to {}s also a spoofed SYN flood\n\
          (20k SYN/s, random sources in 198.19.0.0/16).\n",
+        cookie_sysctls(&lab)?,
         noisy_from.as_secs(),
         flood_from.as_secs(),
         flood_until.as_secs()
     );
     println!(
-        "{:>4} {:>9} {:>9} {:>8} {:>9} {:>10} {:>7} {:>8}",
-        "secs", "connects", "SYN/s", "dropped", "half-open", "attack", "blocked", "flood"
+        "{:>4} {:>9} {:>9} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8}",
+        "secs", "connects", "SYN/s", "cookies", "dropped", "half-open", "attack", "blocked", "flood"
     );
 
     let ok = Arc::new(AtomicU64::new(0));
@@ -186,13 +195,15 @@ fn demo(seconds: u64) -> Result<()> {
                     e if e < flood_from => "noisy",
                     _ => "flooding",
                 };
-                seen.report(traffic, blocked, attack);
+                let cookies = delta("syn_cookie_sent");
+                seen.report(traffic, blocked, attack, cookies);
                 println!(
-                    "{:>4} {:>4}/{:<4} {:>9} {:>8} {:>9} {:>10} {:>7} {:>8}",
+                    "{:>4} {:>4}/{:<4} {:>9} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8}",
                     next_report.as_secs(),
                     ok.load(Ordering::Relaxed),
                     tried.load(Ordering::Relaxed),
                     delta("syn"),
+                    cookies,
                     dropped,
                     format!("{}/{}", now["half_open"]["count"], now["half_open"]["limit"]),
                     if attack { "ON" } else { "off" },
@@ -232,7 +243,9 @@ fn demo(seconds: u64) -> Result<()> {
         String::from_utf8_lossy(&tcp_guard(&["block", "list", "--iface", &lab.server_iface]).stdout)
     );
     let status = daemon.stop()?;
-    println!("\ntcp-guard stopped ({status}); removing the lab");
+    let settings_after = cookie_sysctls(&lab)?;
+    println!("\ntcp-guard stopped ({status}); the kernel's settings are {settings_after}; removing the lab");
+    seen.restored = settings_after == settings_before;
     drop(lab);
     println!("done: namespaces, veth, programs and pins removed");
     if STOP.load(Ordering::Relaxed) {
@@ -244,10 +257,23 @@ fn demo(seconds: u64) -> Result<()> {
         bail!("the demo did not go as it should: {}", missed.join("; "));
     }
     println!(
-        "as it should: the noisy source was blocked before the flood, attack mode came and went, \
-         every client connected"
+        "as it should: the noisy source was blocked before the flood, attack mode came and went, the \
+         flood was answered with cookies, every client connected, the kernel's settings were restored"
     );
     Ok(())
+}
+
+/// The two settings tcp-guard holds while it answers cookies, in the server namespace.
+fn cookie_sysctls(lab: &Lab) -> Result<String> {
+    let out = run(lab
+        .server
+        .command("sysctl")
+        .args(["net.ipv4.tcp_syncookies", "net.ipv4.tcp_timestamps"]))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.replace(' ', ""))
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// What the per-second reports showed, for the demo's closing check.
@@ -255,14 +281,20 @@ fn demo(seconds: u64) -> Result<()> {
 struct Seen {
     blocked_before_flood: bool,
     attack_during_flood: bool,
+    cookies_during_flood: bool,
     attack_at_end: bool,
+    /// The kernel's settings after the daemon stopped are those before it ran.
+    restored: bool,
 }
 
 impl Seen {
-    fn report(&mut self, traffic: &str, blocked: usize, attack: bool) {
+    fn report(&mut self, traffic: &str, blocked: usize, attack: bool, cookies: u64) {
         match traffic {
             "noisy" => self.blocked_before_flood |= blocked > 0,
-            "flooding" => self.attack_during_flood |= attack,
+            "flooding" => {
+                self.attack_during_flood |= attack;
+                self.cookies_during_flood |= cookies > 0;
+            }
             _ => {}
         }
         self.attack_at_end = attack;
@@ -277,8 +309,14 @@ impl Seen {
         if !self.attack_during_flood {
             missed.push("attack mode never came on during the flood".to_string());
         }
+        if !self.cookies_during_flood {
+            missed.push("the flood was not answered with cookies".to_string());
+        }
         if self.attack_at_end {
             missed.push("attack mode was still on at the end".to_string());
+        }
+        if !self.restored {
+            missed.push("the kernel's settings were not restored".to_string());
         }
         if tried == 0 || ok < tried {
             missed.push(format!("{ok} of {tried} client connects succeeded"));
