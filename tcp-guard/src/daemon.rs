@@ -411,7 +411,10 @@ fn log_settings(settings: &Settings) {
         c.per_prefix_half_open,
         c.prefix_len_v4,
         c.prefix_len_v6,
-        c.per_port_half_open,
+        match c.per_port_half_open {
+            GuardConfig::PER_PORT_AUTO => "as its listeners hold".to_string(),
+            n => n.to_string(),
+        },
         c.syn_rate,
         c.syn_burst,
         c.policy().as_str(),
