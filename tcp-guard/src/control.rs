@@ -33,7 +33,8 @@ const INFO_LAYOUT: u32 = 4;
 const INFO_MODE: u32 = 5;
 const INFO_EGRESS: u32 = 6;
 const INFO_STARTED_UNIX: u32 = 7;
-const INFO_LEN: u32 = 8;
+const INFO_TICK_ERRORS: u32 = 8;
+const INFO_LEN: u32 = 9;
 
 /// What `INFO` says about the daemon of an instance.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +47,8 @@ pub struct DaemonInfo {
     pub started_unix: u64,
     pub reloads: u64,
     pub reloads_refused: u64,
+    /// Control-loop rounds that failed (logged; the daemon carries on).
+    pub tick_errors: u64,
 }
 
 impl DaemonInfo {
@@ -217,6 +220,7 @@ impl Instance {
             started_unix: get(INFO_STARTED_UNIX)?,
             reloads: get(INFO_RELOADS)?,
             reloads_refused: get(INFO_RELOADS_REFUSED)?,
+            tick_errors: get(INFO_TICK_ERRORS)?,
         })
     }
 
@@ -243,12 +247,21 @@ impl Instance {
         } else {
             INFO_RELOADS_REFUSED
         };
+        self.count_in_info(index, "the reload");
+    }
+
+    /// Counts a failed control-loop round, for `status`.
+    pub fn note_tick_error(&self) {
+        self.count_in_info(INFO_TICK_ERRORS, "the failed round");
+    }
+
+    fn count_in_info(&self, index: u32, what: &str) {
         let result = array::<u64>(&self.dir, INFO).and_then(|mut info| {
             let count = info.get(&index, 0)?;
             Ok(info.set(index, count + 1, 0)?)
         });
         if let Err(e) = result {
-            log::error!("cannot record the reload in INFO: {e:#}");
+            log::error!("cannot record {what} in INFO: {e:#}");
         }
     }
 

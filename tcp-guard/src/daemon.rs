@@ -453,6 +453,7 @@ async fn serve(
     .map_err(|e| e.into_parts().1)
     .context("cannot poll the events ring")?;
     let mut tick = tokio::time::interval(TICK);
+    let mut failing = Backoff::default();
     loop {
         tokio::select! {
             _ = interrupt.recv() => return Ok(Exit::Stop("SIGINT")),
@@ -468,8 +469,60 @@ async fn serve(
                 ready.context("polling the events ring failed")?.clear_ready();
                 control.on_events()?;
             }
-            _ = tick.tick() => control.tick(ebpf)?,
+            _ = tick.tick() => {
+                if failing.due() {
+                    match control.tick(ebpf) {
+                        Ok(()) => failing.recovered(&control.iface),
+                        Err(e) => {
+                            control.instance.note_tick_error();
+                            failing.failed(&control.iface, &e);
+                        }
+                    }
+                }
+            }
         }
+    }
+}
+
+/// After a control-loop round fails, the daemon carries on: the fast path
+/// keeps enforcing, and the next rounds are tried less and less often (up
+/// to every 32 s) until one succeeds. (A full block list, running out of
+/// file descriptors or a pin removed by hand once ended the daemon.)
+#[derive(Default)]
+struct Backoff {
+    /// Rounds failed in a row.
+    failures: u32,
+    /// Ticks to skip before the next try.
+    skip: u32,
+}
+
+impl Backoff {
+    fn due(&mut self) -> bool {
+        if self.skip == 0 {
+            return true;
+        }
+        self.skip -= 1;
+        false
+    }
+
+    fn failed(&mut self, iface: &str, error: &anyhow::Error) {
+        self.failures += 1;
+        self.skip = (1u32 << self.failures.min(6)) - 1;
+        log::error!(
+            "event=tick_failed iface={iface} failures_in_a_row={} next_try_in={}ms: {error:#}",
+            self.failures,
+            (u64::from(self.skip) + 1) * TICK.as_millis() as u64
+        );
+    }
+
+    fn recovered(&mut self, iface: &str) {
+        if self.failures > 0 {
+            log::warn!(
+                "event=tick_recovered iface={iface} after {} failed round(s)",
+                self.failures
+            );
+        }
+        *self = Backoff::default();
     }
 }
 
@@ -932,5 +985,28 @@ impl Control {
                 log::error!("reload refused, the running configuration stays: {e:#}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_rounds_are_retried_less_and_less_often_until_one_succeeds() {
+        let mut backoff = Backoff::default();
+        let error = anyhow::anyhow!("a failed round");
+        let tries_in = |backoff: &mut Backoff, ticks: usize| (0..ticks).filter(|_| backoff.due()).count();
+        assert_eq!(tries_in(&mut backoff, 3), 3, "every tick while all is well");
+        backoff.failed("eth0", &error);
+        assert_eq!(tries_in(&mut backoff, 2), 1, "then every second tick");
+        backoff.failed("eth0", &error);
+        assert_eq!(tries_in(&mut backoff, 4), 1, "then every fourth");
+        for _ in 0..10 {
+            backoff.failed("eth0", &error);
+        }
+        assert_eq!(tries_in(&mut backoff, 64), 1, "at most every 64 ticks (32 s)");
+        backoff.recovered("eth0");
+        assert_eq!(tries_in(&mut backoff, 3), 3, "every tick again");
     }
 }

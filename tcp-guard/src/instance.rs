@@ -18,7 +18,22 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const ROOT: &str = "/sys/fs/bpf/tcp-guard";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-/// The pin directory of the instance guarding `iface`.
+/// `name` if the kernel would take it as an interface name (as
+/// `dev_valid_name` checks): every command's `--iface` goes through here
+/// before it names a directory, so `..` or `/tmp/x` never becomes a path.
+pub fn valid_name(name: &str) -> Result<String> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name == "." || name == ".." {
+        bail!("{name:?} is not an interface name: 1 to 15 bytes, not \".\" or \"..\" (see `ip link`)");
+    }
+    if let Some(bad) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace()) {
+        bail!(
+            "{name:?} is not an interface name: it holds {bad:?}, which interface names cannot (see `ip link`)"
+        );
+    }
+    Ok(name.to_string())
+}
+
+/// The pin directory of the instance guarding `iface` (a [`valid_name`]).
 pub fn dir(iface: &str) -> PathBuf {
     Path::new(ROOT).join(iface)
 }
@@ -176,6 +191,30 @@ impl InstanceLock {
                 Err(e).with_context(|| format!("cannot remove {ROOT}"))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_the_kernel_takes_become_paths() {
+        for good in ["eth0", "veth-a.1", "enp3s0f1", "x234567890123456"[..15].as_ref()] {
+            assert_eq!(valid_name(good).unwrap(), good);
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "/tmp/x",
+            "a/b",
+            "eth0:1",
+            "a b",
+            "x234567890123456",
+        ] {
+            assert!(valid_name(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

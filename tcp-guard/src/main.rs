@@ -48,7 +48,7 @@ struct Cli {
 #[derive(Args)]
 struct Target {
     /// Interface of the instance; may be left out when only one runs.
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = tcp_guard::instance::valid_name)]
     iface: Option<String>,
 }
 
@@ -106,7 +106,7 @@ enum Command {
     /// the programs, delete the pinned state (flows, blocks, counters).
     Detach {
         /// The interface.
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = tcp_guard::instance::valid_name)]
         iface: String,
     },
     /// What is attached where: daemon, mode, since when, attack mode, limits.
@@ -185,7 +185,7 @@ enum ListAction {
 #[derive(Args)]
 struct RunArgs {
     /// The interface to guard (e.g. eth0).
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = tcp_guard::instance::valid_name)]
     iface: String,
     /// XDP attach mode.
     #[arg(long, short, value_enum, default_value_t = Mode::Auto)]
@@ -589,7 +589,11 @@ impl Snapshot {
 
     fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::json!({
-            "daemon": { "pid": self.info.pid, "running": self.info.alive() },
+            "daemon": {
+                "pid": self.info.pid,
+                "running": self.info.alive(),
+                "tick_errors": self.info.tick_errors,
+            },
             "mode": self.info.mode.to_string(),
             "egress": self.info.egress,
             "started_unix": self.info.started_unix,

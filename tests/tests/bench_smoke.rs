@@ -19,7 +19,16 @@ fn per_packet_benchmark_runs_one_short_step_of_each_case() {
     let rows = prog_impl::measure(&SMOKE, "");
     assert_eq!(rows.len(), 14, "every case measured");
     for row in &rows {
-        assert!(row.guard_ns > 0.0 && row.baseline_ns > 0.0, "{}", row.name);
+        // A single run can read 0 ns where the clock is coarse: the
+        // figures must be sane, and each case's path is proven by its counter.
+        assert!(
+            row.guard_ns.is_finite()
+                && row.guard_ns >= 0.0
+                && row.baseline_ns.is_finite()
+                && row.baseline_ns >= 0.0,
+            "{}",
+            row.name
+        );
     }
     let table = prog_impl::markdown(&rows, &SMOKE);
     assert!(

@@ -147,3 +147,26 @@ fn flows_state_filter_accepts_ss_and_rfc_names_only() {
     assert!(err.contains("unknown state \"half-closed\""), "{err}");
     assert!(err.contains("SYN-RECV, ESTAB"), "{err}");
 }
+
+/// An interface name never becomes a path: `detach --iface /tmp/x` once
+/// deleted that directory and its files.
+#[test]
+fn names_that_are_no_interface_names_are_refused_before_they_touch_a_path() {
+    let victim = std::env::temp_dir().join(format!("tcp-guard-victim-{}", std::process::id()));
+    std::fs::create_dir_all(&victim).expect("victim dir");
+    std::fs::write(victim.join("keep"), b"keep").expect("victim file");
+    let victim_arg = victim.to_string_lossy().into_owned();
+    for command in ["detach", "stats", "run"] {
+        for name in [victim_arg.as_str(), "..", "eth0:1", ""] {
+            let out = tcp_guard(&[command, "--iface", name]);
+            let err = stderr_of(&out);
+            assert_eq!(out.status.code(), Some(2), "{command} --iface {name:?}: {err}");
+            assert!(
+                err.contains("is not an interface name"),
+                "{command} --iface {name:?}: {err}"
+            );
+        }
+    }
+    assert!(victim.join("keep").exists(), "the directory named was left alone");
+    std::fs::remove_dir_all(&victim).expect("clean up");
+}

@@ -102,8 +102,9 @@ fn where_the_host_mount_namespace_is_out_of_reach_run_refuses_and_names_nsenter(
     let lab = Lab::new().expect("lab");
     // A new PID namespace with its own /proc: no process of the namespace
     // `ip netns exec` came from is visible any more.
-    let out = Command::new("ip")
-        .args(["netns", "exec", lab.server.name()])
+    // Bounded, should it ever start guarding instead of refusing.
+    let out = Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", lab.server.name()])
         .args(["unshare", "--pid", "--fork", "--mount-proc"])
         .arg(tcp_guard_bin())
         .args(["run", "--iface", &lab.server_iface])

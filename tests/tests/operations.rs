@@ -454,3 +454,30 @@ fn a_million_spoofed_sources_stay_within_the_tables_and_established_flows_surviv
     });
     assert!(daemon.stop().expect("stop").success());
 }
+
+/// One failed control-loop round once ended the daemon; it carries on now,
+/// logs and counts the failure, and retries less often.
+#[test]
+fn a_failing_control_loop_round_does_not_end_the_daemon() {
+    let lab = Lab::new().expect("lab");
+    let mut daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start");
+    // A pin removed by hand: the round that reads it fails from now on.
+    let pin = Path::new("/sys/fs/bpf/tcp-guard")
+        .join(&lab.server_iface)
+        .join("OFFENDERS");
+    std::fs::remove_file(&pin).expect("remove a pin");
+    wait_for("a failed round logged", Duration::from_secs(10), || {
+        daemon.log().contains("event=tick_failed")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let status = status_json();
+    let me = instance(&status, &lab.server_iface);
+    assert_eq!(me["daemon"]["running"], true, "{status}\n{}", daemon.log());
+    assert!(
+        me["daemon"]["tick_errors"].as_u64().is_some_and(|n| n >= 1),
+        "{status}"
+    );
+    assert!(daemon.pid() > 0);
+    let stopped = daemon.stop().expect("stop");
+    assert!(stopped.success(), "it still stops cleanly: {stopped}");
+}
