@@ -467,7 +467,10 @@ async fn serve(
             }
             ready = events.readable() => {
                 ready.context("polling the events ring failed")?.clear_ready();
-                control.on_events()?;
+                if let Err(e) = control.on_events() {
+                    control.instance.note_tick_error();
+                    failing.failed(&control.iface, &e);
+                }
             }
             _ = tick.tick() => {
                 if failing.due() {

@@ -13,7 +13,7 @@
 //! answered with cookies like the flood's, never seen as over its limits.
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -28,6 +28,7 @@ use tcp_guard_tests::{
     flood::{FloodSpec, Sources, flood},
     inject::Injector,
     lab::{Lab, listen, run},
+    scenario::Server,
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -104,8 +105,7 @@ fn demo(seconds: u64) -> Result<()> {
     let addr = SocketAddr::new(lab.server_addr(false), PORT);
     let listener = listen(&lab.server, addr, 64)?;
     let settings_before = cookie_sysctls(&lab)?;
-    let accepting = Arc::new(AtomicBool::new(true));
-    let server = spawn_server(listener, accepting.clone())?;
+    let server = Server::start(listener);
     let noisy_from = Duration::from_secs(seconds / 5);
     let flood_from = noisy_from + Duration::from_secs(3);
     let flood_until = Duration::from_secs(seconds * 3 / 5);
@@ -224,10 +224,7 @@ fn demo(seconds: u64) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
         Ok(())
     })?;
-    accepting.store(false, Ordering::Relaxed);
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server thread panicked"))?;
+    drop(server);
 
     println!(
         "\n{} of {} client connects succeeded. The daemon's events:",
@@ -323,16 +320,4 @@ impl Seen {
         }
         missed
     }
-}
-
-fn spawn_server(listener: TcpListener, accepting: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
-    listener.set_nonblocking(true)?;
-    Ok(std::thread::spawn(move || {
-        while accepting.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => drop(conn),
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }))
 }
