@@ -6,8 +6,8 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie:
 use tcp_guard_common::{
     flow::FlowKey,
     policy::{
-        AttackState, Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, ListenerKey, LpmAddr,
-        Policy, SourceKey, TokenBucket, challenge_passes, challenge_slot, cookie_refresh_due,
+        AttackState, BlockEntry, Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, ListenerKey,
+        LpmAddr, Policy, SourceKey, TokenBucket, challenge_passes, challenge_slot, cookie_refresh_due,
     },
     stats::Counter,
 };
@@ -17,12 +17,26 @@ use crate::maps::{
     SYN_SOURCES, VERIFIED, atomic_add,
 };
 
-/// Whether `addr` is on the block list now.
-#[inline(always)]
-pub fn blocked(family: u8, addr: [u8; 16], now: u64) -> bool {
-    BLOCK
-        .get(Key::new(128, LpmAddr::new(family, addr)))
-        .is_some_and(|entry| entry.applies(now))
+/// Whether a segment from `addr` is dropped for the block list: every
+/// segment of a source the operator blocked; of a source blocked
+/// automatically, only SYNs, and only while it has not completed a
+/// handshake. An automatic block rests on SYNs, which prove nothing about
+/// their sender: a flood spoofing a real peer's address must cut neither
+/// that peer's connections nor its new ones. (Its own BPF function: its keys
+/// stay off the stack of the program, which calls the tracker too.)
+#[inline(never)]
+pub fn blocked(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
+    let Some(entry) = BLOCK.get(Key::new(128, LpmAddr::new(family, addr))) else {
+        return false;
+    };
+    if !entry.applies(now) {
+        return false;
+    }
+    if entry.reason != BlockEntry::AUTOMATIC {
+        return true;
+    }
+    // SAFETY: the value is copied out at once; LRU maps may recycle entries.
+    syn && !unsafe { VERIFIED.get(SourceKey::new(family, addr)) }.is_some_and(|until| now < *until)
 }
 
 /// Counts a sampled SYN against its source, for the controller's "top

@@ -80,7 +80,12 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
             {
                 guard::sample_syn(segment.family as u8, segment.src);
             }
-            if guard::blocked(segment.family as u8, segment.src, now) {
+            if guard::blocked(
+                segment.family as u8,
+                segment.src,
+                segment.flags.class() == TcpClass::Syn,
+                now,
+            ) {
                 counters.bump(Counter::DropBlocked);
                 return xdp_action::XDP_DROP;
             }

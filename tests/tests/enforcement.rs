@@ -538,3 +538,77 @@ fn ipv4_defaults_keep_a_small_listener_queue_from_filling() {
 fn ipv6_defaults_keep_a_small_listener_queue_from_filling() {
     defaults_keep_a_small_listener_queue_from_filling(true);
 }
+
+/// An automatic block rests on SYNs, which prove nothing about their sender:
+/// a flood spoofing a real peer's address gets that address blocked, but the
+/// peer's established connection goes on, and the flood's SYNs are still
+/// dropped (for the rate of the address they claim).
+#[test]
+fn an_automatic_block_of_a_spoofed_peer_address_leaves_its_connections_alone() {
+    let lab = Lab::new().expect("lab");
+    let _daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "limits.syn_rate=20",
+            "--set",
+            "limits.syn_burst=20",
+            "--set",
+            "blocking.block_after_drops=50",
+            "--set",
+            "attack.enter_half_open=0",
+            "--set",
+            "attack.enter_syn_rate=0",
+            "--set",
+            "limits.per_port_half_open=0",
+        ],
+    )
+    .expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = listen(&lab.server, addr, BACKLOG).expect("listen");
+    let (mut client, mut server) = lab.connect_pair(&listener, addr).expect("connect");
+    for end in [&client, &server] {
+        end.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+    }
+    let peer = lab.client_addr(false);
+    let exchange = |client: &mut TcpStream, server: &mut TcpStream| {
+        let mut buf = [0u8; 4];
+        client.write_all(b"ping").expect("client write");
+        server.read_exact(&mut buf).expect("server read");
+        server.write_all(b"pong").expect("server write");
+        client.read_exact(&mut buf).expect("client read");
+        assert_eq!(&buf, b"pong");
+    };
+    exchange(&mut client, &mut server);
+
+    let flood = Flood::start(
+        &lab,
+        addr.ip(),
+        Sources::Fixed(peer),
+        2_000,
+        Duration::from_secs(30),
+    );
+    let cidr = format!("{peer}/32");
+    wait_for("the peer's address blocked", Duration::from_secs(10), || {
+        let out = tcp_guard(&["block", "list", "--iface", &lab.server_iface, "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        list["blocked"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|e| e["cidr"] == cidr.as_str() && e["reason"] == "automatic")
+    });
+    let dropped_before = counter(&stats_json(&lab.server_iface), "drop_syn_rate");
+    for _ in 0..5 {
+        exchange(&mut client, &mut server);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stats = stats_json(&lab.server_iface);
+    flood.stop();
+    assert!(
+        counter(&stats, "drop_syn_rate") > dropped_before,
+        "the flood's SYNs are still dropped: {stats}"
+    );
+}
