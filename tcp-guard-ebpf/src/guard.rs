@@ -36,7 +36,7 @@ pub fn blocked(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
         return true;
     }
     // SAFETY: the value is copied out at once; LRU maps may recycle entries.
-    syn && !unsafe { VERIFIED.get(SourceKey::new(family, addr)) }.is_some_and(|until| now < *until)
+    syn && unsafe { VERIFIED.get(SourceKey::new(family, addr)) }.is_none_or(|until| now >= *until)
 }
 
 /// Counts a sampled SYN against its source, for the controller's "top
