@@ -664,7 +664,13 @@ impl Control {
         now: u64,
         filling_queues: Option<String>,
     ) -> Result<()> {
-        let syns = stats::read_pinned(&self.instance.dir().join(maps::STATS))?.get(Counter::Syn);
+        // SYNs of blocked sources are dropped before anything else and ask
+        // for no attack mode: they would keep it on after the flood it is
+        // for has gone.
+        let counters = stats::read_pinned(&self.instance.dir().join(maps::STATS))?;
+        let syns = counters
+            .get(Counter::Syn)
+            .saturating_sub(counters.get(Counter::DropBlocked));
         let at = Instant::now();
         let rate = match self.last_syns.replace((syns, at)) {
             Some((before, then)) => {

@@ -612,3 +612,45 @@ fn an_automatic_block_of_a_spoofed_peer_address_leaves_its_connections_alone() {
         "the flood's SYNs are still dropped: {stats}"
     );
 }
+
+/// SYNs of a blocked source are dropped first and ask for no attack mode:
+/// counted in the SYN rate, they would keep it on after the flood it is for.
+#[test]
+fn a_blocked_source_s_syns_do_not_start_attack_mode() {
+    let lab = Lab::new().expect("lab");
+    let _daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "attack.enter_half_open=0",
+            "--set",
+            "attack.enter_syn_rate=1000",
+            "--set",
+            "attack.leave_syn_rate=500",
+        ],
+    )
+    .expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
+    let noisy: IpAddr = "198.19.9.9".parse().unwrap();
+    let added = tcp_guard(&["block", "add", "--iface", &lab.server_iface, "198.19.9.9/32"]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let flood = Flood::start(
+        &lab,
+        addr.ip(),
+        Sources::Fixed(noisy),
+        5_000,
+        Duration::from_secs(30),
+    );
+    wait_for("its SYNs dropped as blocked", Duration::from_secs(10), || {
+        counter(&stats_json(&lab.server_iface), "drop_blocked") > 10_000
+    });
+    let stats = stats_json(&lab.server_iface);
+    flood.stop();
+    assert_eq!(stats["attack"]["active"], false, "{stats}");
+}
