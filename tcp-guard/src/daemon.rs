@@ -388,6 +388,8 @@ fn start(
         listener_limits: BTreeMap::new(),
         syn_queues: BTreeMap::new(),
         overflows: None,
+        over_limit_logged: 0,
+        over_limit_unlogged: 0,
     };
     Ok((ebpf, logger, control))
 }
@@ -571,7 +573,15 @@ struct Control {
     syn_queues: BTreeMap<u16, u32>,
     /// The kernel's overflow counters at the last tick.
     overflows: Option<KernelOverflows>,
+    /// Sources over their limits logged one by one this second, and not.
+    over_limit_logged: u32,
+    over_limit_unlogged: u64,
 }
+
+/// Sources over their limits logged one by one a second: a spoofed flood
+/// can put thousands over, which would trip journald's rate limit and hide
+/// the lines that matter.
+const OVER_LIMIT_LINES: u32 = 10;
 
 /// The kernel's own signs that a listener's queue overflowed, from
 /// /proc/net/netstat (of the daemon's network namespace).
@@ -654,6 +664,7 @@ impl Control {
             }
             self.block_offenders(&config)?;
             self.unblock_expired(now)?;
+            self.summarize_over_limit();
         }
         Ok(())
     }
@@ -751,7 +762,11 @@ impl Control {
             // SAFETY: at least size_of::<Event>() bytes, read unaligned; Event is plain data.
             let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             match event.kind {
+                Event::SOURCE_OVER_LIMIT if self.over_limit_logged >= OVER_LIMIT_LINES => {
+                    self.over_limit_unlogged += 1;
+                }
                 Event::SOURCE_OVER_LIMIT => {
+                    self.over_limit_logged += 1;
                     let reason = Counter::ALL
                         .get(event.counter as usize)
                         .map_or("unknown", |c| c.as_str());
@@ -892,6 +907,20 @@ impl Control {
             .map(|(port, (limit, ..))| (port, limit))
             .collect();
         Ok((!filling.is_empty()).then(|| filling.join(" ")))
+    }
+
+    /// Once a second: how many sources went over their limits beyond the
+    /// lines logged for them, in one line.
+    fn summarize_over_limit(&mut self) {
+        if self.over_limit_unlogged > 0 {
+            log::warn!(
+                "event=sources_over_limit iface={} more={} (at most {OVER_LIMIT_LINES} logged one by one a second)",
+                self.iface,
+                self.over_limit_unlogged
+            );
+        }
+        self.over_limit_logged = 0;
+        self.over_limit_unlogged = 0;
     }
 
     /// Restores the kernel settings, unless another interface still needs them.

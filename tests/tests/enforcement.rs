@@ -654,3 +654,48 @@ fn a_blocked_source_s_syns_do_not_start_attack_mode() {
     flood.stop();
     assert_eq!(stats["attack"]["active"], false, "{stats}");
 }
+
+/// A flood can put hundreds of sources over their limits each second: at
+/// most ten are logged one by one a second, the rest in one summary line.
+#[test]
+fn sources_over_their_limits_do_not_flood_the_log() {
+    let lab = Lab::new().expect("lab");
+    let daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "limits.syn_rate=1",
+            "--set",
+            "limits.syn_burst=1",
+            "--set",
+            "blocking.block_after_drops=0",
+            "--set",
+            "attack.enter_half_open=0",
+            "--set",
+            "attack.enter_syn_rate=0",
+        ],
+    )
+    .expect("start tcp-guard");
+    // No listener: the kernel answers with resets and never overflows, so
+    // nothing starts attack mode, which would take the SYNs off the rate limit.
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let sources = Sources::Random {
+        network: "198.19.5.0".parse().unwrap(),
+        prefix_len: 24,
+    };
+    let flood = Flood::start(&lab, addr.ip(), sources, 10_000, Duration::from_secs(30));
+    wait_for("a summary line", Duration::from_secs(10), || {
+        daemon.log().contains("event=sources_over_limit")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    flood.stop();
+    let log = daemon.log();
+    let one_by_one = log.matches("event=source_over_limit ").count();
+    let summaries = log.matches("event=sources_over_limit ").count();
+    assert!(summaries >= 2, "{log}");
+    assert!(
+        one_by_one <= 10 * (summaries + 2),
+        "{one_by_one} lines for {summaries} seconds of 256 sources over their limits"
+    );
+}
