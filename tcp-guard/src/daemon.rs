@@ -181,42 +181,98 @@ pub fn run(options: RunOptions) -> Result<()> {
     }
 }
 
+/// Connections waiting for their request line at once; the oldest of them
+/// is closed to make room for a new one.
+const METRICS_WAITING: usize = 64;
+/// How long a client may take to send its request line.
+const METRICS_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Answers `GET /metrics` with the instance's figures, read from its pins.
+/// Anyone who can reach the address may connect, so: at most
+/// `METRICS_WAITING` connections wait for their request at once (a new one
+/// closes the oldest: idle clients cannot lock scrapers out, nor use up the
+/// daemon's descriptors), each for at most `METRICS_READ_TIMEOUT`, and the
+/// figures are read on a thread of their own, so slow clients hold up
+/// neither the control loop nor other scrapes. Errors go to the log, not to
+/// the client.
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     iface: String,
     programs: Vec<(&'static str, u32)>,
     bpf_stats_held: bool,
 ) {
+    use std::{
+        collections::VecDeque,
+        sync::{Arc, Mutex},
+    };
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Connections still waiting for their request line, oldest first.
+    let waiting: Arc<Mutex<VecDeque<(u64, tokio::task::AbortHandle)>>> = Arc::default();
+    let mut next_id = 0u64;
+    let mut failed_accepts = 0u32;
     loop {
         let mut socket = match listener.accept().await {
-            Ok((socket, _)) => socket,
+            Ok((socket, _)) => {
+                failed_accepts = 0;
+                socket
+            }
             Err(e) => {
-                log::warn!("metrics: accept failed: {e}");
+                // Out of descriptors, say: wait a little rather than spin.
+                failed_accepts += 1;
+                if failed_accepts.is_power_of_two() {
+                    log::warn!("metrics: accept failed ({failed_accepts} in a row): {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let id = next_id;
+        next_id += 1;
         let iface = iface.clone();
         let programs = programs.clone();
-        tokio::spawn(async move {
+        let done_waiting = waiting.clone();
+        let task = tokio::spawn(async move {
             // Read until the request line is complete (it may come in pieces).
             let mut request = Vec::with_capacity(256);
             let mut chunk = [0u8; 512];
-            while !request.windows(2).any(|w| w == b"\r\n") && request.len() < 4096 {
-                match socket.read(&mut chunk).await {
-                    Ok(0) => break,
-                    Ok(n) => request.extend_from_slice(&chunk[..n]),
-                    Err(e) => {
-                        log::warn!("metrics: cannot read a request: {e}");
-                        return;
+            let read = tokio::time::timeout(METRICS_READ_TIMEOUT, async {
+                while !request.windows(2).any(|w| w == b"\r\n") && request.len() < 4096 {
+                    match socket.read(&mut chunk).await? {
+                        0 => break,
+                        n => request.extend_from_slice(&chunk[..n]),
                     }
                 }
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+            if let Ok(mut waiting) = done_waiting.lock() {
+                waiting.retain(|(other, _)| *other != id);
+            }
+            match read {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::debug!("metrics: cannot read a request: {e}");
+                    return;
+                }
+                Err(_) => return,
             }
             let (status, body) = if request.starts_with(b"GET /metrics ") {
-                match render_metrics(&iface, &programs, bpf_stats_held) {
+                let rendered =
+                    tokio::task::spawn_blocking(move || render_metrics(&iface, &programs, bpf_stats_held))
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|rendered| rendered);
+                match rendered {
                     Ok(body) => ("200 OK", body),
-                    Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
+                    // The details are for the operator, not for whoever connected.
+                    Err(e) => {
+                        log::error!("metrics: cannot read the figures: {e:#}");
+                        (
+                            "500 Internal Server Error",
+                            "tcp-guard could not read its figures; its log says why\n".to_string(),
+                        )
+                    }
                 }
             } else {
                 ("404 Not Found", "tcp-guard serves /metrics only\n".to_string())
@@ -229,6 +285,14 @@ async fn serve_metrics(
                 log::warn!("metrics: cannot answer: {e}");
             }
         });
+        if let Ok(mut waiting) = waiting.lock() {
+            waiting.push_back((id, task.abort_handle()));
+            while waiting.len() > METRICS_WAITING {
+                if let Some((_, oldest)) = waiting.pop_front() {
+                    oldest.abort();
+                }
+            }
+        }
     }
 }
 

@@ -27,6 +27,9 @@ fn get(lab: &Lab, path: &str) -> String {
     lab.server
         .enter(move || {
             let mut stream = TcpStream::connect(METRICS).expect("connect to the metrics endpoint");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("read timeout");
             write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
             let mut response = String::new();
             stream.read_to_string(&mut response).expect("response");
@@ -283,4 +286,53 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     assert!(page.contains(".TH tcp-guard"), "{page}");
     let bad = tcp_guard(&["completions", "tcsh"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Idle connections to the metrics endpoint hold up neither the daemon nor
+/// its scrapes: at most 64 wait for their request at once, a new one closes
+/// the oldest, and each has 5 s to ask.
+#[test]
+fn a_thousand_idle_connections_stop_neither_the_daemon_nor_its_scrapes() {
+    // SAFETY: raises this process's own descriptor limit; no pointers kept.
+    unsafe {
+        let limit = libc::rlimit {
+            rlim_cur: 4096,
+            rlim_max: 4096,
+        };
+        assert_eq!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit),
+            0,
+            "raise RLIMIT_NOFILE"
+        );
+    }
+    let lab = Lab::new().expect("lab");
+    let mut daemon = Daemon::start(&lab.server, &lab.server_iface, &["--metrics", METRICS]).expect("start");
+    wait_for("the metrics endpoint", Duration::from_secs(5), || {
+        daemon.log().contains("serving Prometheus metrics")
+    });
+    // A daemon with the usual 1024 descriptors or fewer, fewer than the
+    // connections below.
+    run(Command::new("prlimit").args(["--pid", &daemon.pid().to_string(), "--nofile=512:512"]))
+        .expect("prlimit");
+    let idle: Vec<TcpStream> = lab
+        .server
+        .enter(|| {
+            (0..1000)
+                .filter_map(|_| TcpStream::connect(METRICS).ok())
+                .collect()
+        })
+        .expect("enter");
+    assert!(idle.len() >= 900, "{} idle connections opened", idle.len());
+    let scraped = get(&lab, "/metrics");
+    assert!(scraped.starts_with("HTTP/1.1 200 OK"), "{scraped}");
+    let out = tcp_guard(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let me = status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["iface"] == lab.server_iface.as_str())
+        .unwrap_or_else(|| panic!("no instance in {status}"));
+    assert_eq!(me["daemon"]["running"], true, "{}", daemon.log());
+    drop(idle);
 }
