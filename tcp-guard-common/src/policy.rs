@@ -116,6 +116,9 @@ pub struct GuardConfig {
     /// daemon only.
     pub manage_sysctls: u8,
     pub _pad: [u8; 1],
+    /// Automatic blocks kept at most; a new one evicts the oldest. Read by
+    /// the daemon only.
+    pub block_max_automatic: u32,
 }
 
 impl GuardConfig {

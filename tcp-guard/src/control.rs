@@ -77,6 +77,17 @@ fn trie<V: aya::Pod>(dir: &Path, name: &str) -> Result<LpmTrie<MapData, LpmAddr,
     LpmTrie::try_from(Map::LpmTrie(open(dir, name)?)).with_context(|| format!("{name} is not an LPM trie"))
 }
 
+/// Of `blocks`, the index of the one that expires first (the oldest of
+/// blocks that were given the same time to live); never a block without expiry.
+pub fn oldest_block(blocks: &[(Cidr, BlockEntry)]) -> Option<usize> {
+    blocks
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, entry))| entry.expires_ns != 0)
+        .min_by_key(|(_, (_, entry))| entry.expires_ns)
+        .map(|(index, _)| index)
+}
+
 impl Instance {
     pub fn new(dir: PathBuf) -> Self {
         Instance { dir }
@@ -461,4 +472,31 @@ pub fn blocks_to_text(blocks: &[(Cidr, BlockEntry)], now_ns: u64) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(expires_ns: u64) -> BlockEntry {
+        BlockEntry {
+            expires_ns,
+            reason: BlockEntry::AUTOMATIC,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn the_oldest_block_is_the_one_that_expires_first_and_never_a_lasting_one() {
+        let host = |last: u8| Cidr::host(IpAddr::V4(Ipv4Addr::new(198, 19, 0, last)));
+        let blocks = [
+            (host(1), entry(30)),
+            (host(2), entry(10)),
+            (host(3), entry(0)),
+            (host(4), entry(20)),
+        ];
+        assert_eq!(oldest_block(&blocks), Some(1));
+        assert_eq!(oldest_block(&blocks[2..3]), None);
+        assert_eq!(oldest_block(&[]), None);
+    }
 }

@@ -1032,11 +1032,46 @@ impl Control {
                 Err(e) => return Err(e).context("cannot read OFFENDERS"),
             }
         }
+        let mut automatic: Option<Vec<(Cidr, BlockEntry)>> = None;
         for (source, drops) in &entries {
             if config.block_after_drops != 0 && *drops >= config.block_after_drops as u64 {
                 let cidr = Cidr::host(control::addr_of(source.family, source.addr));
                 let ttl = Duration::from_secs(config.block_ttl_secs as u64);
+                // Read once per round, kept up to date below.
+                let automatic = match &mut automatic {
+                    Some(list) => list,
+                    none => none.insert(
+                        self.instance
+                            .blocks()?
+                            .into_iter()
+                            .filter(|(_, entry)| entry.reason == BlockEntry::AUTOMATIC)
+                            .collect(),
+                    ),
+                };
+                if !automatic.iter().any(|(c, _)| *c == cidr) {
+                    while automatic.len() >= config.block_max_automatic.max(1) as usize {
+                        let Some(oldest) = control::oldest_block(automatic) else {
+                            break;
+                        };
+                        let (evicted, _) = automatic.remove(oldest);
+                        self.instance.unlist(maps::BLOCK, &evicted)?;
+                        log::warn!(
+                            "event=source_unblocked iface={} source={evicted} reason=evicted (blocking.max_automatic = {})",
+                            self.iface,
+                            config.block_max_automatic
+                        );
+                    }
+                }
                 self.instance.block(&cidr, Some(ttl), BlockEntry::AUTOMATIC)?;
+                automatic.retain(|(c, _)| *c != cidr);
+                automatic.push((
+                    cidr,
+                    BlockEntry {
+                        expires_ns: monotonic_now_ns() + ttl.as_nanos() as u64,
+                        reason: BlockEntry::AUTOMATIC,
+                        _pad: 0,
+                    },
+                ));
                 log::warn!(
                     "event=source_blocked iface={} source={cidr} drops={drops} ttl={}",
                     self.iface,

@@ -22,6 +22,10 @@ pub struct Settings {
 /// The default config file, read if present when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/tcp-guard/config.toml";
 
+/// Most automatic blocks: the block list holds 65,536 entries, and the
+/// operator's own keep 1,024 of them.
+pub const MAX_AUTOMATIC_BLOCKS: u32 = 65_536 - 1_024;
+
 /// Largest flow table: 16 Mi flows, about 2.5 GiB of kernel memory.
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
 
@@ -263,6 +267,14 @@ static KEYS: &[Key] = &[
         COUNT,
         "drops/s",
         "block a source whose SYNs are dropped this often in one second for per-source reasons; 0: never"
+    ),
+    live_count!(
+        "blocking.max_automatic",
+        block_max_automatic,
+        1,
+        MAX_AUTOMATIC_BLOCKS,
+        "entries",
+        "automatic blocks kept at most (a spoofed flood can put many sources over their limits); a new one evicts the oldest"
     ),
     live_secs!(
         "blocking.block_ttl",

@@ -699,3 +699,73 @@ fn sources_over_their_limits_do_not_flood_the_log() {
         "{one_by_one} lines for {summaries} seconds of 256 sources over their limits"
     );
 }
+
+/// Automatic blocks are capped: a spoofed flood of many sources cannot fill
+/// the block list; a new block evicts the oldest.
+#[test]
+fn automatic_blocks_are_capped_and_the_oldest_goes_first() {
+    let lab = Lab::new().expect("lab");
+    let daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &[
+            "--set",
+            "limits.syn_rate=20",
+            "--set",
+            "limits.syn_burst=20",
+            "--set",
+            "blocking.block_after_drops=50",
+            "--set",
+            "blocking.max_automatic=2",
+            "--set",
+            "attack.enter_half_open=0",
+            "--set",
+            "attack.enter_syn_rate=0",
+        ],
+    )
+    .expect("start tcp-guard");
+    // No listener: nothing in the kernel starts attack mode.
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let blocked = || -> Vec<String> {
+        let out = tcp_guard(&["block", "list", "--iface", &lab.server_iface, "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        list["blocked"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|e| e["reason"] == "automatic")
+            .map(|e| e["cidr"].as_str().expect("cidr").to_string())
+            .collect()
+    };
+    for (n, source) in ["198.19.9.1", "198.19.9.2", "198.19.9.3"].into_iter().enumerate() {
+        let noisy: IpAddr = source.parse().unwrap();
+        let flood = Flood::start(
+            &lab,
+            addr.ip(),
+            Sources::Fixed(noisy),
+            2_000,
+            Duration::from_secs(30),
+        );
+        let cidr = format!("{source}/32");
+        wait_for("the source blocked", Duration::from_secs(10), || {
+            blocked().contains(&cidr)
+        });
+        flood.stop();
+        assert!(
+            blocked().len() <= 2,
+            "at most two automatic blocks after {}: {:?}",
+            n + 1,
+            blocked()
+        );
+    }
+    assert_eq!(
+        blocked(),
+        ["198.19.9.2/32", "198.19.9.3/32"],
+        "the oldest went first"
+    );
+    assert!(
+        daemon.log().contains("source=198.19.9.1/32 reason=evicted"),
+        "{}",
+        daemon.log()
+    );
+}
