@@ -50,6 +50,9 @@ pub mod maps {
     /// [`crate::policy::ListenerLimit`] per local port (65,536 entries),
     /// written by the controller from the listeners' real queues.
     pub const LISTENER_LIMITS: &str = "LISTENER_LIMITS";
+    /// CLOCK_MONOTONIC ns of the daemon's last heartbeat (one entry; 0:
+    /// none yet): see [`crate::policy::CONTROLLER_STALE_NS`].
+    pub const HEARTBEAT: &str = "HEARTBEAT";
     /// Ring buffer of [`crate::policy::Event`]s.
     pub const EVENTS: &str = "EVENTS";
 }

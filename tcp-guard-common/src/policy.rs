@@ -188,6 +188,14 @@ impl AttackState {
     }
 }
 
+/// How long the fast path trusts a daemon it has not heard from (its
+/// heartbeat, `maps::HEARTBEAT`, written twice a second). Past that, only
+/// the daemon could undo what the fast path would do (end attack mode,
+/// expire half-open counts), so the fast path leaves attack mode and stops
+/// dropping SYNs for half-open limits: the kernel's own defences answer, as
+/// without tcp-guard, until a daemon adopts the state.
+pub const CONTROLLER_STALE_NS: u64 = 30_000_000_000;
+
 /// What the fast path allows one local port, from its listeners' queues as
 /// the daemon reads them from the kernel: one entry of the
 /// `LISTENER_LIMITS` array, indexed by port. Zero: no limit.

@@ -284,7 +284,7 @@ pub fn check_ack(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
         return xdp_action::XDP_PASS;
     }
     counters.bump(Counter::InvalidNoFlow);
-    if segment.payload_len == 0 && guard::attack_active() {
+    if segment.payload_len == 0 && guard::attack_active(now) {
         counters.bump(DropReason::BadCookie.counter());
         return xdp_action::XDP_DROP;
     }

@@ -162,8 +162,9 @@ fn track(
         Step::Store(event) => {
             let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
             if opening {
-                let enforce =
-                    !allowlisted && !guard::passing_floods(config) && !guard::kernel_answers_with_cookies();
+                let enforce = !allowlisted
+                    && !guard::leaving_floods_to_the_kernel(config, now)
+                    && !guard::kernel_answers_with_cookies();
                 match guard::admit(key, config, enforce) {
                     Ok((prefix_len, attack_at)) => {
                         if attack_at != 0 {
@@ -187,8 +188,8 @@ fn track(
             if !store(counters, key, flow, found) && opening {
                 guard::release(key, flow.prefix_len);
                 // Untracked: dropped, unless tcp-guard is leaving the flood
-                // to the kernel (pass policy), which then decides.
-                if !guard::passing_floods(config) {
+                // to the kernel (pass policy, or no daemon), which then decides.
+                if !guard::leaving_floods_to_the_kernel(config, now) {
                     return drop_syn(counters, key, DropReason::TableFull);
                 }
             }

@@ -6,15 +6,16 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie:
 use tcp_guard_common::{
     flow::FlowKey,
     policy::{
-        AttackState, BlockEntry, Challenge, CountKey, CountKind, DropReason, Event, GuardConfig, ListenerKey,
-        LpmAddr, Policy, SourceKey, TokenBucket, challenge_passes, challenge_slot, cookie_refresh_due,
+        AttackState, BlockEntry, CONTROLLER_STALE_NS, Challenge, CountKey, CountKind, DropReason, Event,
+        GuardConfig, ListenerKey, LpmAddr, Policy, SourceKey, TokenBucket, challenge_passes, challenge_slot,
+        cookie_refresh_due,
     },
     stats::Counter,
 };
 
 use crate::maps::{
-    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, LISTENER_LIMITS, LISTENERS, OFFENDERS, RATE,
-    SYN_SOURCES, VERIFIED, atomic_add,
+    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, HEARTBEAT, LISTENER_LIMITS, LISTENERS,
+    OFFENDERS, RATE, SYN_SOURCES, VERIFIED, atomic_add,
 };
 
 /// Whether a segment from `addr` is dropped for the block list: every
@@ -98,6 +99,9 @@ enum Attack {
 /// of the call chain through `admit`.)
 #[inline(never)]
 fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> Attack {
+    if !controller_alive(now) {
+        return Attack::Off;
+    }
     let Some(attack) = ATTACK.get_ptr_mut(0) else {
         return Attack::Off;
     };
@@ -266,10 +270,19 @@ fn challenge(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, config:
     Gate::Drop(DropReason::Challenge)
 }
 
+/// Whether the daemon showed it is alive recently (or has not started
+/// beating yet: a program run without a daemon, in tests).
+#[inline(always)]
+pub fn controller_alive(now: u64) -> bool {
+    HEARTBEAT
+        .get(0)
+        .is_none_or(|beat| *beat == 0 || now.saturating_sub(*beat) < CONTROLLER_STALE_NS)
+}
+
 /// Whether the fast path is in attack mode now.
 #[inline(always)]
-pub fn attack_active() -> bool {
-    ATTACK.get(0).is_some_and(|a| a.active != 0)
+pub fn attack_active(now: u64) -> bool {
+    controller_alive(now) && ATTACK.get(0).is_some_and(|a| a.active != 0)
 }
 
 /// The counter for `key`, created at zero if missing; None if COUNTS is full.
@@ -334,12 +347,13 @@ fn reserve(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<u8, Dro
     Ok(prefix_len)
 }
 
-/// Whether attack mode is on with the `pass` policy: tcp-guard then leaves
-/// the flood to the kernel's own defences and drops nothing for being over
-/// a half-open limit (it still counts).
+/// Whether tcp-guard leaves floods to the kernel's own defences now and
+/// drops nothing for being over a half-open limit (it still counts): in
+/// attack mode with the `pass` policy, and while the daemon is gone (its
+/// counts would never come down).
 #[inline(always)]
-pub fn passing_floods(config: &GuardConfig) -> bool {
-    config.policy() == Policy::Pass && attack_active()
+pub fn leaving_floods_to_the_kernel(config: &GuardConfig, now: u64) -> bool {
+    !controller_alive(now) || (config.policy() == Policy::Pass && attack_active(now))
 }
 
 /// Whether the listener answers every SYN with a cookie of its own now

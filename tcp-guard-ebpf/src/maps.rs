@@ -78,6 +78,10 @@ pub static SYN_SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entrie
 #[map]
 pub static LISTENERS: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(4_096, 0);
 
+/// When the daemon last showed it is alive: see `policy::CONTROLLER_STALE_NS`.
+#[map]
+pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
 /// What each local port's listeners hold, by port: see `policy::ListenerLimit`.
 #[map]
 pub static LISTENER_LIMITS: Array<ListenerLimit> = Array::with_max_entries(65_536, 0);

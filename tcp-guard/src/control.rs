@@ -116,6 +116,13 @@ impl Instance {
             .context("cannot write CONFIG")
     }
 
+    /// Tells the fast path the daemon is alive (see `CONTROLLER_STALE_NS`).
+    pub fn beat(&self) -> Result<()> {
+        array::<u64>(&self.dir, maps::HEARTBEAT)?
+            .set(0, monotonic_now_ns(), 0)
+            .context("cannot write HEARTBEAT")
+    }
+
     /// What the fast path allows `port`, from its listeners.
     pub fn set_listener_limit(&self, port: u16, limit: ListenerLimit) -> Result<()> {
         array::<ListenerLimit>(&self.dir, maps::LISTENER_LIMITS)?

@@ -539,6 +539,10 @@ async fn serve(
                 }
             }
             _ = tick.tick() => {
+                // Whatever else fails: the fast path trusts a daemon that beats.
+                if let Err(e) = control.instance.beat() {
+                    log::error!("event=heartbeat_failed iface={}: {e:#}", control.iface);
+                }
                 if failing.due() {
                     match control.tick(ebpf) {
                         Ok(()) => failing.recovered(&control.iface),

@@ -616,8 +616,9 @@ impl Snapshot {
             format!("running (pid {})", info.pid)
         } else {
             format!(
-                "NO DAEMON (pid {} is gone): the programs stay attached and enforce the last limits, \
-                 but nothing expires; restart tcp-guard to adopt the state, or `tcp-guard detach --iface {iface}`",
+                "NO DAEMON (pid {} is gone): the programs stay attached; 30 s after its last heartbeat they \
+                 stand aside (no attack mode, no half-open limit: nothing would expire) and the kernel answers \
+                 alone; restart tcp-guard to adopt the state, or `tcp-guard detach --iface {iface}`",
                 info.pid
             )
         };

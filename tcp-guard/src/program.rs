@@ -35,6 +35,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::SYN_SOURCES,
     maps::LISTENERS,
     maps::LISTENER_LIMITS,
+    maps::HEARTBEAT,
     maps::EVENTS,
 ];
 

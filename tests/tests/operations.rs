@@ -17,7 +17,7 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{Lab, listen, run},
     packets::{ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet},
-    scenario::{ATTACK_AT_4_HALF_OPEN, GLOBAL_12, PORT, wait_for},
+    scenario::{ATTACK_AT_4_HALF_OPEN, FreshAddresses, GLOBAL_12, PORT, timed_connect, wait_for},
 };
 
 fn xdp_prog_id(lab: &Lab) -> Option<String> {
@@ -480,4 +480,52 @@ fn a_failing_control_loop_round_does_not_end_the_daemon() {
     assert!(daemon.pid() > 0);
     let stopped = daemon.stop().expect("stop");
     assert!(stopped.success(), "it still stops cleanly: {stopped}");
+}
+
+/// Without its daemon, nothing the fast path does could be undone: attack
+/// mode would never end and half-open counts would never come down. So past
+/// 30 s without a heartbeat it stands aside and the kernel answers alone: a
+/// new client then connects without waiting for the retransmit challenge.
+#[test]
+fn without_its_daemon_the_fast_path_stands_aside_after_30_s() {
+    let lab = Lab::new().expect("lab");
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").expect("sysctl");
+    // The kernel gives up the flood's handshakes within seconds, so that
+    // what the client meets later is tcp-guard, not a full queue.
+    lab.server
+        .sysctl("net.ipv4.tcp_synack_retries", "1")
+        .expect("sysctl");
+    let settings = [GLOBAL_12, ATTACK_AT_4_HALF_OPEN].concat();
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &settings).expect("start");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _listener = listen(&lab.server, addr, 16).expect("listen");
+    let injector = Injector::open(&lab.client, &lab.client_iface).expect("injector");
+    let spec = FloodSpec {
+        dst: addr.ip(),
+        dst_port: PORT,
+        dst_mac: Lab::mac(&lab.server, &lab.server_iface).expect("MAC"),
+        sources: Sources::Random {
+            network: "198.19.0.0".parse().unwrap(),
+            prefix_len: 16,
+        },
+        rate: 10_000,
+        count: 20_000,
+        duration: Duration::from_secs(2),
+    };
+    flood(&injector, &spec, &AtomicBool::new(false)).expect("flood");
+    assert_eq!(stats_json(&lab.server_iface)["attack"]["active"], true);
+    daemon.stop_with(libc::SIGKILL).expect("kill -9");
+
+    let mut fresh = FreshAddresses::new(false);
+    let (_, challenged) = timed_connect(&lab, fresh.take(&lab), addr);
+    assert!(
+        challenged >= Duration::from_millis(900),
+        "right after the daemon died the fast path still challenges: {challenged:?}"
+    );
+    std::thread::sleep(Duration::from_secs(32));
+    let (_, took) = timed_connect(&lab, fresh.take(&lab), addr);
+    assert!(
+        took < Duration::from_millis(500),
+        "30 s after its daemon died, a new client connects at once: {took:?}"
+    );
 }
