@@ -7,7 +7,10 @@
 use std::{
     fs::{self, File},
     io,
-    os::fd::AsRawFd,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -111,11 +114,54 @@ pub fn ensure_bpffs() -> Result<()> {
     };
     if rc != 0 {
         return Err(io::Error::last_os_error()).with_context(|| {
-            format!("bpffs is not mounted on {BPFFS} and mounting it failed (try: mount -t bpf bpf {BPFFS})")
+            format!(
+                "bpffs is not mounted on {BPFFS} and mounting it failed (try: mount -t bpf -o mode=0700 bpf {BPFFS})"
+            )
         });
     }
     log::info!("mounted bpffs on {BPFFS}");
     Ok(())
+}
+
+/// Creates `path` (mode 0700) unless it exists, and opens it, refusing
+/// anything but a directory owned by root (on a bpffs mounted for all,
+/// another user could have made it, or put a symlink there for tcp-guard to
+/// follow), and making sure no one else may read or write it (earlier
+/// versions left the root directory at the umask's 755).
+fn private_dir(path: &Path) -> Result<File> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(e).with_context(|| format!("cannot create {}", path.display()));
+        }
+        _ => {}
+    }
+    let handle = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot open {} as a directory (not following links)",
+                path.display()
+            )
+        })?;
+    let meta = handle
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if meta.uid() != 0 {
+        bail!(
+            "{} is owned by uid {}, not by root: someone else made it; remove it (and mount bpffs with \
+             -o mode=0700)",
+            path.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        handle
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to mode 700", path.display()))?;
+    }
+    Ok(handle)
 }
 
 /// Exclusive ownership of an interface's instance directory, for as long as
@@ -138,11 +184,9 @@ impl InstanceLock {
     /// Claims `iface`'s directory, creating it (mode 0700) if needed.
     pub fn try_claim(iface: &str) -> Result<Claim> {
         ensure_bpffs()?;
+        private_dir(Path::new(ROOT))?;
         let dir = dir(iface);
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .with_context(|| format!("cannot restrict {}", dir.display()))?;
-        let handle = File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
+        let handle = private_dir(&dir)?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = io::Error::last_os_error();
@@ -150,6 +194,18 @@ impl InstanceLock {
                 return Ok(Claim::Busy);
             }
             return Err(error).with_context(|| format!("cannot lock {}", dir.display()));
+        }
+        // A daemon that stopped meanwhile may have removed the directory we
+        // locked: a lock on a deleted directory guards nothing.
+        let locked = handle
+            .metadata()
+            .with_context(|| format!("cannot stat {}", dir.display()))?;
+        let now = fs::symlink_metadata(&dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+        if (locked.dev(), locked.ino()) != (now.dev(), now.ino()) {
+            bail!(
+                "{} was removed and made again while tcp-guard locked it (another instance stopped just then); try again",
+                dir.display()
+            );
         }
         Ok(Claim::Claimed(InstanceLock { dir, _handle: handle }))
     }

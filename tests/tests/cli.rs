@@ -170,3 +170,31 @@ fn names_that_are_no_interface_names_are_refused_before_they_touch_a_path() {
     assert!(victim.join("keep").exists(), "the directory named was left alone");
     std::fs::remove_dir_all(&victim).expect("clean up");
 }
+
+/// A link planted where an instance's directory goes is not followed.
+#[test]
+fn a_link_in_place_of_the_instance_directory_is_refused() {
+    let lab = Lab::new().expect("lab");
+    let victim = std::env::temp_dir().join(format!("tcp-guard-link-victim-{}", std::process::id()));
+    std::fs::create_dir_all(&victim).expect("victim dir");
+    tcp_guard::instance::ensure_bpffs().expect("bpffs");
+    std::fs::create_dir_all("/sys/fs/bpf/tcp-guard").expect("pin root");
+    let planted = std::path::Path::new("/sys/fs/bpf/tcp-guard").join(&lab.server_iface);
+    std::os::unix::fs::symlink(&victim, &planted).expect("plant a link on bpffs");
+    let out = lab
+        .server
+        .command(tcp_guard_bin())
+        .args(["run", "--iface", &lab.server_iface])
+        .output()
+        .expect("run");
+    let err = stderr_of(&out);
+    std::fs::remove_file(&planted).expect("remove the link");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not following links"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&victim).expect("victim").count(),
+        0,
+        "nothing was pinned there"
+    );
+    std::fs::remove_dir_all(&victim).expect("clean up");
+}
