@@ -599,13 +599,6 @@ impl Backoff {
     }
 }
 
-fn read_sysctl_u32(path: &str) -> Result<u32> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{path} holds {:?}, not a number", text.trim()))
-}
-
 /// A descriptor owned elsewhere (the events ring, owned by `Control`, which
 /// outlives the poll).
 struct RawFdOf(std::os::fd::RawFd);
@@ -930,7 +923,7 @@ impl Control {
                 }
             }
             self.syn_queues = ports.syn_queue.clone();
-            let max_syn_backlog = read_sysctl_u32("/proc/sys/net/ipv4/tcp_max_syn_backlog")?;
+            let max_syn_backlog = self.sysctls.read_net("ipv4/tcp_max_syn_backlog")?;
             let syncookies = self.sysctls.read()?.syncookies;
             ports
                 .backlog

@@ -120,6 +120,11 @@ impl Manager {
         }
     }
 
+    /// Another number under /proc/sys/net of the namespace, e.g. `ipv4/tcp_max_syn_backlog`.
+    pub fn read_net(&self, name: &str) -> Result<u32> {
+        read_sysctl(&self.proc_net.join(name))
+    }
+
     /// The settings now.
     pub fn read(&self) -> Result<Values> {
         Ok(Values {
