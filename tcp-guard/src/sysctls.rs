@@ -208,18 +208,32 @@ impl Manager {
 
     /// Runs `f` on the record (None: no holder) and the settings now, under
     /// the namespace's lock, and stores the record it returns.
+    /// The lock file goes with the record, so that namespaces that come and
+    /// go leave nothing behind; a process that locked a file removed
+    /// meanwhile sees it and takes the new one.
     fn locked<T>(&self, f: impl FnOnce(Option<Record>, Values) -> Result<(Option<Record>, T)>) -> Result<T> {
         let dir = self.lock.parent().context("the lock has no directory")?;
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&self.lock)
-            .with_context(|| format!("cannot open {}", self.lock.display()))?;
-        flock(&lock).with_context(|| format!("cannot lock {}", self.lock.display()))?;
+        let _lock = loop {
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&self.lock)
+                .with_context(|| format!("cannot open {}", self.lock.display()))?;
+            flock(&lock).with_context(|| format!("cannot lock {}", self.lock.display()))?;
+            let locked = lock
+                .metadata()
+                .with_context(|| format!("cannot stat {}", self.lock.display()))?;
+            match fs::symlink_metadata(&self.lock) {
+                Ok(now) if (now.dev(), now.ino()) == (locked.dev(), locked.ino()) => break lock,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", self.lock.display())),
+            }
+        };
         let record = match fs::read_to_string(&self.record) {
             Ok(text) => Some(
                 serde_json::from_str(&text)
@@ -237,12 +251,16 @@ impl Manager {
                 fs::rename(&temporary, &self.record)
                     .with_context(|| format!("cannot replace {}", self.record.display()))?;
             }
-            None => match fs::remove_file(&self.record) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("cannot remove {}", self.record.display()));
+            None => {
+                for path in [&self.record, &self.lock] {
+                    match fs::remove_file(path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                        }
+                        _ => {}
+                    }
                 }
-                _ => {}
-            },
+            }
         }
         Ok(result)
     }
@@ -388,6 +406,11 @@ mod tests {
             eth0.release().unwrap(),
             Change::None,
             "releasing twice changes nothing"
+        );
+        assert_eq!(
+            fs::read_dir(host.root.join("run")).unwrap().count(),
+            0,
+            "nothing is left in the run directory"
         );
     }
 

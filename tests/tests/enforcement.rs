@@ -27,6 +27,39 @@ use tcp_guard_tests::{
 /// listen(16): the kernel holds at most 17 connections in SYN-RECV.
 const BACKLOG: i32 = 16;
 
+/// Limits one noisy source meets at once: 20 SYN/s, blocked after 50 drops
+/// in a second.
+const NOISY_LIMITS: &[&str] = &[
+    "--set",
+    "limits.syn_rate=20",
+    "--set",
+    "limits.syn_burst=20",
+    "--set",
+    "blocking.block_after_drops=50",
+];
+
+/// No attack mode from half-open flows or the SYN rate: the source's SYNs
+/// meet the per-source limits.
+const NO_ATTACK_MODE: &[&str] = &[
+    "--set",
+    "attack.enter_half_open=0",
+    "--set",
+    "attack.enter_syn_rate=0",
+];
+
+/// The automatic blocks of the lab's instance, as `block list` shows them.
+fn automatic_blocks(lab: &Lab) -> Vec<String> {
+    let out = tcp_guard(&["block", "list", "--iface", &lab.server_iface, "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    list["blocked"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["reason"] == "automatic")
+        .map(|e| e["cidr"].as_str().expect("cidr").to_string())
+        .collect()
+}
+
 /// The server namespace of a flood test: small backlog, SYN cookies off,
 /// request sockets given up after one SYN-ACK retry (~3 s) so the test ends.
 fn flood_lab() -> Lab {
@@ -550,19 +583,11 @@ fn an_automatic_block_of_a_spoofed_peer_address_leaves_its_connections_alone() {
         &lab.server,
         &lab.server_iface,
         &[
-            "--set",
-            "limits.syn_rate=20",
-            "--set",
-            "limits.syn_burst=20",
-            "--set",
-            "blocking.block_after_drops=50",
-            "--set",
-            "attack.enter_half_open=0",
-            "--set",
-            "attack.enter_syn_rate=0",
-            "--set",
-            "limits.per_port_half_open=0",
-        ],
+            NOISY_LIMITS,
+            NO_ATTACK_MODE,
+            &["--set", "limits.per_port_half_open=0"],
+        ]
+        .concat(),
     )
     .expect("start tcp-guard");
     let addr = SocketAddr::new(lab.server_addr(false), PORT);
@@ -592,13 +617,7 @@ fn an_automatic_block_of_a_spoofed_peer_address_leaves_its_connections_alone() {
     );
     let cidr = format!("{peer}/32");
     wait_for("the peer's address blocked", Duration::from_secs(10), || {
-        let out = tcp_guard(&["block", "list", "--iface", &lab.server_iface, "--json"]);
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        list["blocked"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .any(|e| e["cidr"] == cidr.as_str() && e["reason"] == "automatic")
+        automatic_blocks(&lab).contains(&cidr)
     });
     let dropped_before = counter(&stats_json(&lab.server_iface), "drop_syn_rate");
     for _ in 0..5 {
@@ -709,34 +728,16 @@ fn automatic_blocks_are_capped_and_the_oldest_goes_first() {
         &lab.server,
         &lab.server_iface,
         &[
-            "--set",
-            "limits.syn_rate=20",
-            "--set",
-            "limits.syn_burst=20",
-            "--set",
-            "blocking.block_after_drops=50",
-            "--set",
-            "blocking.max_automatic=2",
-            "--set",
-            "attack.enter_half_open=0",
-            "--set",
-            "attack.enter_syn_rate=0",
-        ],
+            NOISY_LIMITS,
+            NO_ATTACK_MODE,
+            &["--set", "blocking.max_automatic=2"],
+        ]
+        .concat(),
     )
     .expect("start tcp-guard");
     // No listener: nothing in the kernel starts attack mode.
     let addr = SocketAddr::new(lab.server_addr(false), PORT);
-    let blocked = || -> Vec<String> {
-        let out = tcp_guard(&["block", "list", "--iface", &lab.server_iface, "--json"]);
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        list["blocked"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter(|e| e["reason"] == "automatic")
-            .map(|e| e["cidr"].as_str().expect("cidr").to_string())
-            .collect()
-    };
+    let blocked = || automatic_blocks(&lab);
     for (n, source) in ["198.19.9.1", "198.19.9.2", "198.19.9.3"].into_iter().enumerate() {
         let noisy: IpAddr = source.parse().unwrap();
         let flood = Flood::start(
