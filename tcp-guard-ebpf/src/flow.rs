@@ -145,7 +145,9 @@ fn track(
                     return Verdict::Pass;
                 }
             }
-            if !guard::within_rate(&SourceKey::new(key.family, key.remote_addr), config, now) {
+            if !guard::within_rate(&SourceKey::new(key.family, key.remote_addr), config, now)
+                && !guard::over_rate_passes(counters, key, segment.seq, now, config)
+            {
                 return drop_syn(counters, key, DropReason::SynRate);
             }
         }

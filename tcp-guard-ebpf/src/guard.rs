@@ -246,6 +246,22 @@ fn cookie_gate(key: &FlowKey, now: u64) -> Gate {
     Gate::Refresh
 }
 
+/// A SYN over its source's rate: a flood may be claiming the address of a
+/// real peer, whose own SYNs would then be dropped with the flood's. So it
+/// gets the retransmit challenge: dropped, but its retransmission passes,
+/// which a real sender makes and a spoofed flood does not. (Its own BPF
+/// function: keeps the challenge's record off the tracker's stack.)
+#[inline(never)]
+pub fn over_rate_passes(
+    counters: &mut Counters,
+    key: &FlowKey,
+    seq: u32,
+    now: u64,
+    config: &GuardConfig,
+) -> bool {
+    challenge(counters, key, seq, now, config) == Gate::Open
+}
+
 /// The retransmit-challenge policy: an unknown flow's first SYN is recorded
 /// and dropped; its retransmission within the window passes.
 #[inline(always)]

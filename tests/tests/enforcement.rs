@@ -574,8 +574,9 @@ fn ipv6_defaults_keep_a_small_listener_queue_from_filling() {
 
 /// An automatic block rests on SYNs, which prove nothing about their sender:
 /// a flood spoofing a real peer's address gets that address blocked, but the
-/// peer's established connection goes on, and the flood's SYNs are still
-/// dropped (for the rate of the address they claim).
+/// peer's established connection goes on, it still opens new ones (at worst
+/// after one SYN retransmission), and the flood's SYNs are still dropped
+/// (for the rate of the address they claim).
 #[test]
 fn an_automatic_block_of_a_spoofed_peer_address_leaves_its_connections_alone() {
     let lab = Lab::new().expect("lab");
@@ -624,12 +625,29 @@ fn an_automatic_block_of_a_spoofed_peer_address_leaves_its_connections_alone() {
         exchange(&mut client, &mut server);
         std::thread::sleep(Duration::from_millis(200));
     }
+    // New connections too: the flood has drained the address's SYN rate,
+    // but an over-rate SYN is challenged, and the peer retransmits.
+    let mut late = 0;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let connected = lab
+            .client
+            .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .expect("enter");
+        assert!(
+            connected.is_ok(),
+            "the peer connects while its address is flooded: {connected:?}"
+        );
+        let (_accepted, _) = listener.accept().expect("accept");
+        late += usize::from(started.elapsed() >= Duration::from_millis(900));
+    }
     let stats = stats_json(&lab.server_iface);
     flood.stop();
     assert!(
         counter(&stats, "drop_syn_rate") > dropped_before,
         "the flood's SYNs are still dropped: {stats}"
     );
+    eprintln!("spoofed peer: {late} of 5 new connections waited for a SYN retransmission");
 }
 
 /// SYNs of a blocked source are dropped first and ask for no attack mode:
