@@ -248,7 +248,7 @@ static KEYS: &[Key] = &[
             min_ms: 100,
             max_ms: 600_000,
         },
-        help: "retransmit-challenge: how long after a dropped first SYN its retransmission passes",
+        help: "how long after a challenged SYN (retransmit-challenge policy, or over its source's rate) its retransmission passes",
         get: |s| s.live.challenge_window_ms as u64,
         set: |s, v| s.live.challenge_window_ms = v as u32,
         restart: false,
