@@ -4,7 +4,7 @@
 //! port, how many half-open connections the fast path may admit, so that
 //! the real queue never fills, and when attack mode must start.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
@@ -16,18 +16,6 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use tcp_guard_common::policy::ListenerLimit;
 
-/// One listening socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Listener {
-    pub addr: IpAddr,
-    pub port: u16,
-    /// Its backlog (`listen()`'s, capped by somaxconn): the most handshakes
-    /// its SYN queue holds, and the most connections its accept queue holds.
-    pub backlog: u32,
-    /// Connections waiting for `accept()`.
-    pub accept_queue: u32,
-}
-
 /// What one dump found, per local port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ports {
@@ -36,7 +24,6 @@ pub struct Ports {
     pub backlog: BTreeMap<u16, u32>,
     /// Handshakes in the kernel's SYN queues for the port (SYN-RECV).
     pub syn_queue: BTreeMap<u16, u32>,
-    pub listeners: Vec<Listener>,
 }
 
 /// Dumps the TCP listeners and SYN-RECV request sockets of the calling
@@ -51,7 +38,6 @@ pub fn read() -> Result<Ports> {
     for family in [AF_INET, AF_INET6] {
         dump(&socket, family, &mut ports)?;
     }
-    ports.listeners.sort_by_key(|l| (l.port, l.addr));
     Ok(ports)
 }
 
@@ -98,12 +84,6 @@ fn dump(socket: &Socket, family: u8, ports: &mut Ports) -> Result<()> {
                         TCP_LISTEN => {
                             let backlog = ports.backlog.entry(port).or_insert(u32::MAX);
                             *backlog = (*backlog).min(header.send_queue);
-                            ports.listeners.push(Listener {
-                                addr: header.socket_id.source_address,
-                                port,
-                                backlog: header.send_queue,
-                                accept_queue: header.recv_queue,
-                            });
                         }
                         TCP_SYN_RECV => *ports.syn_queue.entry(port).or_insert(0) += 1,
                         _ => {}
