@@ -187,6 +187,13 @@ pub struct Flow {
     pub peer_next: u32,
     /// Sequence number of the host's FIN; its ACK acknowledges this + 1.
     pub host_fin: u32,
+    /// Bumped by every rewrite in the kernel, odd while one is under way:
+    /// a CPU (XDP ingress, TC egress, expiry) rewrites or removes a flow
+    /// only if it moves this from the even value it read (compare and
+    /// swap), so concurrent updates of one flow neither tear it nor both
+    /// release its counts. Only that kernel glue sets it; the transition
+    /// function's value is ignored.
+    pub generation: u32,
     /// The window the host last advertised, unscaled.
     pub host_window: u16,
     /// The host's window scale, from its SYN or SYN-ACK.
@@ -197,7 +204,7 @@ pub struct Flow {
     pub flags: u8,
     /// The source prefix length its half-open counts were taken with.
     pub prefix_len: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 impl Flow {
@@ -383,12 +390,13 @@ fn new_flow(now: u64) -> Flow {
         host_next: 0,
         peer_next: 0,
         host_fin: 0,
+        generation: 0,
         host_window: 0,
         host_wscale: 0,
         state: TcpState::Closed as u8,
         flags: 0,
         prefix_len: 0,
-        _pad: [0; 6],
+        _pad: [0; 2],
     }
 }
 

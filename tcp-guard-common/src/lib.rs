@@ -14,7 +14,7 @@ pub mod syncookie;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 5;
+    pub const LAYOUT_VERSION: u64 = 6;
 
     pub const STATS: &str = "STATS";
     /// Half-open flows (SYN-SENT, SYN-RECV), keyed by [`crate::flow::FlowKey`].
@@ -27,8 +27,10 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     /// [`crate::policy::AttackState`] (one entry), written by the controller.
     pub const ATTACK: &str = "ATTACK";
-    /// Half-open flows per [`crate::policy::CountKey`].
+    /// Half-open flows per limit, in the slots of [`crate::policy::CountHash`].
     pub const COUNTS: &str = "COUNTS";
+    /// The [`crate::policy::CountHash`] `COUNTS` was filled with (one entry).
+    pub const COUNT_HASH: &str = "COUNT_HASH";
     /// Per-source SYN token buckets.
     pub const RATE: &str = "RATE";
     /// LPM tries of [`crate::policy::LpmAddr`]: sources exempt from SYN limits, and blocked ones.
@@ -78,7 +80,7 @@ mod user {
     unsafe impl aya::Pod for crate::policy::GuardConfig {}
     unsafe impl aya::Pod for crate::policy::AttackState {}
     unsafe impl aya::Pod for crate::policy::ListenerLimit {}
-    unsafe impl aya::Pod for crate::policy::CountKey {}
+    unsafe impl aya::Pod for crate::policy::CountHash {}
     unsafe impl aya::Pod for crate::policy::LpmAddr {}
     unsafe impl aya::Pod for crate::policy::BlockEntry {}
     unsafe impl aya::Pod for crate::policy::SourceKey {}

@@ -208,7 +208,7 @@ pub struct ListenerLimit {
     pub enter_attack: u32,
 }
 
-/// Which limit a [`CountKey`] counts for.
+/// Which limit a `COUNTS` slot counts for.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CountKind {
@@ -238,65 +238,79 @@ impl CountKind {
     }
 }
 
-/// Key of the `COUNTS` map: how many half-open flows one global, source,
-/// prefix or port has. Addresses as in [`FlowKey`].
+/// The `COUNTS` array: half-open flows per limit, in fixed slots that are
+/// never created or deleted (a hash map's delete at zero raced another
+/// CPU's increment, and a full one left flows uncounted). Slot 0 is the
+/// global count; then one slot per local port; then `slots` slots for
+/// sources and `slots` for prefixes, picked by a keyed hash. Sources that
+/// share a slot share a count: a collision can only make a limit stricter,
+/// and the secret seed keeps anyone from aiming one at a chosen address.
+pub const COUNT_GLOBAL_SLOT: u32 = 0;
+/// First port slot (port 0).
+pub const COUNT_PORT_BASE: u32 = 1;
+/// First hashed slot: the source region, then the prefix region.
+pub const COUNT_HASHED_BASE: u32 = COUNT_PORT_BASE + 65_536;
+
+/// How sources and prefixes map to `COUNTS` slots: one entry of the
+/// `COUNT_HASH` array, written once when `COUNTS` is created (a daemon
+/// adopting pinned counts keeps it: the counts were taken with it).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CountKey {
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub kind: u8,
-    pub family: u8,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountHash {
+    /// Random, from the daemon that created `COUNTS`.
+    pub seed: u32,
+    /// Slots per hashed region, less one (a power of two, less one).
+    pub mask: u32,
 }
 
-impl CountKey {
-    pub const fn global() -> CountKey {
-        CountKey {
-            addr: [0; 16],
-            port: 0,
-            kind: CountKind::Global as u8,
-            family: 0,
-        }
-    }
-
-    pub const fn source(family: u8, addr: [u8; 16]) -> CountKey {
-        CountKey {
-            addr,
-            port: 0,
-            kind: CountKind::Source as u8,
-            family,
-        }
-    }
-
-    #[inline(always)]
-    pub fn prefix(family: u8, addr: [u8; 16], prefix_len: u8) -> CountKey {
-        let mut key = CountKey {
-            addr,
-            port: prefix_len as u16,
-            kind: CountKind::Prefix as u8,
-            family,
+impl CountHash {
+    /// Slots per hashed region for a half-open table of `half_open`
+    /// entries: twice as many, at least 65,536, a power of two, so that a
+    /// full table of distinct sources leaves most slots of other sources empty.
+    pub const fn slots_for(half_open: u32) -> u32 {
+        let wanted = if half_open > (1 << 30) {
+            1 << 31
+        } else {
+            half_open * 2
         };
-        mask(&mut key.addr, prefix_len);
-        key
+        let wanted = if wanted < 65_536 { 65_536 } else { wanted };
+        wanted.next_power_of_two()
     }
 
-    pub const fn port(port: u16) -> CountKey {
-        CountKey {
-            addr: [0; 16],
-            port,
-            kind: CountKind::Port as u8,
-            family: 0,
-        }
+    /// Entries of the `COUNTS` array for regions of `slots` slots.
+    pub const fn entries(slots: u32) -> u32 {
+        COUNT_HASHED_BASE.saturating_add(slots.saturating_mul(2))
     }
 
-    /// The counter of kind `kind` a half-open flow is counted in.
+    /// The hash of an address (and, for prefixes, its length).
     #[inline(always)]
-    pub fn for_flow(key: &FlowKey, prefix_len: u8, kind: CountKind) -> CountKey {
+    fn hash(&self, family: u8, addr: &[u8; 16], salt: u32) -> u32 {
+        let mut h = self.seed ^ salt.wrapping_mul(0x85eb_ca6b) ^ family as u32;
+        let mut i = 0;
+        while i < 4 {
+            let word = u32::from_le_bytes([addr[4 * i], addr[4 * i + 1], addr[4 * i + 2], addr[4 * i + 3]]);
+            h = (h ^ word).wrapping_mul(0x9e37_79b1);
+            h ^= h >> 15;
+            i += 1;
+        }
+        h.wrapping_mul(0xc2b2_ae35) ^ (h >> 13)
+    }
+
+    /// The slot a half-open flow of `key` is counted in for `kind`.
+    #[inline(always)]
+    pub fn slot(&self, key: &FlowKey, prefix_len: u8, kind: CountKind) -> u32 {
         match kind {
-            CountKind::Global => CountKey::global(),
-            CountKind::Source => CountKey::source(key.family, key.remote_addr),
-            CountKind::Prefix => CountKey::prefix(key.family, key.remote_addr, prefix_len),
-            CountKind::Port => CountKey::port(key.local_port),
+            CountKind::Global => COUNT_GLOBAL_SLOT,
+            CountKind::Port => COUNT_PORT_BASE + key.local_port as u32,
+            CountKind::Source => COUNT_HASHED_BASE + (self.hash(key.family, &key.remote_addr, 0) & self.mask),
+            CountKind::Prefix => {
+                let mut prefix = key.remote_addr;
+                mask(&mut prefix, prefix_len);
+                let region = self.mask.wrapping_add(1);
+                COUNT_HASHED_BASE
+                    + region
+                    + (self.hash(key.family, &prefix, 1 + prefix_len as u32) & self.mask)
+            }
         }
     }
 }
@@ -673,6 +687,62 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flow_key(remote: [u8; 16], port: u16) -> FlowKey {
+        FlowKey {
+            local_addr: [0; 16],
+            remote_addr: remote,
+            local_port: port,
+            remote_port: 40_000,
+            family: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn count_slots_stay_in_their_region_of_the_array() {
+        for half_open in [1, 65_536, 100_000, 4_000_000] {
+            let slots = CountHash::slots_for(half_open);
+            assert!(slots.is_power_of_two() && slots >= 2 * half_open.min(1 << 30));
+            let hash = CountHash {
+                seed: 0x1234_5678,
+                mask: slots - 1,
+            };
+            let entries = CountHash::entries(slots);
+            for i in 0u32..2_000 {
+                let mut remote = [0u8; 16];
+                remote[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+                let key = flow_key(remote, i as u16);
+                let source = hash.slot(&key, 64, CountKind::Source);
+                let prefix = hash.slot(&key, 64, CountKind::Prefix);
+                assert!((COUNT_HASHED_BASE..COUNT_HASHED_BASE + slots).contains(&source));
+                assert!((COUNT_HASHED_BASE + slots..entries).contains(&prefix));
+                assert_eq!(hash.slot(&key, 64, CountKind::Port), COUNT_PORT_BASE + i);
+                assert_eq!(hash.slot(&key, 64, CountKind::Global), COUNT_GLOBAL_SLOT);
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_in_one_prefix_share_its_slot_and_the_seed_moves_slots() {
+        let hash = CountHash {
+            seed: 7,
+            mask: CountHash::slots_for(65_536) - 1,
+        };
+        let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let first = hash.slot(&flow_key(a, 80), 64, CountKind::Prefix);
+        a[15] = 2;
+        assert_eq!(hash.slot(&flow_key(a, 80), 64, CountKind::Prefix), first);
+        let reseeded = CountHash { seed: 8, ..hash };
+        let moved = (0u8..64)
+            .filter(|&i| {
+                a[15] = i;
+                let key = flow_key(a, 80);
+                hash.slot(&key, 128, CountKind::Source) != reseeded.slot(&key, 128, CountKind::Source)
+            })
+            .count();
+        assert!(moved > 60, "only {moved} of 64 sources moved with the seed");
+    }
 
     #[test]
     fn mask_keeps_exactly_the_prefix() {

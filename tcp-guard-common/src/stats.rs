@@ -134,6 +134,15 @@ counters! {
     CookieAckValid => "cookie_ack_valid",
     /// Events the ring buffer had no room for.
     EventsLost => "events_lost",
+    /// Segments whose flow another CPU was updating at the same moment:
+    /// not applied to the flow (the flow's next segment is).
+    FlowBusy => "flow_busy",
+    /// TCP the parser cannot fully see (an IPv4 fragment, IPv6 behind
+    /// extension headers), dropped in attack mode (`attack.unparsed_tcp`).
+    DropUnparsedTcp => "drop_unparsed_tcp",
+    /// SYNs not answered with a cookie and ACKs whose cookie was not
+    /// accepted: their IPv4 or TCP checksum was wrong.
+    DropBadChecksum => "drop_bad_checksum",
 }
 
 impl Counter {

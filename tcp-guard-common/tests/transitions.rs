@@ -566,8 +566,8 @@ proptest! {
     ) {
         let flow = Flow {
             created_ns: 1, last_ns: 1, host_isn: fields[0], peer_isn: fields[1], host_next: fields[2],
-            peer_next: fields[3], host_fin: fields[4], host_window: window, host_wscale: scale,
-            state, flags: known, prefix_len: 0, _pad: [0; 6],
+            peer_next: fields[3], host_fin: fields[4], generation: 0, host_window: window, host_wscale: scale,
+            state, flags: known, prefix_len: 0, _pad: [0; 2],
         };
         let seg = Seg {
             direction: if ingress { Direction::Ingress } else { Direction::Egress },

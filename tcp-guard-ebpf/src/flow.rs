@@ -1,6 +1,7 @@
 //! Applies the shared transition function to the flow tables, with
 //! admission control for SYNs that would open a half-open flow.
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use tcp_guard_common::{
     flow::{Direction, Event, Flow, FlowKey, Invalid, Seg, Step, TcpState, transition},
     packet::{TcpClass, TcpSegment},
@@ -53,6 +54,9 @@ pub fn lookup(key: &FlowKey) -> Option<Found> {
         }),
     }
 }
+
+/// `-EEXIST`, as a map insert returns it.
+const EEXIST: i32 = 17;
 
 /// Removes a found flow; false if another CPU removed it first.
 #[inline(always)]
@@ -154,11 +158,20 @@ fn track(
     }
 
     let found = lookup(key);
-    // SAFETY: map values stay valid for the program run (RCU); another CPU
-    // may change one meanwhile, and the later write wins.
-    let old: Option<&Flow> = found.map(|f| unsafe { &*f.entry });
+    // A copy, taken once: another CPU may rewrite the entry meanwhile, and
+    // the claim below tells whether it did.
+    if let Some(found) = found {
+        // SAFETY: map values stay valid for the program run (RCU).
+        scratch.old = unsafe { *found.entry };
+        if scratch.old.generation & 1 != 0 {
+            counters.bump(Counter::FlowBusy);
+            return Verdict::Pass;
+        }
+    }
+    let old: Option<&Flow> = found.map(|_| &scratch.old);
     let counted = old.is_some_and(holds_counts);
     let old_prefix_len = old.map_or(0, |f| f.prefix_len);
+    let generation = old.map_or(0, |f| f.generation);
     let was_syn_rcvd = old.is_some_and(|o| o.state() == Some(TcpState::SynRcvd));
     match transition(old, &Seg::new(segment, direction, window_scale), now, flow) {
         Step::Store(event) => {
@@ -168,43 +181,67 @@ fn track(
                     && !guard::leaving_floods_to_the_kernel(config, now)
                     && !guard::kernel_answers_with_cookies();
                 match guard::admit(key, config, enforce) {
+                    Ok((guard::UNCOUNTED, _)) => {}
                     Ok((prefix_len, attack_at)) => {
                         if attack_at != 0 {
                             guard::listener_under_attack(counters, key.local_port, attack_at);
                         }
                         flow.flags |= Flow::COUNTED;
                         flow.prefix_len = prefix_len;
-                        if config.egress != 0 {
-                            flow.flags |= Flow::AWAIT_SYN_ACK;
-                        }
                     }
                     Err(reason) => return drop_syn(counters, key, reason),
                 }
+                if config.egress != 0 {
+                    flow.flags |= Flow::AWAIT_SYN_ACK;
+                }
             } else if counted && flow.state() != Some(TcpState::SynRcvd) {
-                guard::release(key, flow.prefix_len);
                 flow.flags &= !Flow::COUNTED;
+            }
+            let counts_taken = opening && flow.has(Flow::COUNTED);
+            // A flow new to its table starts a fresh generation.
+            flow.generation = 0;
+            match store(counters, key, flow, found, generation) {
+                Stored::Yes => {
+                    // The claim made this CPU the one to release them.
+                    if counted && !flow.has(Flow::COUNTED) {
+                        guard::release(key, old_prefix_len);
+                    }
+                }
+                Stored::Busy => {
+                    if counts_taken {
+                        guard::release(key, flow.prefix_len);
+                    }
+                    counters.bump(Counter::FlowBusy);
+                    return Verdict::Pass;
+                }
+                Stored::Full => {
+                    if counts_taken {
+                        guard::release(key, flow.prefix_len);
+                    }
+                    // Untracked: dropped, unless tcp-guard is leaving the
+                    // flood to the kernel (pass policy, or no daemon), which
+                    // then decides.
+                    if opening && !guard::leaving_floods_to_the_kernel(config, now) {
+                        return drop_syn(counters, key, DropReason::TableFull);
+                    }
+                }
             }
             if event == Event::Entered(TcpState::Established) {
                 guard::verify(key, now, config);
-            }
-            if !store(counters, key, flow, found) && opening {
-                guard::release(key, flow.prefix_len);
-                // Untracked: dropped, unless tcp-guard is leaving the flood
-                // to the kernel (pass policy, or no daemon), which then decides.
-                if !guard::leaving_floods_to_the_kernel(config, now) {
-                    return drop_syn(counters, key, DropReason::TableFull);
-                }
             }
             if let Some(counter) = event.counter() {
                 counters.bump(counter);
             }
         }
         Step::Remove(event) => {
-            if let Some(found) = found
-                && remove(key, found)
-                && counted
-            {
-                guard::release(key, old_prefix_len);
+            if let Some(found) = found {
+                if claim(found.entry, generation) {
+                    if remove(key, found) && counted {
+                        guard::release(key, old_prefix_len);
+                    }
+                } else {
+                    counters.bump(Counter::FlowBusy);
+                }
             }
             if let Some(counter) = event.counter() {
                 counters.bump(counter);
@@ -236,44 +273,98 @@ fn drop_syn(counters: &mut Counters, key: &FlowKey, reason: DropReason) -> Verdi
     Verdict::Drop
 }
 
-/// Writes `flow` to the table its state belongs in, moving it if needed.
-/// False when it could not be stored (its table was full).
+/// What became of a flow to store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    Yes,
+    /// Another CPU changed or created it first: this segment's update is
+    /// not applied (the next segment's is).
+    Busy,
+    /// Its table was full.
+    Full,
+}
+
+/// Takes the right to rewrite or remove a flow that was read with
+/// `generation` (see `Flow::generation`); false if another CPU has changed
+/// it since, or is changing it.
 #[inline(always)]
-fn store(counters: &mut Counters, key: &FlowKey, flow: &Flow, found: Option<Found>) -> bool {
-    let half_open = flow.state().is_some_and(|s| s.is_half_open());
-    match found {
-        Some(found) if found.half_open == half_open => {
-            // SAFETY: a live map value, see `track`.
-            unsafe { *found.entry = *flow };
-            true
-        }
-        Some(found) => {
-            let (to, from) = if half_open {
-                (&HALF_OPEN, &FLOWS)
-            } else {
-                (&FLOWS, &HALF_OPEN)
-            };
-            if to.insert(key, flow, 0).is_ok() {
-                // An error means another CPU removed it first: nothing to do.
-                let _gone = from.remove(key);
-            } else {
-                counters.bump(full_counter(half_open));
-                // Keep it where it is, up to date, rather than lose it.
-                // SAFETY: a live map value, see `track`.
-                unsafe { *found.entry = *flow };
-            }
-            true
-        }
-        None => {
-            let table = if half_open { &HALF_OPEN } else { &FLOWS };
-            if table.insert(key, flow, 0).is_ok() {
-                true
-            } else {
-                counters.bump(full_counter(half_open));
-                false
-            }
-        }
+pub fn claim(entry: *mut Flow, generation: u32) -> bool {
+    if generation & 1 != 0 {
+        return false;
     }
+    // SAFETY: a live map value; `generation` is 4-byte aligned in it.
+    let (_, claimed) = unsafe {
+        core::intrinsics::atomic_cxchg::<
+            u32,
+            { core::intrinsics::AtomicOrdering::SeqCst },
+            { core::intrinsics::AtomicOrdering::SeqCst },
+        >(
+            core::ptr::addr_of_mut!((*entry).generation),
+            generation,
+            generation + 1,
+        )
+    };
+    claimed
+}
+
+/// Writes a claimed flow's new contents, then ends the claim.
+#[inline(always)]
+fn publish(entry: *mut Flow, flow: &Flow, generation: u32) {
+    let mut written = *flow;
+    written.generation = generation + 1;
+    // SAFETY: a live map value this CPU claimed.
+    unsafe {
+        *entry = written;
+        // The fields before the generation that ends the claim. (BPF has
+        // no fences, and x86, where the programs are JIT-compiled, keeps
+        // stores in order; the compiler must not reorder them either.)
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*entry).generation), generation + 2);
+    }
+}
+
+/// Writes `flow` (read with `generation`) to the table its state belongs
+/// in, moving it if needed.
+#[inline(always)]
+fn store(
+    counters: &mut Counters,
+    key: &FlowKey,
+    flow: &Flow,
+    found: Option<Found>,
+    generation: u32,
+) -> Stored {
+    let half_open = flow.state().is_some_and(|s| s.is_half_open());
+    let Some(found) = found else {
+        let table = if half_open { &HALF_OPEN } else { &FLOWS };
+        return match table.insert(key, flow, BPF_NOEXIST as u64) {
+            Ok(()) => Stored::Yes,
+            // Created by another CPU since the lookup.
+            Err(error) if error == -EEXIST => Stored::Busy,
+            Err(_) => {
+                counters.bump(full_counter(half_open));
+                Stored::Full
+            }
+        };
+    };
+    if !claim(found.entry, generation) {
+        return Stored::Busy;
+    }
+    if found.half_open != half_open {
+        let (to, from) = if half_open {
+            (&HALF_OPEN, &FLOWS)
+        } else {
+            (&FLOWS, &HALF_OPEN)
+        };
+        if to.insert(key, flow, 0).is_ok() {
+            // Others that read the old entry fail their claim: it stays odd.
+            let _gone = from.remove(key);
+            return Stored::Yes;
+        }
+        counters.bump(full_counter(half_open));
+        // Keep it where it is, up to date, rather than lose it.
+    }
+    publish(found.entry, flow, generation);
+    Stored::Yes
 }
 
 fn full_counter(half_open: bool) -> Counter {

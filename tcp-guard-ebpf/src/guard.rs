@@ -6,16 +6,16 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie:
 use tcp_guard_common::{
     flow::FlowKey,
     policy::{
-        AttackState, BlockEntry, CONTROLLER_STALE_NS, Challenge, CountKey, CountKind, DropReason, Event,
-        GuardConfig, ListenerKey, LpmAddr, Policy, SourceKey, TokenBucket, challenge_passes, challenge_slot,
-        cookie_refresh_due,
+        AttackState, BlockEntry, CONTROLLER_STALE_NS, COUNT_GLOBAL_SLOT, COUNT_PORT_BASE, Challenge,
+        CountKind, DropReason, Event, GuardConfig, ListenerKey, LpmAddr, Policy, SourceKey, TokenBucket,
+        challenge_passes, challenge_slot, cookie_refresh_due,
     },
     stats::Counter,
 };
 
 use crate::maps::{
-    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNTS, Counters, EVENTS, HEARTBEAT, LISTENER_LIMITS, LISTENERS,
-    OFFENDERS, RATE, SYN_SOURCES, VERIFIED, atomic_add,
+    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNT_HASH, COUNTS, Counters, EVENTS, HEARTBEAT, LISTENER_LIMITS,
+    LISTENERS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED, atomic_add,
 };
 
 /// Whether a segment from `addr` is dropped for the block list: every
@@ -114,10 +114,7 @@ fn attack_mode(counters: &mut Counters, now: u64, config: &GuardConfig) -> Attac
             Attack::On
         };
     }
-    let half_open = COUNTS.get_ptr(CountKey::global()).map_or(0, |count| {
-        // SAFETY: a live map value, read once.
-        unsafe { *count }
-    });
+    let half_open = COUNTS.get(COUNT_GLOBAL_SLOT).copied().unwrap_or(0);
     if config.attack_enter_half_open == 0 || half_open < config.attack_enter_half_open as u64 {
         return Attack::Off;
     }
@@ -301,18 +298,15 @@ pub fn attack_active(now: u64) -> bool {
     controller_alive(now) && ATTACK.get(0).is_some_and(|a| a.active != 0)
 }
 
-/// The counter for `key`, created at zero if missing; None if COUNTS is full.
+/// The `COUNTS` slot of `kind` for a flow of `key`.
 #[inline(always)]
-fn count_of(key: &CountKey) -> Option<*mut u64> {
-    if let Some(count) = COUNTS.get_ptr_mut(key) {
-        return Some(count);
-    }
-    // Another CPU may create it first: then its entry is used.
-    let _created = COUNTS.insert(key, 0, BPF_NOEXIST as u64);
-    COUNTS.get_ptr_mut(key)
+fn count_of(key: &FlowKey, prefix_len: u8, kind: CountKind) -> Option<*mut u64> {
+    let slot = COUNT_HASH.get(0)?.slot(key, prefix_len, kind);
+    COUNTS.get_ptr_mut(slot)
 }
 
-/// Releases the half-open counts of a flow that leaves SYN-RECV.
+/// Releases the half-open counts of a flow that leaves SYN-RECV. The
+/// caller owns the release: it claimed the flow (see `flow::claim`).
 #[inline(never)]
 pub fn release(key: &FlowKey, prefix_len: u8) {
     release_first(key, prefix_len, CountKind::ALL.len());
@@ -325,32 +319,27 @@ fn release_first(key: &FlowKey, prefix_len: u8, n: usize) {
         if i >= n {
             break;
         }
-        let count_key = CountKey::for_flow(key, prefix_len, kind);
-        if let Some(count) = COUNTS.get_ptr_mut(count_key) {
-            let before = atomic_add(count, u64::MAX);
-            if before == 0 {
-                // Never below zero (a key recreated after a race).
-                atomic_add(count, 1);
-            } else if before == 1 && kind != CountKind::Global {
-                let _removed = COUNTS.remove(count_key);
-            }
+        if let Some(count) = count_of(key, prefix_len, kind) {
+            atomic_add(count, u64::MAX);
         }
     }
 }
 
 /// Counts a new half-open flow against every limit, or none of them.
 /// (`PER_PORT_AUTO` is never reached here: `admit` checks ports then.)
+/// Every slot exists; None only if `COUNT_HASH` sent a slot past the end,
+/// which the daemon's sizing rules out: then nothing is counted.
 #[inline(always)]
-fn reserve(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<u8, DropReason> {
+fn reserve(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<Option<u8>, DropReason> {
     let prefix_len = if key.family == 4 {
         config.prefix_len_v4
     } else {
         config.prefix_len_v6
     };
     for (i, kind) in CountKind::ALL.into_iter().enumerate() {
-        // COUNTS full: this limit cannot be counted, so it is not enforced.
-        let Some(count) = count_of(&CountKey::for_flow(key, prefix_len, kind)) else {
-            continue;
+        let Some(count) = count_of(key, prefix_len, kind) else {
+            release_first(key, prefix_len, i);
+            return Ok(None);
         };
         let before = atomic_add(count, 1);
         let limit = kind.limit(config);
@@ -360,7 +349,7 @@ fn reserve(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<u8, Dro
             return Err(DropReason::for_count(kind));
         }
     }
-    Ok(prefix_len)
+    Ok(Some(prefix_len))
 }
 
 /// Whether tcp-guard leaves floods to the kernel's own defences now and
@@ -385,12 +374,14 @@ pub fn kernel_answers_with_cookies() -> bool {
 
 /// Counts a SYN that opens a half-open flow against the limits (enforced
 /// unless its source is allow-listed); on success returns the prefix length
-/// used, and the port's half-open count if it is enough for attack mode
-/// (the caller enters it: a call from here would take the verifier's
-/// stack budget past 512 bytes).
+/// used (`Admitted::UNCOUNTED` if nothing was counted), and the port's
+/// half-open count if it is enough for attack mode (the caller enters it: a
+/// call from here would take the verifier's stack budget past 512 bytes).
 #[inline(never)]
 pub fn admit(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<(u8, u32), DropReason> {
-    let prefix_len = reserve(key, config, enforce)?;
+    let Some(prefix_len) = reserve(key, config, enforce)? else {
+        return Ok((UNCOUNTED, 0));
+    };
     if config.per_port_half_open != GuardConfig::PER_PORT_AUTO {
         return Ok((prefix_len, 0));
     }
@@ -399,11 +390,9 @@ pub fn admit(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<(u8, 
     let Some(listener) = LISTENER_LIMITS.get(key.local_port as u32) else {
         return Ok((prefix_len, 0));
     };
-    let Some(count) = COUNTS.get_ptr(CountKey::port(key.local_port)) else {
+    let Some(count) = COUNTS.get(COUNT_PORT_BASE + key.local_port as u32).copied() else {
         return Ok((prefix_len, 0));
     };
-    // SAFETY: a live map value, read once.
-    let count = unsafe { *count };
     if enforce && listener.half_open != 0 && count > listener.half_open as u64 {
         release_first(key, prefix_len, CountKind::ALL.len());
         return Err(DropReason::PortHalfOpen);
@@ -415,6 +404,9 @@ pub fn admit(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<(u8, 
     };
     Ok((prefix_len, attack_at))
 }
+
+/// `admit`'s prefix length when it counted nothing (no prefix is longer than 128).
+pub const UNCOUNTED: u8 = u8::MAX;
 
 /// Records a source that earns its drop, and tells the controller the first time.
 /// (Its own BPF function: keeps the event record out of the tracker's frame.)

@@ -163,7 +163,8 @@ pub fn tcp_guard_expire(ctx: XdpContext) -> u32 {
     if now.saturating_sub(stored.last_ns) <= timeout_ns {
         return xdp_action::XDP_PASS;
     }
-    if !flow::remove(&key, found) {
+    // Only the CPU whose claim succeeds removes it and releases its counts.
+    if !flow::claim(found.entry, stored.generation) || !flow::remove(&key, found) {
         return xdp_action::XDP_PASS;
     }
     if flow::holds_counts(&stored) {

@@ -9,7 +9,7 @@ use tcp_guard_common::{
     flow::{Flow, FlowKey},
     packet::Dissection,
     policy::{
-        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountKey, GuardConfig, ListenerKey,
+        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, ListenerKey,
         ListenerLimit, LpmAddr, SourceKey, TokenBucket,
     },
     stats::{Counter, Stats},
@@ -39,10 +39,14 @@ pub static CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static ATTACK: Array<AttackState> = Array::with_max_entries(1, 0);
 
-/// Half-open flows per global / source / prefix / port key. Every counted
-/// flow uses at most four keys; sized by the controller from the half-open table.
+/// Half-open flows per global / port / hashed source and prefix slot (see
+/// `policy::CountHash`); sized by the controller from the half-open table.
 #[map]
-pub static COUNTS: HashMap<CountKey, u64> = HashMap::with_max_entries(262_144, 0);
+pub static COUNTS: Array<u64> = Array::with_max_entries(CountHash::entries(65_536), 0);
+
+/// How sources and prefixes map to `COUNTS` slots (one entry).
+#[map]
+pub static COUNT_HASH: Array<CountHash> = Array::with_max_entries(1, 0);
 
 /// Per-source SYN token buckets; the least recently seen source goes first.
 #[map]
@@ -91,6 +95,8 @@ pub struct Scratch {
     /// The packet being handled, as parsed.
     pub dissection: Dissection,
     pub key: FlowKey,
+    /// The flow as found, copied once (see `Flow::generation`).
+    pub old: Flow,
     /// The flow a transition produces.
     pub flow: Flow,
     /// A cookie SYN-ACK, and its IP and TCP headers before they are copied

@@ -17,7 +17,7 @@ use aya::maps::{
 use serde_json::{Value, json};
 use tcp_guard_common::{
     maps,
-    policy::{AttackState, BlockEntry, CountKey, CountKind, GuardConfig, ListenerLimit, LpmAddr, SourceKey},
+    policy::{AttackState, BlockEntry, COUNT_GLOBAL_SLOT, GuardConfig, ListenerLimit, LpmAddr, SourceKey},
 };
 
 use crate::{attach::Mode, flows::monotonic_now_ns, instance};
@@ -144,22 +144,7 @@ impl Instance {
 
     /// Sources with the most half-open flows now, most first.
     pub fn top_half_open_sources(&self, n: usize) -> Result<Vec<(IpAddr, u64)>> {
-        let counts: HashMap<MapData, CountKey, u64> =
-            HashMap::try_from(Map::HashMap(open(&self.dir, maps::COUNTS)?))
-                .context("COUNTS is not a hash map")?;
-        let mut sources = Vec::new();
-        for entry in counts.iter() {
-            match entry {
-                Ok((key, count)) if key.kind == CountKind::Source as u8 && count > 0 => {
-                    sources.push((addr_of(key.family, key.addr), count));
-                }
-                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("cannot read COUNTS"),
-            }
-        }
-        sources.sort_by_key(|s| std::cmp::Reverse(s.1));
-        sources.truncate(n);
-        Ok(sources)
+        crate::flows::FlowTables::open(&self.dir)?.half_open_sources(n)
     }
 
     /// Sampled SYNs per source so far (one SYN in
@@ -184,14 +169,9 @@ impl Instance {
 
     /// Half-open flows counted against the global limit now.
     pub fn half_open(&self) -> Result<u64> {
-        let data = open(&self.dir, maps::COUNTS)?;
-        let counts: HashMap<MapData, CountKey, u64> =
-            HashMap::try_from(Map::HashMap(data)).context("COUNTS is not a hash map")?;
-        match counts.get(&CountKey::global(), 0) {
-            Ok(n) => Ok(n),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
-            Err(e) => Err(e).context("cannot read COUNTS"),
-        }
+        array::<u64>(&self.dir, maps::COUNTS)?
+            .get(&COUNT_GLOBAL_SLOT, 0)
+            .context("cannot read COUNTS")
     }
 
     /// Creates and pins the INFO map of a starting daemon, replacing any a

@@ -96,6 +96,25 @@ impl FlowTables {
         Ok(all)
     }
 
+    /// Half-open flows counted against the limits, per peer address, most
+    /// first. (The fast path's counts are hashed slots, which name no
+    /// address; the flows themselves do.)
+    pub fn half_open_sources(&self, n: usize) -> Result<Vec<(IpAddr, u64)>> {
+        let mut sources = std::collections::HashMap::<IpAddr, u64>::new();
+        for (key, flow) in read_table(&self.half_open)? {
+            if flow.has(Flow::COUNTED)
+                && flow.state() == Some(TcpState::SynRcvd)
+                && let Some(peer) = addr(&key.remote_addr, key.family)
+            {
+                *sources.entry(peer).or_default() += 1;
+            }
+        }
+        let mut sources: Vec<_> = sources.into_iter().collect();
+        sources.sort_by_key(|&(peer, count)| (std::cmp::Reverse(count), peer));
+        sources.truncate(n);
+        Ok(sources)
+    }
+
     pub fn rows(&self, now_ns: u64) -> Result<Vec<FlowRow>> {
         let mut rows: Vec<FlowRow> = self
             .entries()?

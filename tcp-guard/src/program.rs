@@ -6,7 +6,12 @@ use aya::{
     maps::Array,
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use tcp_guard_common::{flow::FlowKey, maps, policy::GuardConfig, programs};
+use tcp_guard_common::{
+    flow::FlowKey,
+    maps,
+    policy::{CountHash, GuardConfig},
+    programs,
+};
 
 use crate::settings::Settings;
 
@@ -26,6 +31,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::CONFIG,
     maps::ATTACK,
     maps::COUNTS,
+    maps::COUNT_HASH,
     maps::RATE,
     maps::ALLOW,
     maps::BLOCK,
@@ -64,8 +70,10 @@ pub fn load(
         .override_global(aya_log::LEVEL, &level, true)
         .map_max_entries(maps::HALF_OPEN, sizes.half_open)
         .map_max_entries(maps::FLOWS, sizes.flows)
-        // A counted flow uses at most four keys (global, source, prefix, port).
-        .map_max_entries(maps::COUNTS, sizes.half_open.saturating_mul(4).saturating_add(16))
+        .map_max_entries(
+            maps::COUNTS,
+            CountHash::entries(CountHash::slots_for(sizes.half_open)),
+        )
         .load(OBJECT)
         .map_err(explain_load_error)
         .context("failed to load the tcp-guard eBPF object")?;
@@ -75,6 +83,7 @@ pub fn load(
         .try_into()
         .context("CONFIG is not an array")?;
     config.set(0, settings.live, 0).context("cannot write CONFIG")?;
+    init_count_hash(&mut ebpf)?;
     for name in [programs::XDP, programs::EXPIRE] {
         xdp_named(&mut ebpf, name)?
             .load()
@@ -86,6 +95,46 @@ pub fn load(
         .map_err(explain_program_error)
         .with_context(|| format!("the kernel refused to load program {}", programs::TC_EGRESS))?;
     Ok(ebpf)
+}
+
+/// Gives a new `COUNTS` its hash: a random seed, and regions as large as
+/// the array (which an adopted one keeps, with the hash it was filled with).
+fn init_count_hash(ebpf: &mut Ebpf) -> Result<()> {
+    let entries = ebpf
+        .map(maps::COUNTS)
+        .context("map COUNTS missing from the eBPF object")?;
+    let entries = match entries {
+        aya::maps::Map::Array(data) => data.info().context("cannot read COUNTS's size")?.max_entries(),
+        _ => anyhow::bail!("COUNTS is not an array"),
+    };
+    let mut hash: Array<_, CountHash> = ebpf
+        .map_mut(maps::COUNT_HASH)
+        .context("map COUNT_HASH missing from the eBPF object")?
+        .try_into()
+        .context("COUNT_HASH is not an array")?;
+    if hash.get(&0, 0).context("cannot read COUNT_HASH")?.mask != 0 {
+        return Ok(());
+    }
+    let slots = (entries.saturating_sub(CountHash::entries(0)) / 2).max(1);
+    let mut seed = [0u8; 4];
+    getrandom(&mut seed).context("cannot read random bytes for COUNT_HASH's seed")?;
+    // Regions a power of two: the largest that fits the array.
+    let slots = 1u32 << (31 - slots.leading_zeros());
+    let value = CountHash {
+        seed: u32::from_ne_bytes(seed),
+        mask: slots - 1,
+    };
+    hash.set(0, value, 0).context("cannot write COUNT_HASH")
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n == buf.len() as isize {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The program that removes one idle flow (run with BPF_PROG_TEST_RUN).
