@@ -77,7 +77,7 @@ impl Default for GuardConfig {
             cookie_wscale: 7,
             cookie_options: GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE,
             manage_sysctls: 1,
-            _pad: [0; 1],
+            drop_unparsed_tcp: 1,
             block_max_automatic: 4096,
         }
     }

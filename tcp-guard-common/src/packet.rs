@@ -1,7 +1,8 @@
 //! Packet parsing, written once for the kernel and userspace.
 //!
-//! The parser walks Ethernet (with at most one 802.1Q/802.1ad tag), IPv4 (with
-//! options) or IPv6 (fixed header), and TCP (with options), over any
+//! The parser walks Ethernet (with up to two 802.1Q/802.1ad tags: QinQ), IPv4
+//! (with options) or IPv6 (and, to find the transport, up to
+//! [`IPV6_MAX_EXTENSIONS`] extension headers), and TCP (with options), over any
 //! [`ByteView`]: the XDP program implements it on the packet buffer, tests and
 //! fuzzers on a byte slice. Every read goes through [`ByteView::read`], which
 //! returns `None` unless the whole header lies inside the buffer, so no input
@@ -318,8 +319,11 @@ pub enum Outcome {
     /// IPv4 or IPv6 carrying something other than TCP.
     NonTcp,
     /// An IPv4 fragment: its TCP header (if any) cannot be trusted alone.
+    /// [`Dissection::unparsed_tcp`] says whether it is TCP.
     Ipv4Fragment,
-    /// IPv6 with an extension header before the transport header; not walked yet.
+    /// IPv6 with extension headers before the transport header: walked to
+    /// find the transport, not enforced on. [`Dissection::unparsed_tcp`]
+    /// says whether it is (or may be) TCP.
     Ipv6Extension,
     /// TCP: see [`Dissection::segment`].
     Tcp,
@@ -329,8 +333,14 @@ pub enum Outcome {
 /// The result of parsing one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dissection {
-    /// The frame carried an 802.1Q or 802.1ad tag.
+    /// The frame carried an 802.1Q or 802.1ad tag (or two).
     pub vlan: bool,
+    /// Offset of the IP header from the start of the frame.
+    pub l3_offset: u16,
+    /// TCP the fast path cannot enforce on: an IPv4 fragment of TCP, or TCP
+    /// (or a transport the walk could not reach) behind IPv6 extension
+    /// headers. The segment then holds its addresses and family only.
+    pub unparsed_tcp: bool,
     /// IP version, once the ethertype said IP.
     pub family: Option<Family>,
     pub outcome: Outcome,
@@ -345,11 +355,22 @@ impl Dissection {
     }
 }
 
-/// What the IP layer found: an outcome, and the segment when it is TCP.
-type Layer = (Outcome, TcpSegment);
+/// What the IP layer found: an outcome, the segment when it is TCP, and
+/// whether it is TCP the fast path cannot enforce on.
+type Layer = (Outcome, TcpSegment, bool);
 
 const fn not_tcp(outcome: Outcome) -> Layer {
-    (outcome, TcpSegment::NONE)
+    (outcome, TcpSegment::NONE, false)
+}
+
+/// TCP the fast path cannot enforce on (see [`Dissection::unparsed_tcp`]):
+/// the segment holds its addresses and family only.
+const fn unparsed_tcp(outcome: Outcome, family: Family, src: [u8; 16], dst: [u8; 16]) -> Layer {
+    let mut segment = TcpSegment::NONE;
+    segment.src = src;
+    segment.dst = dst;
+    segment.family = family;
+    (outcome, segment, true)
 }
 
 /// IPv6 next-header values that are extension headers, not transports.
@@ -357,6 +378,23 @@ const fn not_tcp(outcome: Outcome) -> Layer {
 const fn is_ipv6_extension(next_header: u8) -> bool {
     matches!(next_header, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
 }
+
+/// Extension headers walked to find an IPv6 packet's transport; a longer
+/// chain counts as possibly TCP.
+pub const IPV6_MAX_EXTENSIONS: usize = 4;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+
+/// The first two bytes of every IPv6 extension header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Ipv6ExtHdr {
+    pub next_header: u8,
+    pub len: u8,
+}
+
+// SAFETY: repr(C) struct of u8.
+unsafe impl Header for Ipv6ExtHdr {}
 
 /// Parses one Ethernet frame.
 ///
@@ -366,6 +404,8 @@ const fn is_ipv6_extension(next_header: u8) -> bool {
 pub fn parse<V: ByteView + ?Sized>(view: &V) -> Dissection {
     let mut d = Dissection {
         vlan: false,
+        l3_offset: ETH_HDR_LEN as u16,
+        unparsed_tcp: false,
         family: None,
         outcome: Outcome::NonIp,
         segment: TcpSegment::NONE,
@@ -376,16 +416,21 @@ pub fn parse<V: ByteView + ?Sized>(view: &V) -> Dissection {
     };
     let mut ether_type = eth.ether_type.get();
     let mut l3 = ETH_HDR_LEN;
-    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+    // QinQ: an outer tag, then an inner one; a third is not IP here.
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
         d.vlan = true;
-        let Some(vlan) = view.read::<VlanHdr>(ETH_HDR_LEN) else {
+        let Some(vlan) = view.read::<VlanHdr>(l3) else {
             d.outcome = Outcome::Malformed(Malformed::VlanTruncated);
             return d;
         };
         ether_type = vlan.ether_type.get();
-        l3 = ETH_HDR_LEN + VLAN_HDR_LEN;
+        l3 += VLAN_HDR_LEN;
     }
-    (d.outcome, d.segment) = match ether_type {
+    d.l3_offset = l3 as u16;
+    (d.outcome, d.segment, d.unparsed_tcp) = match ether_type {
         ETH_P_IPV4 => {
             d.family = Some(Family::V4);
             parse_ipv4(view, l3)
@@ -398,6 +443,9 @@ pub fn parse<V: ByteView + ?Sized>(view: &V) -> Dissection {
     };
     d
 }
+
+/// Tags walked before the ethertype that says IP.
+pub const MAX_VLAN_TAGS: usize = 2;
 
 #[inline(always)]
 fn parse_ipv4<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
@@ -415,17 +463,20 @@ fn parse_ipv4<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     if total_len < header_len || !view.contains(l3, total_len) {
         return not_tcp(Outcome::Malformed(Malformed::Ipv4BadTotalLength));
     }
-    // More-fragments set or a non-zero offset.
-    if ip.frag_off.get() & 0x3fff != 0 {
-        return not_tcp(Outcome::Ipv4Fragment);
-    }
-    if ip.protocol != IPPROTO_TCP {
-        return not_tcp(Outcome::NonTcp);
-    }
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&ip.src);
     dst[..4].copy_from_slice(&ip.dst);
+    // More-fragments set or a non-zero offset.
+    if ip.frag_off.get() & 0x3fff != 0 {
+        if ip.protocol != IPPROTO_TCP {
+            return not_tcp(Outcome::Ipv4Fragment);
+        }
+        return unparsed_tcp(Outcome::Ipv4Fragment, Family::V4, src, dst);
+    }
+    if ip.protocol != IPPROTO_TCP {
+        return not_tcp(Outcome::NonTcp);
+    }
     parse_tcp(
         view,
         Family::V4,
@@ -448,14 +499,36 @@ fn parse_ipv6<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     if !view.contains(l3 + IPV6_HDR_LEN, payload_len) {
         return not_tcp(Outcome::Malformed(Malformed::Ipv6BadPayloadLength));
     }
-    if ip.next_header != IPPROTO_TCP {
-        return not_tcp(if is_ipv6_extension(ip.next_header) {
-            Outcome::Ipv6Extension
-        } else {
-            Outcome::NonTcp
-        });
+    if ip.next_header == IPPROTO_TCP {
+        return parse_tcp(view, Family::V6, ip.src, ip.dst, l3 + IPV6_HDR_LEN, payload_len);
     }
-    parse_tcp(view, Family::V6, ip.src, ip.dst, l3 + IPV6_HDR_LEN, payload_len)
+    if !is_ipv6_extension(ip.next_header) {
+        return not_tcp(Outcome::NonTcp);
+    }
+    // Walk the chain only to learn whether TCP follows: a SYN behind an
+    // extension header must not pass for something else.
+    let mut next = ip.next_header;
+    let mut at = l3 + IPV6_HDR_LEN;
+    for _ in 0..IPV6_MAX_EXTENSIONS {
+        let Some(ext) = view.read::<Ipv6ExtHdr>(at) else {
+            break;
+        };
+        let len = match next {
+            IPV6_FRAGMENT => 8,
+            IPV6_AUTH => (ext.len as usize + 2) * 4,
+            _ => (ext.len as usize + 1) * 8,
+        };
+        next = ext.next_header;
+        at += len;
+        if next == IPPROTO_TCP {
+            break;
+        }
+        if !is_ipv6_extension(next) {
+            return not_tcp(Outcome::Ipv6Extension);
+        }
+    }
+    // TCP, or a chain too long or cut short to tell: either may carry a SYN.
+    unparsed_tcp(Outcome::Ipv6Extension, Family::V6, ip.src, ip.dst)
 }
 
 /// Parses the TCP header at `offset`, inside an IP payload of `ip_payload_len` bytes.
@@ -493,7 +566,7 @@ fn parse_tcp<V: ByteView + ?Sized>(
         flags: TcpFlags(tcp.flags),
         family,
     };
-    (Outcome::Tcp, segment)
+    (Outcome::Tcp, segment, false)
 }
 
 pub const TCPOPT_EOL: u8 = 0;
@@ -564,8 +637,8 @@ pub const TCP_MAX_HDR_LEN: usize = 60;
 /// Longest TCP option area: a 60-byte header less the fixed 20.
 pub const TCP_MAX_OPTIONS_LEN: usize = TCP_MAX_HDR_LEN - TCP_HDR_LEN;
 
-/// Furthest a TCP header can start: Ethernet, one VLAN tag, IPv4 with 40 bytes of options.
-pub const MAX_TCP_OFFSET: usize = ETH_HDR_LEN + VLAN_HDR_LEN + 60;
+/// Furthest a TCP header can start: Ethernet, two VLAN tags, IPv4 with 40 bytes of options.
+pub const MAX_TCP_OFFSET: usize = ETH_HDR_LEN + MAX_VLAN_TAGS * VLAN_HDR_LEN + 60;
 
 /// A walk over a segment's options, one option per [`OptionWalk::step`].
 /// Userspace loops over it ([`parse_tcp_options`]); the kernel drives it with

@@ -115,7 +115,10 @@ pub struct GuardConfig {
     /// SYNs, and restores them after (`attack.manage_sysctls`). Read by the
     /// daemon only.
     pub manage_sysctls: u8,
-    pub _pad: [u8; 1],
+    /// Non-zero: in attack mode, TCP the parser cannot fully see (IPv4
+    /// fragments of TCP, TCP behind IPv6 extension headers) is dropped, as
+    /// no limit, challenge or cookie can apply to it (`attack.drop_unparsed_tcp`).
+    pub drop_unparsed_tcp: u8,
     /// Automatic blocks kept at most; a new one evicts the oldest. Read by
     /// the daemon only.
     pub block_max_automatic: u32,

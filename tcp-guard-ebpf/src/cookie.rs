@@ -15,9 +15,7 @@ use tcp_guard_common::{
     flow::{Direction, FlowKey, Seg, cookie_established},
     // (Header sizes from here: aya's bindings declare iphdr and friends
     // opaque, of size 0.)
-    packet::{
-        ETH_HDR_LEN, Family, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN, TcpOptions, TcpSegment, VLAN_HDR_LEN,
-    },
+    packet::{Family, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN, TcpOptions, TcpSegment},
     policy::{DropReason, GuardConfig},
     stats::Counter,
     syncookie::{REPLY_MAX_LEN, SynAck, build_syn_ack, cookie_tsval},
@@ -75,11 +73,7 @@ fn syn_ack(ctx: &XdpContext, now: u64) -> Option<()> {
     // SAFETY: this CPU's scratch slot, used by one program run at a time.
     let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     let segment = &scratch.dissection.segment;
-    let l3 = if scratch.dissection.vlan {
-        ETH_HDR_LEN + VLAN_HDR_LEN
-    } else {
-        ETH_HDR_LEN
-    };
+    let l3 = scratch.dissection.l3_offset as usize;
     let client = options::parse(&PacketBytes::new(ctx.data(), ctx.data_end()), segment);
     let header_len = segment.tcp_header_len as usize;
     let cookie = generate(ctx, segment.family, l3, segment.tcp_offset as usize, header_len)?;
@@ -251,11 +245,7 @@ pub fn check_ack(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
     // SAFETY: this CPU's scratch slot, used by one program run at a time.
     let scratch = unsafe { &mut *scratch };
     let segment = &scratch.dissection.segment;
-    let l3 = if scratch.dissection.vlan {
-        ETH_HDR_LEN + VLAN_HDR_LEN
-    } else {
-        ETH_HDR_LEN
-    };
+    let l3 = scratch.dissection.l3_offset as usize;
     let Some(th) = packet_at(ctx, segment.tcp_offset as usize, TCP_HDR_LEN) else {
         return xdp_action::XDP_PASS;
     };

@@ -14,8 +14,8 @@ use tcp_guard_common::{
 };
 
 use crate::maps::{
-    ALLOW, ATTACK, BLOCK, CHALLENGE, COUNT_HASH, COUNTS, Counters, EVENTS, HEARTBEAT, LISTENER_LIMITS,
-    LISTENERS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED, atomic_add,
+    ALLOW, ATTACK, BLOCK, CHALLENGE, CONFIG, COUNT_HASH, COUNTS, Counters, EVENTS, HEARTBEAT,
+    LISTENER_LIMITS, LISTENERS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED, atomic_add,
 };
 
 /// Whether a segment from `addr` is dropped for the block list: every
@@ -281,6 +281,18 @@ fn challenge(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, config:
         tag,
     };
     Gate::Drop(DropReason::Challenge)
+}
+
+/// Whether TCP the parser cannot see whole (see `Dissection::unparsed_tcp`)
+/// from `addr` is dropped: in attack mode, unless the source is allow-listed
+/// or `attack.drop_unparsed_tcp` is off. A SYN carried that way would
+/// otherwise escape every limit, challenge and cookie. (Its own BPF
+/// function: keeps its key off the program's stack.)
+#[inline(never)]
+pub fn unparsed_tcp_dropped(family: u8, addr: [u8; 16], now: u64) -> bool {
+    CONFIG.get(0).is_some_and(|config| config.drop_unparsed_tcp != 0)
+        && attack_active(now)
+        && !allowed(family, addr)
 }
 
 /// Whether the daemon showed it is alive recently (or has not started

@@ -103,6 +103,20 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
                 counters.bump(Counter::TcpBadOptions);
             }
         }
+        Outcome::Ipv4Fragment | Outcome::Ipv6Extension if dissection.unparsed_tcp => {
+            let segment = &dissection.segment;
+            // SAFETY: a helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            // The operator's blocks hold for all of a source's TCP.
+            if guard::blocked(segment.family as u8, segment.src, false, now) {
+                counters.bump(Counter::DropBlocked);
+                return xdp_action::XDP_DROP;
+            }
+            if guard::unparsed_tcp_dropped(segment.family as u8, segment.src, now) {
+                counters.bump(Counter::DropUnparsedTcp);
+                return xdp_action::XDP_DROP;
+            }
+        }
         Outcome::Malformed(reason) => {
             // Only reaches userspace when the daemon runs with -v.
             debug!(&ctx, "malformed packet: {}", reason.counter().as_str());

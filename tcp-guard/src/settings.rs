@@ -202,6 +202,14 @@ static KEYS: &[Key] = &[
         set: |s, v| s.live.manage_sysctls = v as u8,
         restart: false,
     },
+    Key {
+        name: "attack.drop_unparsed_tcp",
+        kind: Kind::Switch,
+        help: "in attack mode, drop TCP the fast path cannot see whole (IPv4 fragments of TCP, TCP behind IPv6 extension headers), which no limit, challenge or cookie can check; counted as drop_unparsed_tcp; false: pass it to the kernel",
+        get: |s| s.live.drop_unparsed_tcp as u64,
+        set: |s, v| s.live.drop_unparsed_tcp = v as u8,
+        restart: false,
+    },
     live_count!(
         "attack.enter_half_open",
         attack_enter_half_open,

@@ -137,6 +137,40 @@ pub fn ethernet(ether_type: u16, vlan: Option<u16>, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// `frame` (untagged) with an 802.1ad outer tag and an 802.1Q inner one (QinQ).
+pub fn qinq(frame: &[u8], outer: u16, inner: u16) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend_from_slice(&0x88a8u16.to_be_bytes());
+    tagged.extend_from_slice(&(outer & 0x0fff).to_be_bytes());
+    tagged.extend_from_slice(&0x8100u16.to_be_bytes());
+    tagged.extend_from_slice(&(inner & 0x0fff).to_be_bytes());
+    tagged.extend_from_slice(&frame[12..]);
+    tagged
+}
+
+/// An IPv6 packet (as `ip_packet` builds it) with an 8-byte extension
+/// header of type `kind` (0 hop-by-hop, 60 destination options, 44 a
+/// fragment header of an unfragmented packet) before its transport. The
+/// transport checksum does not cover extension headers: it stays valid.
+pub fn with_ipv6_extension(ip: &[u8], kind: u8) -> Vec<u8> {
+    assert_eq!(ip[0] >> 4, 6, "an IPv6 packet");
+    let transport = ip[6];
+    let mut out = ip[..40].to_vec();
+    out[6] = kind;
+    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) + 8;
+    out[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    // Next header, length 0 (8 bytes); then PadN over the rest (options)
+    // or offset 0, no more fragments, an id (fragment header).
+    out.extend_from_slice(&[transport, 0]);
+    out.extend_from_slice(if kind == 44 {
+        &[0, 0, 0, 0, 0, 1]
+    } else {
+        &[1, 4, 0, 0, 0, 0]
+    });
+    out.extend_from_slice(&ip[40..]);
+    out
+}
+
 /// SYN options as Linux sends them: MSS, SACK permitted, timestamps, NOP, window scale.
 pub fn linux_syn_options(mss: u16, tsval: u32, window_scale: u8) -> Vec<u8> {
     let mut opts = vec![2, 4];

@@ -7,7 +7,9 @@ use proptest::prelude::*;
 use tcp_guard_common::packet::{
     Dissection, Family, Malformed, Outcome, TcpClass, TcpFlags, TcpSegment, parse, parse_tcp_options,
 };
-use tcp_guard_tests::packets::{ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet, linux_syn_options};
+use tcp_guard_tests::packets::{
+    ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet, linux_syn_options, qinq, with_ipv6_extension,
+};
 
 fn v4() -> (IpAddr, IpAddr) {
     ("198.19.7.9".parse().unwrap(), "198.18.0.1".parse().unwrap())
@@ -83,20 +85,61 @@ fn vlan_tag_is_skipped() {
 }
 
 #[test]
-fn stacked_vlan_tags_are_not_ip() {
-    // 802.1ad outer tag, then an 802.1Q inner one: one tag is walked; the
-    // inner one's ethertype is not IP, so the frame is counted as non-IP.
+fn stacked_vlan_tags_are_walked() {
+    // QinQ: an 802.1ad outer tag, then an 802.1Q inner one.
     let (src, dst) = v4();
-    let ip = TcpPacket::new(src, dst, 1, 2, SYN).ip_packet();
-    let mut inner = vec![0x00, 0x07, 0x08, 0x00];
-    inner.extend_from_slice(&ip);
-    let mut frame = ethernet(0x88a8, Some(3), &inner);
-    frame[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
-    frame[16..18].copy_from_slice(&0x8100u16.to_be_bytes());
+    let frame = qinq(&TcpPacket::new(src, dst, 1, 2, SYN).frame(), 3, 7);
     let d = parse(frame.as_slice());
     assert!(d.vlan);
+    assert_eq!(d.l3_offset, 22);
+    assert_eq!(segment(&frame).tcp_offset, 42);
+    assert_eq!(segment(&frame).flags.class(), TcpClass::Syn);
+    // A third tag is more than any link here carries: not IP.
+    let mut three = frame[..12].to_vec();
+    three.extend_from_slice(&[0x81, 0x00, 0x00, 0x01]);
+    three.extend_from_slice(&frame[12..]);
+    let d = parse(three.as_slice());
     assert_eq!(d.outcome, Outcome::NonIp);
     assert_eq!(d.family, None);
+}
+
+#[test]
+fn tcp_the_parser_cannot_see_whole_is_marked_with_its_source() {
+    let (src4, dst4) = v4();
+    let mut fragment = TcpPacket::new(src4, dst4, 1, 2, SYN).ip_packet();
+    fragment[6] = 0x20; // more fragments
+    let d = parse(ethernet(0x0800, None, &fragment).as_slice());
+    assert_eq!(d.outcome, Outcome::Ipv4Fragment);
+    assert!(d.unparsed_tcp);
+    assert_eq!(&d.segment.src[..4], &[198, 19, 7, 9]);
+    let mut udp_fragment = fragment.clone();
+    udp_fragment[9] = 17;
+    let d = parse(ethernet(0x0800, None, &udp_fragment).as_slice());
+    assert_eq!(d.outcome, Outcome::Ipv4Fragment);
+    assert!(!d.unparsed_tcp, "a UDP fragment is not TCP");
+
+    let (src6, dst6) = v6();
+    let ip = TcpPacket::new(src6, dst6, 1, 2, SYN).ip_packet();
+    for kind in [0, 60, 44] {
+        let d = parse(ethernet(0x86dd, None, &with_ipv6_extension(&ip, kind)).as_slice());
+        assert_eq!(d.outcome, Outcome::Ipv6Extension, "extension header {kind}");
+        assert!(d.unparsed_tcp, "TCP behind extension header {kind}");
+        assert_eq!(d.segment.family, Family::V6);
+        assert_eq!(IpAddr::from(d.segment.src), src6);
+    }
+    // Hop-by-hop before ICMPv6 (MLD does this): not TCP.
+    let mut icmp = ip.clone();
+    icmp[6] = 58;
+    let d = parse(ethernet(0x86dd, None, &with_ipv6_extension(&icmp, 0)).as_slice());
+    assert_eq!(d.outcome, Outcome::Ipv6Extension);
+    assert!(!d.unparsed_tcp, "ICMPv6 behind hop-by-hop is not TCP");
+    // A chain cut short may hide TCP: treated as TCP.
+    let cut = with_ipv6_extension(&ip, 0);
+    let mut chained = cut[..48].to_vec();
+    chained[40] = 60;
+    chained[4..6].copy_from_slice(&8u16.to_be_bytes());
+    let d = parse(ethernet(0x86dd, None, &chained).as_slice());
+    assert!(d.unparsed_tcp, "a chain the walk cannot finish");
 }
 
 #[test]

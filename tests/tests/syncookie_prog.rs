@@ -19,7 +19,10 @@ use tcp_guard_common::{
 };
 use tcp_guard_tests::{
     lab::require_root,
-    packets::{ACK, SYN, TcpPacket, checksum, linux_syn_options, transport_checksum},
+    packets::{
+        ACK, SYN, TcpPacket, checksum, ethernet, linux_syn_options, qinq, transport_checksum,
+        with_ipv6_extension,
+    },
 };
 
 const XDP_DROP: u32 = 1;
@@ -89,6 +92,16 @@ impl Loaded {
                 0,
             )
             .expect("set ATTACK");
+    }
+
+    fn attack_off(&mut self) {
+        let mut attack: Array<_, AttackState> = self
+            .0
+            .map_mut(maps::ATTACK)
+            .expect("ATTACK")
+            .try_into()
+            .expect("array");
+        attack.set(0, AttackState::default(), 0).expect("set ATTACK");
     }
 
     fn stats(&self) -> Stats {
@@ -346,5 +359,73 @@ fn the_ack_returning_a_cookie_opens_the_flow_and_a_bad_one_is_dropped() {
         assert_eq!(verdict, XDP_PASS);
         assert_eq!(moved.by(Counter::CookieAckValid), 0);
         assert_eq!(moved.by(Counter::InvalidNoFlow), 0, "{:?}", moved.names());
+    }
+}
+
+#[test]
+fn a_qinq_syn_is_answered_with_both_tags_kept() {
+    let mut prog = Loaded::in_attack_mode();
+    refresh_listener(&mut prog, false);
+    let mut linux = syn(false, 7000);
+    linux.tcp_options = linux_syn_options(1460, 9, 7);
+    let (verdict, reply, moved) = prog.run(&qinq(&linux.frame(), 3, 5));
+    assert_eq!(verdict, XDP_TX, "{:?}", moved.names());
+    assert_eq!(&reply[12..14], &0x88a8u16.to_be_bytes(), "the outer tag stays");
+    assert_eq!(&reply[16..18], &0x8100u16.to_be_bytes(), "the inner tag stays");
+    let d = packet::parse(reply.as_slice());
+    let seg = d.tcp().expect("a TCP reply");
+    assert_eq!(seg.flags.class(), TcpClass::SynAck);
+    assert_eq!(seg.tcp_offset, 42);
+    assert_eq!(transport_checksum(linux.dst, linux.src, &reply[42..]), 0);
+}
+
+#[test]
+fn tcp_the_parser_cannot_see_whole_is_dropped_in_attack_mode_only() {
+    let mut prog = Loaded::in_attack_mode();
+    let v4 = syn(false, 8000);
+    let mut fragment = v4.ip_packet();
+    fragment[6] = 0x20; // more fragments
+    let v6 = syn(true, 9000);
+    let hop_by_hop = with_ipv6_extension(&v6.ip_packet(), 0);
+    let mut icmp = v6.ip_packet();
+    icmp[6] = 58;
+    let mut udp_fragment = fragment.clone();
+    udp_fragment[9] = 17;
+    let unparsed = [
+        (
+            "a first fragment carrying a SYN",
+            ethernet(0x0800, None, &fragment),
+        ),
+        (
+            "a SYN behind hop-by-hop options",
+            ethernet(0x86dd, None, &hop_by_hop),
+        ),
+    ];
+    let other = [
+        (
+            "ICMPv6 behind hop-by-hop options",
+            ethernet(0x86dd, None, &with_ipv6_extension(&icmp, 0)),
+        ),
+        ("a UDP fragment", ethernet(0x0800, None, &udp_fragment)),
+    ];
+    for (what, frame) in &unparsed {
+        let (verdict, _, moved) = prog.run(frame);
+        assert_eq!(verdict, XDP_DROP, "{what} in attack mode: {:?}", moved.names());
+        assert_eq!(moved.by(Counter::DropUnparsedTcp), 1, "{what}");
+    }
+    for (what, frame) in &other {
+        let (verdict, _, moved) = prog.run(frame);
+        assert_eq!(verdict, XDP_PASS, "{what} in attack mode: {:?}", moved.names());
+    }
+    prog.attack_off();
+    for (what, frame) in &unparsed {
+        let (verdict, _, moved) = prog.run(frame);
+        assert_eq!(
+            verdict,
+            XDP_PASS,
+            "{what} outside attack mode: {:?}",
+            moved.names()
+        );
+        assert_eq!(moved.by(Counter::DropUnparsedTcp), 0, "{what}");
     }
 }
