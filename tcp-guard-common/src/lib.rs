@@ -2,6 +2,7 @@
 //! controller: packet layout and parser, counters, map names.
 #![cfg_attr(not(test), no_std)]
 
+pub mod checksum;
 pub mod config;
 pub mod flow;
 pub mod packet;

@@ -6,16 +6,21 @@
 use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr, xdp_action},
     helpers::{
-        bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6, bpf_tcp_raw_gen_syncookie_ipv4,
-        bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        bpf_csum_diff, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
+        bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
+        bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     programs::XdpContext,
 };
 use tcp_guard_common::{
+    checksum::{ipv4_header_holds, pseudo_header, tcp_checksum_holds},
     flow::{Direction, FlowKey, Seg, cookie_established},
     // (Header sizes from here: aya's bindings declare iphdr and friends
     // opaque, of size 0.)
-    packet::{Family, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN, TcpOptions, TcpSegment},
+    packet::{
+        Be16, ByteView, Family, IPV4_HDR_LEN, IPV6_HDR_LEN, MAX_TCP_OFFSET, TCP_HDR_LEN, TcpOptions,
+        TcpSegment,
+    },
     policy::{DropReason, GuardConfig},
     stats::Counter,
     syncookie::{REPLY_MAX_LEN, SynAck, build_syn_ack, cookie_tsval},
@@ -23,7 +28,7 @@ use tcp_guard_common::{
 
 use crate::{
     guard,
-    maps::{CONFIG, Counters, FLOWS, SCRATCH},
+    maps::{CONFIG, CSUM_CHUNK, Counters, FLOWS, SCRATCH},
     options,
     view::{PacketBytes, opaque},
 };
@@ -52,10 +57,112 @@ fn adjust_tail(ctx: &XdpContext, delta: i64) -> bool {
     unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) == 0 }
 }
 
+/// Longest segment whose checksum is checked (three chunks: a 1,500-byte
+/// MTU's worth); a longer one counts as corrupt here.
+const CSUM_MAX: usize = 3 * CSUM_CHUNK;
+
+/// The sum (in memory order) of `len` packet bytes from `offset`; None if
+/// they are not all in the packet, or more than `CSUM_MAX`. The bytes are
+/// copied to `buf` a chunk at a time: the helper then sums memory the
+/// verifier knows the size of, whatever the length.
+#[inline(always)]
+fn packet_sum(ctx: &XdpContext, buf: &mut [u8; CSUM_CHUNK + 4], offset: usize, len: usize) -> Option<u64> {
+    if len > CSUM_MAX {
+        return None;
+    }
+    let mut sum = 0u64;
+    for chunk in 0..CSUM_MAX / CSUM_CHUNK {
+        let start = chunk * CSUM_CHUNK;
+        if start >= len {
+            break;
+        }
+        let n = opaque((len - start).min(CSUM_CHUNK));
+        if n == 0 || n > CSUM_CHUNK {
+            return None;
+        }
+        // SAFETY: n bytes into a buffer of CSUM_CHUNK + 4.
+        let loaded = unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                (offset + start) as u32,
+                buf.as_mut_ptr().cast(),
+                n as u32,
+            )
+        };
+        if loaded != 0 {
+            return None;
+        }
+        // Zeros up to the next 32-bit boundary: the helper sums whole words,
+        // and an odd last byte counts as its word's high byte.
+        for pad in 0..3 {
+            if let Some(byte) = buf.get_mut(n + pad) {
+                *byte = 0;
+            }
+        }
+        let padded = (n + 3) & !3;
+        if padded > buf.len() {
+            return None;
+        }
+        // SAFETY: sums `padded` bytes of `buf`, which holds them.
+        let chunk_sum = unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                buf.as_mut_ptr().cast(),
+                padded as u32,
+                0,
+            )
+        };
+        if chunk_sum < 0 {
+            return None;
+        }
+        // Chunks start at even offsets: their sums add up.
+        sum += chunk_sum as u64;
+    }
+    Some(sum)
+}
+
+/// Whether the IPv4 header checksum (for IPv4) and the TCP checksum of the
+/// segment parsed into this CPU's scratch hold. (A BPF function of its own:
+/// its locals stay out of the callers' frames.)
+#[inline(never)]
+fn checksums_hold(ctx: &XdpContext) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let scratch = unsafe { &mut *scratch };
+    let (dissection, buf) = (&scratch.dissection, &mut scratch.csum);
+    let segment = &dissection.segment;
+    let tcp_offset = segment.tcp_offset as usize;
+    if segment.family == Family::V4 {
+        let l3 = dissection.l3_offset as usize;
+        let header_len = tcp_offset.saturating_sub(l3);
+        if !packet_sum(ctx, buf, l3, header_len).is_some_and(ipv4_header_holds) {
+            return false;
+        }
+    }
+    let tcp_len = segment.tcp_header_len as usize + segment.payload_len as usize;
+    let pseudo = pseudo_header(segment.family, &segment.src, &segment.dst, tcp_len as u32);
+    // (Bounded, or the verifier does not follow a read at the offset.)
+    if tcp_offset > MAX_TCP_OFFSET {
+        return false;
+    }
+    let Some(check) = PacketBytes::new(ctx.data(), ctx.data_end()).read::<Be16>(tcp_offset + 16) else {
+        return false;
+    };
+    packet_sum(ctx, buf, tcp_offset, tcp_len).is_some_and(|sum| tcp_checksum_holds(pseudo, sum, check.0))
+}
+
 /// Answers the SYN just parsed (in this CPU's scratch) with a cookie
 /// SYN-ACK: the frame is rewritten in place and sent back (XDP_TX).
 #[inline(never)]
 pub fn answer(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
+    // The kernel would drop a corrupt SYN: so must its stand-in.
+    if !checksums_hold(ctx) {
+        counters.bump(Counter::DropBadChecksum);
+        return xdp_action::XDP_DROP;
+    }
     match syn_ack(ctx, now) {
         Some(()) => {
             counters.bump(Counter::SynCookieSent);
@@ -259,6 +366,12 @@ pub fn check_ack(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
         }
     };
     if checked == Some(0) {
+        // A corrupt ACK with a valid cookie: the listener drops it, so the
+        // flow must not open here either.
+        if !checksums_hold(ctx) {
+            counters.bump(Counter::DropBadChecksum);
+            return xdp_action::XDP_DROP;
+        }
         counters.bump(Counter::CookieAckValid);
         scratch.key = FlowKey::new(segment, Direction::Ingress);
         let seg = Seg::new(segment, Direction::Ingress, None);

@@ -103,7 +103,13 @@ pub struct Scratch {
     /// into the packet.
     pub syn_ack: SynAck,
     pub reply: [u8; REPLY_MAX_LEN],
+    /// Packet bytes being summed for a checksum, one chunk at a time, with
+    /// room for the zeros that pad a chunk to 32 bits.
+    pub csum: [u8; CSUM_CHUNK + 4],
 }
+
+/// Bytes summed per `bpf_csum_diff` call (it takes at most 512).
+pub const CSUM_CHUNK: usize = 512;
 
 /// One [`Scratch`] per CPU: the programs never nest on one CPU (both run
 /// with bottom halves disabled).

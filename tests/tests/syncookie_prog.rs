@@ -429,3 +429,93 @@ fn tcp_the_parser_cannot_see_whole_is_dropped_in_attack_mode_only() {
         assert_eq!(moved.by(Counter::DropUnparsedTcp), 0, "{what}");
     }
 }
+
+/// `pkt`'s frame with its TCP checksum in the form a local sender over veth
+/// leaves it (CHECKSUM_PARTIAL): the pseudo-header's sum alone.
+fn partial_checksum_frame(pkt: &TcpPacket) -> Vec<u8> {
+    let mut frame = pkt.frame();
+    let segment_len = pkt.tcp_segment().len();
+    let at = frame.len() - segment_len + 16;
+    let partial = !transport_checksum(pkt.src, pkt.dst, &vec![0; segment_len]);
+    frame[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+    frame
+}
+
+#[test]
+fn checksums_are_checked_before_a_syn_is_answered_or_a_cookie_accepted() {
+    let mut prog = Loaded::in_attack_mode();
+    for v6 in [false, true] {
+        refresh_listener(&mut prog, v6);
+        let mut client = syn(v6, 0x1000_0000);
+        client.tcp_options = linux_syn_options(1460, 99, 7);
+        let tcp_at = client.frame().len() - client.tcp_segment().len();
+
+        let mut corrupt = client.frame();
+        corrupt[tcp_at + 14] ^= 0x01; // the window, under a checksum that no longer holds
+        let (verdict, _, moved) = prog.run(&corrupt);
+        assert_eq!(verdict, XDP_DROP, "v6={v6}: a corrupt SYN: {:?}", moved.names());
+        assert_eq!(moved.by(Counter::DropBadChecksum), 1);
+        assert_eq!(moved.by(Counter::SynCookieSent), 0);
+        if !v6 {
+            let mut bad_ip = client.frame();
+            bad_ip[14 + 8] -= 1; // the TTL, under the old header checksum
+            let (verdict, _, moved) = prog.run(&bad_ip);
+            assert_eq!(
+                verdict,
+                XDP_DROP,
+                "a bad IPv4 header checksum: {:?}",
+                moved.names()
+            );
+            assert_eq!(moved.by(Counter::DropBadChecksum), 1);
+        }
+
+        let (verdict, reply, moved) = prog.run(&partial_checksum_frame(&client));
+        assert_eq!(
+            verdict,
+            XDP_TX,
+            "v6={v6}: a SYN sent over veth: {:?}",
+            moved.names()
+        );
+        let (cookie, tsval, _) = check_syn_ack("SYN", &client, &reply);
+
+        let mut big = client.clone();
+        big.seq = 0x2000_0000;
+        big.payload = vec![0xa5; 1201]; // three chunks of the sum, an odd length
+        let (verdict, _, moved) = prog.run(&big.frame());
+        assert_eq!(
+            verdict,
+            XDP_TX,
+            "v6={v6}: a SYN with 1,201 bytes of data: {:?}",
+            moved.names()
+        );
+
+        let mut ack = TcpPacket::new(client.src, client.dst, client.src_port, client.dst_port, ACK);
+        ack.seq = client.seq.wrapping_add(1);
+        ack.ack = cookie.wrapping_add(1);
+        ack.tcp_options = vec![1, 1, 8, 10];
+        ack.tcp_options.extend_from_slice(&100u32.to_be_bytes());
+        ack.tcp_options
+            .extend_from_slice(&tsval.expect("timestamps").to_be_bytes());
+        let mut corrupt_ack = ack.frame();
+        corrupt_ack[tcp_at + 14] ^= 0x01;
+        let (verdict, _, moved) = prog.run(&corrupt_ack);
+        assert_eq!(
+            verdict,
+            XDP_DROP,
+            "v6={v6}: a corrupt ACK with a valid cookie: {:?}",
+            moved.names()
+        );
+        assert_eq!(moved.by(Counter::DropBadChecksum), 1);
+        assert_eq!(moved.by(Counter::ToEstablished), 0, "no flow opens");
+
+        let (verdict, _, moved) = prog.run(&partial_checksum_frame(&ack));
+        assert_eq!(
+            verdict,
+            XDP_PASS,
+            "v6={v6}: the ACK sent over veth: {:?}",
+            moved.names()
+        );
+        assert_eq!(moved.by(Counter::CookieAckValid), 1);
+        assert_eq!(moved.by(Counter::ToEstablished), 1);
+    }
+}
