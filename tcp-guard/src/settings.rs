@@ -584,10 +584,13 @@ impl Settings {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<Settings> {
+    pub(super) fn load(text: &str) -> Result<Settings> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("tcp-guard-settings-{}-{n}.toml", std::process::id()));
