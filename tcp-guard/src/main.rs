@@ -20,6 +20,9 @@ use tcp_guard::{
 };
 use tcp_guard_common::{config::TableSizes, flow::TcpState, maps, policy::BlockEntry};
 
+#[cfg(test)]
+mod cli_fuzz;
+
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "\neBPF programs built with ",
