@@ -22,6 +22,7 @@ use tcp_guard::instance::valid_name;
 
 use super::{
     Cli, Command, LimitsAction, ListAction, MAX_TABLE_SIZE, Settings, parse_table_size, parse_timeout,
+    parse_ttl,
 };
 
 /// `cases` unless PROPTEST_CASES asks for another count.
@@ -213,17 +214,20 @@ fn checked_values(cli: &Cli) -> Vec<(&'static str, String)> {
             action: LimitsAction::Show { target: t, .. } | LimitsAction::Set { target: t, .. },
         }
         | Command::Block {
-            action:
-                ListAction::Add { target: t, .. }
-                | ListAction::Del { target: t, .. }
-                | ListAction::List { target: t, .. },
+            action: ListAction::Del { target: t, .. } | ListAction::List { target: t, .. },
         }
         | Command::Allow {
-            action:
-                ListAction::Add { target: t, .. }
-                | ListAction::Del { target: t, .. }
-                | ListAction::List { target: t, .. },
+            action: ListAction::Del { target: t, .. } | ListAction::List { target: t, .. },
         } => values.extend(target(&t.iface)),
+        Command::Block {
+            action: ListAction::Add { target: t, ttl, .. },
+        }
+        | Command::Allow {
+            action: ListAction::Add { target: t, ttl, .. },
+        } => {
+            values.extend(target(&t.iface));
+            values.extend(ttl.map(|ttl| ("ttl", ttl.as_nanos().to_string())));
+        }
         Command::Status { .. } | Command::Completions { .. } | Command::Man => {}
     }
     values
@@ -231,7 +235,8 @@ fn checked_values(cli: &Cli) -> Vec<(&'static str, String)> {
 
 /// What parsing accepted passes the checks the value parsers make: an
 /// interface name is one directory under the pin root and fits the kernel's
-/// limit, table sizes are in range, timeouts are settings that apply.
+/// limit, table sizes and block TTLs are in range, timeouts are settings
+/// that apply.
 fn check_accepted(cli: &Cli) {
     for (option, value) in checked_values(cli) {
         match option {
@@ -249,6 +254,13 @@ fn check_accepted(cli: &Cli) {
                 let n: u32 = value.parse().expect("a count");
                 assert!((1..=MAX_TABLE_SIZE).contains(&n), "--{option} {n}");
             }
+            "ttl" => {
+                let ns: u128 = value.parse().expect("nanoseconds");
+                assert!(
+                    (1_000_000_000..=365 * 24 * 3600 * 1_000_000_000).contains(&ns),
+                    "--ttl {ns}ns"
+                );
+            }
             "timeout" => Settings::default()
                 .apply(std::slice::from_ref(&value), false)
                 .unwrap_or_else(|e| panic!("--timeout gave {value:?}, which does not apply: {e:#}")),
@@ -258,7 +270,7 @@ fn check_accepted(cli: &Cli) {
 }
 
 /// The options whose values the fuzzing checks.
-const CHECKED: &[&str] = &["iface", "max-half-open", "max-flows", "timeout"];
+const CHECKED: &[&str] = &["iface", "max-half-open", "max-flows", "timeout", "ttl"];
 
 /// What the check of `option`'s value makes of a good one, or why it refuses.
 fn check(option: &str, value: &str) -> Result<String, String> {
@@ -266,6 +278,7 @@ fn check(option: &str, value: &str) -> Result<String, String> {
         "iface" => valid_name(value).map_err(|e| e.to_string()),
         "max-half-open" | "max-flows" => parse_table_size(value).map(|n| n.to_string()),
         "timeout" => parse_timeout(value),
+        "ttl" => parse_ttl(value).map(|ttl| ttl.as_nanos().to_string()),
         other => unreachable!("{other} is not checked"),
     }
 }
@@ -318,6 +331,30 @@ fn value_for(option: &str) -> BoxedStrategy<String> {
                 .prop_map(|(state, duration)| format!("{state}={duration}"))
                 .boxed()
         }
+        "ttl" => prop_oneof![
+            prop::sample::select(vec![
+                "",
+                "0",
+                "999ms",
+                "1s",
+                "10m",
+                "2h",
+                "365days",
+                "366days",
+                "365days 1ns",
+                "585years",
+                "600years",
+                "18446744073709551615ns",
+                "1.5s",
+            ])
+            .prop_map(str::to_string),
+            (
+                any::<u32>(),
+                prop::sample::select(vec!["ns", "ms", "s", "m", "h", "d", "w", "y"])
+            )
+                .prop_map(|(n, unit)| format!("{n}{unit}")),
+        ]
+        .boxed(),
         _ => prop_oneof![
             any::<u64>().prop_map(|n| n.to_string()),
             (
@@ -440,6 +477,23 @@ fn every_checked_option_is_taken_somewhere() {
                 .iter()
                 .any(|f| f.options.iter().any(|(long, _, takes)| long == option && *takes)),
             "no subcommand takes --{option}"
+        );
+    }
+}
+
+/// A TTL past u64 nanoseconds wrapped (600 years became about 15), and one
+/// just short of it overflowed the expiry time; a year is the most.
+#[test]
+fn a_block_ttl_past_a_year_is_refused_naming_the_option() {
+    for ttl in ["600years", "18446744073709551615ns", "366days", "0"] {
+        let error = Cli::try_parse_from(["tcp-guard", "block", "add", "10.0.0.0/8", "--ttl", ttl])
+            .err()
+            .unwrap_or_else(|| panic!("--ttl {ttl} was accepted"))
+            .render()
+            .to_string();
+        assert!(
+            error.contains("for '--ttl <TTL>': must be from 1s to 365days; leave --ttl out"),
+            "{error}"
         );
     }
 }
