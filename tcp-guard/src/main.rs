@@ -236,7 +236,7 @@ struct RunArgs {
     timeouts: Vec<String>,
 }
 
-/// `syn_rcvd=30s` (or `SYN-RECV=30s`) as the setting `timeouts.syn_rcvd=30s`.
+/// A table size in human form (`64Ki`), 1 to [`MAX_TABLE_SIZE`].
 fn parse_table_size(text: &str) -> Result<u32, String> {
     settings::parse_count(text)
         .filter(|n| (1..=u64::from(MAX_TABLE_SIZE)).contains(n))
@@ -263,6 +263,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// `syn_rcvd=30s` (or `SYN-RECV=30s`) as the setting `timeouts.syn_rcvd=30s`.
 fn parse_timeout(value: &str) -> Result<String, String> {
     let (state, duration) = value
         .split_once('=')
