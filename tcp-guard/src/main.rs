@@ -20,6 +20,9 @@ use tcp_guard::{
 };
 use tcp_guard_common::{config::TableSizes, flow::TcpState, maps, policy::BlockEntry};
 
+#[cfg(test)]
+mod cli_fuzz;
+
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "\neBPF programs built with ",
@@ -161,8 +164,9 @@ enum ListAction {
         target: Target,
         #[arg(value_parser = Cidr::parse)]
         cidr: Cidr,
-        /// Block list only: remove the entry after this long (e.g. 10m, 2h); default never.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Block list only: remove the entry after this long (e.g. 10m, 2h; 1s to
+        /// 365days); default never.
+        #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
     /// Remove an entry, given exactly as listed.
@@ -232,7 +236,7 @@ struct RunArgs {
     timeouts: Vec<String>,
 }
 
-/// `syn_rcvd=30s` (or `SYN-RECV=30s`) as the setting `timeouts.syn_rcvd=30s`.
+/// A table size in human form (`64Ki`), 1 to [`MAX_TABLE_SIZE`].
 fn parse_table_size(text: &str) -> Result<u32, String> {
     settings::parse_count(text)
         .filter(|n| (1..=u64::from(MAX_TABLE_SIZE)).contains(n))
@@ -245,6 +249,21 @@ fn parse_table_size(text: &str) -> Result<u32, String> {
         })
 }
 
+/// Longest `block add --ttl`, as for automatic blocks (`blocking.block_ttl`).
+/// Far longer ones would overflow the entry's expiry time in nanoseconds.
+const MAX_BLOCK_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `--ttl`: from 1s (0 would expire the entry at once) to [`MAX_BLOCK_TTL`].
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (a duration such as 10m, 2h, 7days)"))?;
+    if !(Duration::from_secs(1)..=MAX_BLOCK_TTL).contains(&ttl) {
+        return Err("must be from 1s to 365days; leave --ttl out to block until `block del`".to_string());
+    }
+    Ok(ttl)
+}
+
+/// `syn_rcvd=30s` (or `SYN-RECV=30s`) as the setting `timeouts.syn_rcvd=30s`.
 fn parse_timeout(value: &str) -> Result<String, String> {
     let (state, duration) = value
         .split_once('=')

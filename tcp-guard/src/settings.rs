@@ -410,7 +410,8 @@ fn parse_value(key: &Key, text: &str) -> Result<u64> {
                     key.name
                 )
             })?;
-            let ms = duration.as_millis() as u64;
+            // Past u64 milliseconds is past every maximum; `as` would wrap it into range.
+            let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
             if ms < min_ms || ms > max_ms {
                 bail!(
                     "{} = {text}: must be from {} to {}",
@@ -591,10 +592,13 @@ impl Settings {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<Settings> {
+    pub(super) fn load(text: &str) -> Result<Settings> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("tcp-guard-settings-{}-{n}.toml", std::process::id()));
@@ -695,6 +699,10 @@ mod tests {
             ),
             ("[attack]\ncooldown = \"soon\"\n", "attack.cooldown = \"soon\""),
             ("[timeouts]\ntime_wait = \"1500ms\"\n", "whole seconds only"),
+            (
+                "[attack]\nchallenge_window = \"18446744073709552s\"\n",
+                "attack.challenge_window = 18446744073709552s: must be from 100ms to 10m",
+            ),
             ("limits = 5\n", "limits must be a [section] of settings"),
             ("[limits\n", "is not valid TOML"),
             (
