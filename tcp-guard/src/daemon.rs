@@ -25,7 +25,7 @@ use tcp_guard_common::{
 };
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
 };
 
 use crate::{
@@ -34,7 +34,9 @@ use crate::{
     cookies,
     flows::{FlowTables, monotonic_now_ns},
     instance::{self, Claim, InstanceLock},
-    listeners, program,
+    listeners, metrics,
+    pidfd::DaemonProcess,
+    program,
     settings::{self, Settings},
     stats, sysctls,
 };
@@ -99,6 +101,22 @@ enum Exit {
 }
 
 pub fn run(options: RunOptions) -> Result<()> {
+    // Its stderr may be a pipe whose reader goes away (a log collector that
+    // restarts): a failed write must not end the daemon. (main restores the
+    // default for the other commands.)
+    // SAFETY: sets the disposition of a signal; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Taken first: a signal during start-up then waits for the control loop,
+    // which stops (detach, remove the pins) or hands over as it would later,
+    // instead of killing a daemon whose programs are attached.
+    let mut signals = {
+        let _in_runtime = runtime.enter();
+        Signals::hold()?
+    };
     let iface = options.iface.as_str();
     attach::if_index(iface)?;
     let mut settings = options.settings.resolve()?;
@@ -106,44 +124,37 @@ pub fn run(options: RunOptions) -> Result<()> {
     if let Some(chosen) = cookies::prepare(&mut settings.live, iface)? {
         log::info!("{chosen}");
     }
-    let lock = if options.replace {
-        take_over(iface)?
-    } else {
-        InstanceLock::claim(iface)?
-    };
-    let instance = Instance::new(instance::dir(iface));
-    let adopting = lock.has_pins()?;
-    if adopting {
-        instance.check_layout()?;
-    }
-    let (mut ebpf, logger, mut control) = match start(&lock, instance, &settings, &options, adopting) {
-        Ok(started) => started,
-        Err(e) => {
-            if !adopting {
-                // A fresh start that failed leaves nothing behind.
-                for link in [attach::XDP_LINK, attach::TC_LINK] {
-                    attach::detach_pinned(&lock.path(link))?;
-                }
-                lock.remove_all()?;
-            }
-            return Err(e);
-        }
-    };
+    // What may fail is done before a running daemon is asked to hand over
+    // and before anything is attached: a start that fails leaves the
+    // interface as it found it.
     // Counting lasts while this descriptor is open, and ends with the daemon.
     let _bpf_stats = options
         .bpf_stats
         .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
         .transpose()
         .context("the kernel refused to count BPF program run time (--bpf-stats; needs Linux 5.8)")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let metrics_listener = {
+        let _in_runtime = runtime.enter();
+        options
+            .metrics
+            .map(|addr| metrics::bind(addr, options.replace))
+            .transpose()?
+    };
+    let Claimed { lock, ebpf, adopting } = claim(iface, &settings, options.replace)?;
+    let started = start(&lock, ebpf, &settings, &options, adopting);
+    let (mut ebpf, logger, mut control) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // A fresh start that failed leaves nothing behind.
+            if !adopting {
+                abandon(lock);
+            }
+            return Err(e);
+        }
+    };
+    signals.release()?;
     let exit = runtime.block_on(async {
-        if let Some(addr) = options.metrics {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr} (--metrics)"))?;
+        if let (Some(listener), Some(addr)) = (metrics_listener, options.metrics) {
             log::info!("serving Prometheus metrics at http://{addr}/metrics");
             let programs = program::attached_ids(&ebpf, options.egress)?;
             tokio::spawn(serve_metrics(
@@ -153,7 +164,7 @@ pub fn run(options: RunOptions) -> Result<()> {
                 options.bpf_stats,
             ));
         }
-        serve(logger, &mut ebpf, &mut control, &options.settings).await
+        serve(logger, &mut ebpf, &mut control, &options.settings, &mut signals).await
     });
     match exit {
         Ok(Exit::Stop(signal_name)) => {
@@ -337,46 +348,175 @@ fn run_times(programs: &[(&'static str, u32)]) -> Result<Vec<crate::metrics::Run
     Ok(found)
 }
 
-/// Asks the daemon holding `iface` to hand over (SIGUSR2) and claims the
-/// instance once it has exited.
-fn take_over(iface: &str) -> Result<InstanceLock> {
-    if let Claim::Claimed(lock) = InstanceLock::try_claim(iface)? {
-        return Ok(lock);
+/// The signals the daemon answers, registered at the very start of `run`.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    hand_over: Signal,
+}
+
+const HANDLED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR2];
+
+impl Signals {
+    /// Registers them (the runtime entered) and holds them pending until
+    /// [`Signals::release`]: one that came during start-up would interrupt
+    /// the kernel's verifier (it gives up with EAGAIN, and aya retries with
+    /// ever larger logs, for seconds, or fails).
+    fn hold() -> Result<Signals> {
+        let signals = Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+            hand_over: signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?,
+        };
+        mask(libc::SIG_BLOCK)?;
+        Ok(signals)
     }
-    let info = Instance::new(instance::dir(iface)).info()?;
+
+    /// Delivers what came during start-up, to the control loop.
+    fn release(&self) -> Result<()> {
+        mask(libc::SIG_UNBLOCK)
+    }
+}
+
+/// Blocks or unblocks the handled signals in this thread (the only one
+/// during start-up; threads made meanwhile inherit the mask).
+fn mask(how: i32) -> Result<()> {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset and sigaddset
+    // with valid signal numbers, and read by pthread_sigmask.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in HANDLED {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc)).context("cannot mask the daemon's signals");
+    }
+    Ok(())
+}
+
+/// Removes what a fresh start made (links, pins, the directory); a failure
+/// is logged, the error that ended the start is what the operator needs.
+fn abandon(lock: InstanceLock) {
+    let removed = [attach::XDP_LINK, attach::TC_LINK]
+        .iter()
+        .try_for_each(|link| attach::detach_pinned(&lock.path(link)).map(drop))
+        .and_then(|()| lock.remove_all());
+    if let Err(e) = removed {
+        log::error!("cannot remove what the failed start made: {e:#}");
+    }
+}
+
+/// An instance claimed, its programs loaded on its pinned maps (not
+/// attached, the configuration not written yet).
+struct Claimed {
+    lock: InstanceLock,
+    ebpf: Ebpf,
+    /// Whether a previous daemon left its state pinned.
+    adopting: bool,
+}
+
+/// Claims `iface`'s instance and loads the programs with its pinned maps,
+/// after checking they fit. With `replace`, a daemon running there is
+/// asked to hand over once this one has done so: until then it runs on.
+fn claim(iface: &str, settings: &Settings, replace: bool) -> Result<Claimed> {
+    let lock = if replace {
+        match InstanceLock::try_claim(iface)? {
+            Claim::Claimed(lock) => lock,
+            Claim::Busy => return take_over(iface, settings),
+        }
+    } else {
+        InstanceLock::claim(iface)?
+    };
+    let instance = Instance::new(instance::dir(iface));
+    let adopting = lock.has_pins()?;
+    let loaded = if adopting {
+        check_adoptable(iface, &instance)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| program::load_programs(log::max_level(), settings, Some(instance.dir())));
+    match loaded {
+        Ok(ebpf) => Ok(Claimed { lock, ebpf, adopting }),
+        Err(e) => {
+            if !adopting {
+                abandon(lock);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Refuses pinned state this build cannot adopt: another layout, or maps
+/// that are not what its programs expect.
+fn check_adoptable(iface: &str, instance: &Instance) -> Result<()> {
+    instance.check_layout()?;
+    program::check_pinned(iface, instance.dir())
+}
+
+/// `run --replace` with a daemon running: checks the pinned state and loads
+/// the programs on it while that daemon carries on, then asks it to hand
+/// over (SIGUSR2) and claims the instance once it has exited.
+fn take_over(iface: &str, settings: &Settings) -> Result<Claimed> {
+    let instance = Instance::new(instance::dir(iface));
+    let info = instance.info().with_context(|| {
+        format!(
+            "the daemon holding {} has not recorded itself yet (it may be starting up); try again in a moment",
+            instance.dir().display()
+        )
+    })?;
+    check_adoptable(iface, &instance)?;
+    let ebpf = program::load_programs(log::max_level(), settings, Some(instance.dir()))?;
+    let daemon = DaemonProcess::open(iface, info.pid)?;
     log::info!(
         "asking the tcp-guard daemon on {iface} (pid {}) to hand over",
-        info.pid
+        daemon.pid()
     );
-    // SAFETY: kill with a pid and a valid signal number.
-    if unsafe { libc::kill(info.pid as i32, libc::SIGUSR2) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot signal the daemon (pid {})", info.pid));
-    }
+    daemon.signal(libc::SIGUSR2)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Claim::Claimed(lock) = InstanceLock::try_claim(iface)? {
-            return Ok(lock);
+            if !lock.has_pins()? {
+                // Stopped meanwhile instead (SIGTERM): it removed everything.
+                if let Err(e) = lock.remove_all() {
+                    log::error!("cannot remove {}: {e:#}", instance.dir().display());
+                }
+                bail!(
+                    "the daemon on {iface} (pid {}) stopped and detached instead of handing over; \
+                     start tcp-guard again",
+                    daemon.pid()
+                );
+            }
+            return Ok(Claimed {
+                lock,
+                ebpf,
+                adopting: true,
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!(
-        "the daemon on {iface} (pid {}) did not hand over within 15 s",
-        info.pid
+        "the daemon on {iface} (pid {}) did not hand over within 15 s; this one gives up and leaves it as it is",
+        daemon.pid()
     )
 }
 
-/// Loads (adopting pinned maps), attaches (adopting pinned links) and
-/// prepares the control loop.
+/// Writes the configuration, attaches (adopting pinned links) and prepares
+/// the control loop.
 fn start(
     lock: &InstanceLock,
-    instance: Instance,
+    mut ebpf: Ebpf,
     settings: &Settings,
     options: &RunOptions,
     adopting: bool,
 ) -> Result<(Ebpf, EbpfLogger<&'static dyn log::Log>, Control)> {
     let iface = options.iface.as_str();
-    let mut ebpf = program::load(log::max_level(), settings, Some(instance.dir()))?;
+    let instance = Instance::new(instance::dir(iface));
+    program::write_config(&mut ebpf, &settings.live)?;
     let logger = EbpfLogger::init(&mut ebpf).context("cannot read the eBPF programs' log ring")?;
     let events: RingBuf<MapData> = ebpf
         .take_map(maps::EVENTS)
@@ -495,22 +635,19 @@ fn log_settings(settings: &Settings) {
 }
 
 /// Forwards kernel log records and runs the control loop until SIGINT,
-/// SIGTERM or SIGUSR2; SIGHUP reloads.
+/// SIGTERM or SIGUSR2 (also those that came during start-up); SIGHUP reloads.
 async fn serve(
     logger: EbpfLogger<&'static dyn log::Log>,
     ebpf: &mut Ebpf,
     control: &mut Control,
     source: &SettingsSource,
+    signals: &mut Signals,
 ) -> Result<Exit> {
     // SAFETY: the logger owns the ring buffer's fd, which stays open and
     // unchanged for as long as the AsyncFd owns the logger.
     let mut logs = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("cannot poll the eBPF log ring")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let mut hand_over = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     // SAFETY: the events ring's fd is owned by `control`, which outlives
     // this poll and keeps the fd open and unchanged.
     let events = unsafe {
@@ -522,10 +659,10 @@ async fn serve(
     let mut failing = Backoff::default();
     loop {
         tokio::select! {
-            _ = interrupt.recv() => return Ok(Exit::Stop("SIGINT")),
-            _ = terminate.recv() => return Ok(Exit::Stop("SIGTERM")),
-            _ = hand_over.recv() => return Ok(Exit::HandOver),
-            _ = hangup.recv() => control.reload(source),
+            _ = signals.interrupt.recv() => return Ok(Exit::Stop("SIGINT")),
+            _ = signals.terminate.recv() => return Ok(Exit::Stop("SIGTERM")),
+            _ = signals.hand_over.recv() => return Ok(Exit::HandOver),
+            _ = signals.hangup.recv() => control.reload(source),
             ready = logs.readable_mut() => {
                 let mut guard = ready.context("polling the eBPF log ring failed")?;
                 guard.get_inner_mut().flush();

@@ -10,6 +10,7 @@ pub mod instance;
 pub mod listeners;
 pub mod metrics;
 pub mod mount_ns;
+pub mod pidfd;
 pub mod program;
 pub mod settings;
 pub mod stats;

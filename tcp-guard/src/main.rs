@@ -15,6 +15,7 @@ use tcp_guard::{
     daemon::{self, RunOptions, SettingsSource},
     flows::{self, FlowTables, monotonic_now_ns},
     instance::{Claim, InstanceLock},
+    pidfd::DaemonProcess,
     settings::{self, MAX_TABLE_SIZE, Settings},
     stats,
 };
@@ -512,11 +513,7 @@ fn reload(iface: Option<&str>) -> Result<()> {
     let info = instance.info()?;
     let pid = info.pid;
     let before = (info.reloads, info.reloads_refused);
-    // SAFETY: kill with a pid and a valid signal number.
-    if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot signal the tcp-guard daemon (pid {pid}) on {iface}"));
-    }
+    DaemonProcess::open(&iface, pid)?.signal(libc::SIGHUP)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let now = instance.info()?;
@@ -546,11 +543,7 @@ fn detach(iface: &str) -> Result<()> {
     match InstanceLock::try_claim(iface)? {
         Claim::Busy => {
             let info = Instance::new(tcp_guard::instance::dir(iface)).info()?;
-            // SAFETY: kill with a pid and a valid signal number.
-            if unsafe { libc::kill(info.pid as i32, libc::SIGTERM) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("cannot stop the tcp-guard daemon (pid {})", info.pid));
-            }
+            DaemonProcess::open(iface, info.pid)?.signal(libc::SIGTERM)?;
             let deadline = Instant::now() + Duration::from_secs(15);
             while tcp_guard::instance::dir(iface).exists() {
                 if Instant::now() > deadline {

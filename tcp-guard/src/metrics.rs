@@ -2,9 +2,9 @@
 //! at `/metrics`. Every counter comes from the one `Counter` list; families
 //! with a dimension (drops by reason, packets by class, ...) become labels.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::SocketAddr};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tcp_guard_common::{
     flow::TcpState,
     stats::{Counter, Stats},
@@ -230,4 +230,43 @@ pub fn render(
         }
     }
     Ok(out)
+}
+
+/// Binds the metrics address, which a start-up does before it asks a
+/// running daemon to hand over or attaches anything, so that a bad address
+/// fails it cleanly. `SO_REUSEPORT` lets a successor (`run --replace`) bind
+/// the address its predecessor still serves; only the same user may share
+/// it. Otherwise an address in use is refused, even by another interface's
+/// daemon of the same user.
+pub fn bind(addr: SocketAddr, replacing: bool) -> Result<tokio::net::TcpListener> {
+    let context = || format!("cannot serve metrics on {addr} (--metrics)");
+    match std::net::TcpListener::bind(addr) {
+        Ok(_free) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && replacing => {}
+        Err(e) => return Err(e).with_context(context),
+    }
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(context)?;
+    socket.set_reuseaddr(true).with_context(context)?;
+    socket.set_reuseport(true).with_context(context)?;
+    match socket.bind(addr) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot serve metrics on {addr} (--metrics): a process that does not share it holds it, \
+                     a tcp-guard daemon from before metrics addresses were handed over or another program; \
+                     to upgrade from such a daemon, let it hand over without --replace (`systemctl kill -s \
+                     SIGUSR2 tcp-guard@IFACE`, and the service starts the new one), or serve metrics on \
+                     another address"
+                )
+            });
+        }
+        Err(e) => return Err(e).with_context(context),
+    }
+    socket.listen(1024).with_context(context)
 }

@@ -1,9 +1,11 @@
 //! The embedded eBPF object: loading it, with clear errors.
 
-use anyhow::{Context, Result};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::Array,
+    maps::{Array, MapError, MapInfo, MapType},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use tcp_guard_common::{
@@ -52,10 +54,19 @@ pub const PINNED_MAPS: &[&str] = &[
 /// aya-log; records above it cost the program one comparison. With
 /// `pin_dir`, every map in [`PINNED_MAPS`] is taken from its pin there if a
 /// previous instance left one (its size then stays), else created and pinned.
-pub fn load(
+pub fn load(log_level: log::LevelFilter, settings: &Settings, pin_dir: Option<&Path>) -> Result<Ebpf> {
+    let mut ebpf = load_programs(log_level, settings, pin_dir)?;
+    write_config(&mut ebpf, &settings.live)?;
+    Ok(ebpf)
+}
+
+/// [`load`] without writing the configuration: a daemon taking over loads
+/// with the pinned maps while its predecessor still runs on them, and
+/// writes its own configuration only once that one has handed over.
+pub fn load_programs(
     log_level: log::LevelFilter,
     settings: &Settings,
-    pin_dir: Option<&std::path::Path>,
+    pin_dir: Option<&Path>,
 ) -> Result<Ebpf> {
     let level = log_level as u8;
     let sizes = settings.tables;
@@ -77,12 +88,6 @@ pub fn load(
         .load(OBJECT)
         .map_err(explain_load_error)
         .context("failed to load the tcp-guard eBPF object")?;
-    let mut config: Array<_, GuardConfig> = ebpf
-        .map_mut(maps::CONFIG)
-        .context("map CONFIG missing from the eBPF object")?
-        .try_into()
-        .context("CONFIG is not an array")?;
-    config.set(0, settings.live, 0).context("cannot write CONFIG")?;
     init_count_hash(&mut ebpf)?;
     for name in [programs::XDP, programs::EXPIRE] {
         xdp_named(&mut ebpf, name)?
@@ -135,6 +140,105 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Writes the live configuration the programs read.
+pub fn write_config(ebpf: &mut Ebpf, config: &GuardConfig) -> Result<()> {
+    let mut map: Array<_, GuardConfig> = ebpf
+        .map_mut(maps::CONFIG)
+        .context("map CONFIG missing from the eBPF object")?
+        .try_into()
+        .context("CONFIG is not an array")?;
+    map.set(0, *config, 0).context("cannot write CONFIG")
+}
+
+/// Maps the loader sizes from the settings (`tables.*`): adopted ones keep
+/// the size they were made with.
+const SIZED_BY_SETTINGS: &[&str] = &[maps::HALF_OPEN, maps::FLOWS, maps::COUNTS];
+
+/// What a map holds, as the object defines it or the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl Shape {
+    /// The first field in which `found` differs from `self`, what is
+    /// expected, and what was found (capacity only if `sized`).
+    fn mismatch(&self, found: &Shape, sized: bool) -> Option<(&'static str, String, String)> {
+        let bytes = |n: u32| format!("{n} bytes");
+        if self.map_type != found.map_type {
+            return Some(("type", type_name(self.map_type), type_name(found.map_type)));
+        }
+        if self.key_size != found.key_size {
+            return Some(("key size", bytes(self.key_size), bytes(found.key_size)));
+        }
+        if self.value_size != found.value_size {
+            return Some(("value size", bytes(self.value_size), bytes(found.value_size)));
+        }
+        if sized && self.max_entries != found.max_entries {
+            return Some((
+                "max entries",
+                self.max_entries.to_string(),
+                found.max_entries.to_string(),
+            ));
+        }
+        None
+    }
+}
+
+fn type_name(map_type: u32) -> String {
+    aya_obj::generated::bpf_map_type::try_from(map_type)
+        .ok()
+        .and_then(|t| MapType::try_from(t).ok())
+        .map_or_else(|| format!("type {map_type}"), |t| format!("{t:?}"))
+}
+
+/// Refuses pinned maps in `dir` that do not hold what this build's programs
+/// expect (type, key and value size, capacity): aya reuses a pinned map of
+/// the same name as it finds it, and the programs would then read and write
+/// it with the wrong layout. Maps not pinned yet are made by the loader.
+pub fn check_pinned(iface: &str, dir: &Path) -> Result<()> {
+    let object = aya_obj::Object::parse(OBJECT).context("cannot parse the embedded eBPF object")?;
+    for name in PINNED_MAPS {
+        let path = dir.join(name);
+        let info = match MapInfo::from_pin(&path) {
+            Ok(info) => info,
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot open pinned map {}", path.display())),
+        };
+        let defined = object
+            .maps
+            .get(*name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))?;
+        let expected = Shape {
+            map_type: defined.map_type(),
+            key_size: defined.key_size(),
+            value_size: defined.value_size(),
+            max_entries: defined.max_entries(),
+        };
+        let found = Shape {
+            map_type: info
+                .map_type()
+                .with_context(|| format!("{} is of a map type aya does not know", path.display()))?
+                as u32,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if let Some((field, want, have)) = expected.mismatch(&found, !SIZED_BY_SETTINGS.contains(name)) {
+            bail!(
+                "the pinned map {} does not fit this tcp-guard: its {field} is {have}, this tcp-guard's {name} \
+                 needs {want} (left by an incompatible version); run `tcp-guard detach --iface {iface}` \
+                 (its flows and blocks are dropped), then start again",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The program that removes one idle flow (run with BPF_PROG_TEST_RUN).
@@ -267,7 +371,70 @@ fn explain_program_error(error: ProgramError) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::lacks_cookie_helpers;
+    use super::*;
+
+    #[test]
+    fn every_pinned_map_is_defined_in_the_object() {
+        let object = aya_obj::Object::parse(OBJECT).expect("parse");
+        for name in PINNED_MAPS {
+            assert!(object.maps.contains_key(*name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn a_pinned_map_must_match_its_definition_field_by_field() {
+        let defined = Shape {
+            map_type: MapType::Array as u32,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+        };
+        assert_eq!(defined.mismatch(&defined, true), None);
+        let field = |found: Shape, sized: bool| defined.mismatch(&found, sized);
+        assert_eq!(
+            field(
+                Shape {
+                    map_type: MapType::Hash as u32,
+                    ..defined
+                },
+                true
+            ),
+            Some(("type", "Array".to_string(), "Hash".to_string()))
+        );
+        assert_eq!(
+            field(
+                Shape {
+                    value_size: 4,
+                    ..defined
+                },
+                true
+            ),
+            Some(("value size", "8 bytes".to_string(), "4 bytes".to_string()))
+        );
+        assert_eq!(
+            field(
+                Shape {
+                    key_size: 8,
+                    ..defined
+                },
+                true
+            ),
+            Some(("key size", "4 bytes".to_string(), "8 bytes".to_string()))
+        );
+        let bigger = Shape {
+            max_entries: 2,
+            ..defined
+        };
+        assert_eq!(
+            field(bigger, true),
+            Some(("max entries", "1".to_string(), "2".to_string()))
+        );
+        assert_eq!(
+            field(bigger, false),
+            None,
+            "tables sized by the settings keep theirs"
+        );
+    }
 
     #[test]
     fn missing_cookie_helpers_are_recognised_in_the_verifier_log() {

@@ -60,7 +60,7 @@ pub fn counter(stats: &serde_json::Value, name: &str) -> u64 {
 }
 
 /// A `tcp-guard run` process in a namespace. Drop stops it (SIGTERM, then
-/// SIGKILL after 5 s).
+/// SIGKILL after 15 s).
 pub struct Daemon {
     child: Option<Child>,
     log_path: PathBuf,
@@ -70,7 +70,9 @@ impl Daemon {
     /// Starts `tcp-guard run --iface IFACE EXTRA...` inside `ns` and waits
     /// until it reports that it guards the interface.
     pub fn start(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
-        Self::spawn(ns.command(tcp_guard_bin()), iface, extra)
+        let mut daemon = Self::launch(ns, iface, extra)?;
+        daemon.wait_guarding()?;
+        Ok(daemon)
     }
 
     /// The same, started the way most people run a program in a namespace:
@@ -78,7 +80,15 @@ impl Daemon {
     pub fn start_ip_netns_exec(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns.name()]).arg(tcp_guard_bin());
-        Self::spawn(cmd, iface, extra)
+        let mut daemon = Self::spawn(cmd, iface, extra)?;
+        daemon.wait_guarding()?;
+        Ok(daemon)
+    }
+
+    /// Starts `tcp-guard run --iface IFACE EXTRA...` inside `ns` and returns
+    /// at once, while it starts up.
+    pub fn launch(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
+        Self::spawn(ns.command(tcp_guard_bin()), iface, extra)
     }
 
     fn spawn(mut cmd: Command, iface: &str, extra: &[&str]) -> Result<Self> {
@@ -93,23 +103,32 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .context("cannot start tcp-guard run")?;
-        let mut daemon = Daemon {
+        Ok(Daemon {
             child: Some(child),
             log_path,
-        };
+        })
+    }
+
+    /// Waits until it reports that it guards the interface.
+    fn wait_guarding(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if daemon.log().contains("guarding ") {
-                return Ok(daemon);
+            if self.log().contains("guarding ") {
+                return Ok(());
             }
-            if let Some(status) = daemon.child_mut().try_wait()? {
-                bail!("tcp-guard run exited with {status}: {}", daemon.log());
+            if let Some(status) = self.child_mut().try_wait()? {
+                bail!("tcp-guard run exited with {status}: {}", self.log());
             }
             if Instant::now() > deadline {
-                bail!("tcp-guard run did not attach within 30 s: {}", daemon.log());
+                bail!("tcp-guard run did not attach within 30 s: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child_mut().try_wait(), Ok(None))
     }
 
     /// Everything the daemon wrote to stderr so far.
@@ -127,6 +146,11 @@ impl Daemon {
 
     /// Sends `signal` and waits for the daemon to exit.
     pub fn stop_with(mut self, signal: i32) -> Result<ExitStatus> {
+        self.end(signal)
+    }
+
+    /// The same, keeping its log readable.
+    pub fn end(&mut self, signal: i32) -> Result<ExitStatus> {
         let mut child = self.child.take().expect("daemon already stopped");
         terminate(&mut child, signal)
     }
@@ -140,7 +164,9 @@ impl Daemon {
 fn terminate(child: &mut Child, signal: i32) -> Result<ExitStatus> {
     // SAFETY: kill on a child we spawned and have not reaped.
     unsafe { libc::kill(child.id() as i32, signal) };
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // As long as the service gives it (TimeoutStopSec): one signalled during
+    // start-up on a loaded machine finishes starting first.
+    let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
             return Ok(status);
@@ -149,7 +175,7 @@ fn terminate(child: &mut Child, signal: i32) -> Result<ExitStatus> {
     }
     child.kill()?;
     let status = child.wait()?;
-    bail!("tcp-guard did not exit within 5 s of signal {signal}; killed ({status})")
+    bail!("tcp-guard did not exit within 15 s of signal {signal}; killed ({status})")
 }
 
 impl Drop for Daemon {

@@ -529,3 +529,262 @@ fn without_its_daemon_the_fast_path_stands_aside_after_30_s() {
         "30 s after its daemon died, a new client connects at once: {took:?}"
     );
 }
+
+/// Nothing tcp-guard left on the lab's server interface: no program
+/// attached, no pins.
+fn assert_nothing_left(lab: &Lab, what: &str) {
+    assert!(
+        xdp_prog_id(lab).is_none(),
+        "{what}: an XDP program stays attached"
+    );
+    let egress = run(lab
+        .server
+        .command("tc")
+        .args(["filter", "show", "dev", &lab.server_iface, "egress"]))
+    .expect("tc");
+    assert!(
+        String::from_utf8_lossy(&egress.stdout).trim().is_empty(),
+        "{what}: a TC program stays attached"
+    );
+    assert!(
+        !Path::new("/sys/fs/bpf/tcp-guard")
+            .join(&lab.server_iface)
+            .exists(),
+        "{what}: pins are left"
+    );
+}
+
+/// The pinned INFO array of the lab's instance, writable.
+fn info_map(lab: &Lab) -> aya::maps::Array<aya::maps::MapData, u64> {
+    let path = Path::new("/sys/fs/bpf/tcp-guard")
+        .join(&lab.server_iface)
+        .join("INFO");
+    let data = aya::maps::MapData::from_pin(&path).expect("open INFO");
+    aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("INFO is an array")
+}
+
+/// INFO's entries (tcp-guard/src/control.rs): the daemon's pid, the layout.
+const INFO_PID: u32 = 0;
+const INFO_LAYOUT: u32 = 4;
+
+/// `run --replace` once asked the running daemon to hand over before it had
+/// checked the pinned state or bound its metrics address: one that then
+/// failed left the interface without a daemon. Now it fails first.
+#[test]
+fn a_replace_that_fails_leaves_the_running_daemon_guarding() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let mut first = Daemon::start(&lab.server, &iface, &[]).expect("start");
+    let prog = xdp_prog_id(&lab).expect("attached");
+    let replace = |extra: &[&str]| {
+        let out = lab
+            .server
+            .command(tcp_guard_bin())
+            .args(["run", "--iface", &iface, "--replace"])
+            .args(extra)
+            .output()
+            .expect("run --replace");
+        assert_eq!(out.status.code(), Some(1), "{extra:?} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // A metrics address another program holds.
+    let taken: SocketAddr = "127.0.0.1:9967".parse().unwrap();
+    let holder = listen(&lab.server, taken, 1).expect("hold the address");
+    let err = replace(&["--metrics", "127.0.0.1:9967"]);
+    assert!(err.contains("cannot serve metrics on 127.0.0.1:9967"), "{err}");
+    drop(holder);
+
+    // Pinned state of another layout.
+    let mut info = info_map(&lab);
+    let layout = info.get(&INFO_LAYOUT, 0).expect("layout");
+    info.set(INFO_LAYOUT, 1, 0).expect("write layout");
+    let err = replace(&[]);
+    assert!(err.contains("is from an incompatible tcp-guard"), "{err}");
+    info.set(INFO_LAYOUT, layout, 0).expect("restore layout");
+
+    assert!(first.running(), "the running daemon goes on: {}", first.log());
+    assert!(!first.log().contains("handing"), "{}", first.log());
+    assert_eq!(xdp_prog_id(&lab), Some(prog), "its program stays attached");
+    assert_eq!(instance(&status_json(), &iface)["daemon"]["running"], true);
+
+    // Nothing stands in the way any more: the hand-over happens.
+    let second =
+        Daemon::start(&lab.server, &iface, &["--replace", "--metrics", "127.0.0.1:9967"]).expect("take over");
+    assert!(first.log().contains("handing"), "{}", first.log());
+    assert!(second.log().contains("adopted the state"), "{}", second.log());
+}
+
+/// A signal during start-up once killed the daemon half-way, its programs
+/// attached or its maps pinned with nobody to remove them. Now it waits
+/// for the control loop, which stops as it would later: at whatever point
+/// of the start-up SIGTERM comes, nothing is left.
+#[test]
+fn a_sigterm_during_start_up_leaves_nothing_behind() {
+    let lab = Lab::new().expect("lab");
+    for delay_ms in [0, 5, 20, 50, 100, 150, 200, 300, 400, 500, 650, 800] {
+        let mut daemon = Daemon::launch(&lab.server, &lab.server_iface, &[]).expect("launch");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let status = daemon.end(libc::SIGTERM).unwrap_or_else(|e| {
+            panic!(
+                "SIGTERM {delay_ms} ms after the start: {e:#}; its log:\n{}",
+                daemon.log()
+            )
+        });
+        let what = format!(
+            "SIGTERM {delay_ms} ms after the start ({status}); its log:\n{}",
+            daemon.log()
+        );
+        assert_nothing_left(&lab, &what);
+    }
+}
+
+/// The daemon logs to stderr; a reader that went away (a log collector
+/// restarting) once killed it with SIGPIPE at its next line.
+#[test]
+fn the_daemon_outlives_the_reader_of_its_log() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let mut child = lab
+        .server
+        .command(tcp_guard_bin())
+        .args(["run", "--iface", &iface])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut log = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("guarding ") {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut log, &mut line).expect("read the log");
+        assert!(read > 0, "tcp-guard run ended before it attached");
+    }
+    drop(log);
+    // A reload logs what it does: into the closed pipe.
+    let out = tcp_guard(&["reload", "--iface", &iface]);
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the daemon must go on without a reader"
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // SAFETY: kill on a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "it stops cleanly: {status}");
+    assert_nothing_left(&lab, "after SIGTERM");
+}
+
+/// `reload`, `detach` and `run --replace` signal the daemon by the pid its
+/// INFO records, which may belong to another process by now; they signal it
+/// only if it holds the instance's lock.
+#[test]
+fn a_recorded_pid_that_is_not_the_daemon_is_never_signalled() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let mut daemon = Daemon::start(&lab.server, &iface, &[]).expect("start");
+    let mut bystander = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let mut info = info_map(&lab);
+    info.set(INFO_PID, u64::from(bystander.id()), 0)
+        .expect("write INFO");
+
+    let refused = |out: std::process::Output, what: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains(&format!("pid {}", bystander.id()))
+                && err.contains("does not hold the instance's lock")
+                && err.contains("nothing was signalled"),
+            "{what}: {err}"
+        );
+    };
+    refused(tcp_guard(&["reload", "--iface", &iface]), "reload");
+    refused(tcp_guard(&["detach", "--iface", &iface]), "detach");
+    let replace = lab
+        .server
+        .command(tcp_guard_bin())
+        .args(["run", "--iface", &iface, "--replace"])
+        .output()
+        .expect("run --replace");
+    refused(replace, "run --replace");
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "the process the pid belongs to was not signalled"
+    );
+    assert!(daemon.running(), "{}", daemon.log());
+    assert!(xdp_prog_id(&lab).is_some());
+
+    // With the daemon's own pid, both reach it.
+    info.set(INFO_PID, u64::from(daemon.pid()), 0)
+        .expect("restore INFO");
+    let out = tcp_guard(&["reload", "--iface", &iface]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tcp_guard(&["detach", "--iface", &iface]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_nothing_left(&lab, "after detach");
+    bystander.kill().expect("kill sleep");
+    bystander.wait().expect("reap sleep");
+}
+
+/// aya reuses a pinned map of the right name whatever it holds; a daemon
+/// checks every one against the programs' definitions before it adopts the
+/// state, and refuses, naming the map, the field and the fix. The flow
+/// tables may keep another size than the settings ask.
+#[test]
+fn pinned_maps_that_do_not_fit_are_refused_and_left_alone() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let dir = Path::new("/sys/fs/bpf/tcp-guard").join(&iface);
+    Daemon::start(
+        &lab.server,
+        &iface,
+        &["--max-flows", "1Ki", "--max-half-open", "2Ki"],
+    )
+    .expect("start")
+    .stop_with(libc::SIGKILL)
+    .expect("kill -9");
+    let successor = Daemon::start(&lab.server, &iface, &[]).expect("adopt tables of other sizes");
+    assert!(
+        successor
+            .log()
+            .contains("the adopted flow tables keep their sizes (2048 half-open, 1024 others)"),
+        "{}",
+        successor.log()
+    );
+    successor.stop_with(libc::SIGKILL).expect("kill -9");
+
+    // A HEARTBEAT of 4-byte values where the programs keep 8.
+    let pin = dir.join("HEARTBEAT");
+    std::fs::remove_file(&pin).expect("remove HEARTBEAT");
+    let planted: aya::maps::Array<aya::maps::MapData, u32> =
+        aya::maps::Array::create(1, 0).expect("create a map");
+    planted.pin(&pin).expect("pin it");
+    let planted_id = aya::maps::MapInfo::from_pin(&pin).expect("info").id();
+    let out = lab
+        .server
+        .command(tcp_guard_bin())
+        .args(["run", "--iface", &iface])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for expected in [
+        format!("the pinned map {} does not fit this tcp-guard", pin.display()),
+        "its value size is 4 bytes, this tcp-guard's HEARTBEAT needs 8 bytes".to_string(),
+        format!("run `tcp-guard detach --iface {iface}`"),
+    ] {
+        assert!(err.contains(&expected), "{expected:?} missing from: {err}");
+    }
+    assert_eq!(
+        aya::maps::MapInfo::from_pin(&pin).expect("still pinned").id(),
+        planted_id,
+        "the map is left as it was"
+    );
+    assert!(xdp_prog_id(&lab).is_some(), "and so is the attached program");
+
+    // The fix the message names.
+    let out = tcp_guard(&["detach", "--iface", &iface]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fresh = Daemon::start(&lab.server, &iface, &[]).expect("start afresh");
+    assert!(!fresh.log().contains("adopted"), "{}", fresh.log());
+}
