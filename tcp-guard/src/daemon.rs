@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     os::fd::AsRawFd,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -26,6 +27,7 @@ use tcp_guard_common::{
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
+    sync::watch,
 };
 
 use crate::{
@@ -141,7 +143,14 @@ pub fn run(options: RunOptions) -> Result<()> {
             .transpose()?
     };
     let Claimed { lock, ebpf, adopting } = claim(iface, &settings, options.replace)?;
-    let started = start(&lock, ebpf, &settings, &options, adopting);
+    let started = start(
+        &lock,
+        ebpf,
+        &settings,
+        &options,
+        adopting,
+        metrics_listener.is_some(),
+    );
     let (mut ebpf, logger, mut control) = match started {
         Ok(started) => started,
         Err(e) => {
@@ -154,15 +163,15 @@ pub fn run(options: RunOptions) -> Result<()> {
     };
     signals.release()?;
     let exit = runtime.block_on(async {
-        if let (Some(listener), Some(addr)) = (metrics_listener, options.metrics) {
-            log::info!("serving Prometheus metrics at http://{addr}/metrics");
-            let programs = program::attached_ids(&ebpf, options.egress)?;
-            tokio::spawn(serve_metrics(
+        if let (Some(listener), Some(figures), Some(addr)) =
+            (metrics_listener, &control.figures, options.metrics)
+        {
+            tokio::spawn(metrics::serve(
                 listener,
                 iface.to_string(),
-                programs,
-                options.bpf_stats,
+                figures.sender.subscribe(),
             ));
+            log::info!("serving Prometheus metrics at http://{addr}/metrics");
         }
         serve(logger, &mut ebpf, &mut control, &options.settings, &mut signals).await
     });
@@ -190,162 +199,6 @@ pub fn run(options: RunOptions) -> Result<()> {
             Err(e)
         }
     }
-}
-
-/// Connections waiting for their request line at once; the oldest of them
-/// is closed to make room for a new one.
-const METRICS_WAITING: usize = 64;
-/// How long a client may take to send its request line.
-const METRICS_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Answers `GET /metrics` with the instance's figures, read from its pins.
-/// Anyone who can reach the address may connect, so: at most
-/// `METRICS_WAITING` connections wait for their request at once (a new one
-/// closes the oldest: idle clients cannot lock scrapers out, nor use up the
-/// daemon's descriptors), each for at most `METRICS_READ_TIMEOUT`, and the
-/// figures are read on a thread of their own, so slow clients hold up
-/// neither the control loop nor other scrapes. Errors go to the log, not to
-/// the client.
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    iface: String,
-    programs: Vec<(&'static str, u32)>,
-    bpf_stats_held: bool,
-) {
-    use std::{
-        collections::VecDeque,
-        sync::{Arc, Mutex},
-    };
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Connections still waiting for their request line, oldest first.
-    let waiting: Arc<Mutex<VecDeque<(u64, tokio::task::AbortHandle)>>> = Arc::default();
-    let mut next_id = 0u64;
-    let mut failed_accepts = 0u32;
-    loop {
-        let mut socket = match listener.accept().await {
-            Ok((socket, _)) => {
-                failed_accepts = 0;
-                socket
-            }
-            Err(e) => {
-                // Out of descriptors, say: wait a little rather than spin.
-                failed_accepts += 1;
-                if failed_accepts.is_power_of_two() {
-                    log::warn!("metrics: accept failed ({failed_accepts} in a row): {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let id = next_id;
-        next_id += 1;
-        let iface = iface.clone();
-        let programs = programs.clone();
-        let done_waiting = waiting.clone();
-        let task = tokio::spawn(async move {
-            // Read until the request line is complete (it may come in pieces).
-            let mut request = Vec::with_capacity(256);
-            let mut chunk = [0u8; 512];
-            let read = tokio::time::timeout(METRICS_READ_TIMEOUT, async {
-                while !request.windows(2).any(|w| w == b"\r\n") && request.len() < 4096 {
-                    match socket.read(&mut chunk).await? {
-                        0 => break,
-                        n => request.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
-            if let Ok(mut waiting) = done_waiting.lock() {
-                waiting.retain(|(other, _)| *other != id);
-            }
-            match read {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    log::debug!("metrics: cannot read a request: {e}");
-                    return;
-                }
-                Err(_) => return,
-            }
-            let (status, body) = if request.starts_with(b"GET /metrics ") {
-                let rendered =
-                    tokio::task::spawn_blocking(move || render_metrics(&iface, &programs, bpf_stats_held))
-                        .await
-                        .map_err(anyhow::Error::from)
-                        .and_then(|rendered| rendered);
-                match rendered {
-                    Ok(body) => ("200 OK", body),
-                    // The details are for the operator, not for whoever connected.
-                    Err(e) => {
-                        log::error!("metrics: cannot read the figures: {e:#}");
-                        (
-                            "500 Internal Server Error",
-                            "tcp-guard could not read its figures; its log says why\n".to_string(),
-                        )
-                    }
-                }
-            } else {
-                ("404 Not Found", "tcp-guard serves /metrics only\n".to_string())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = socket.write_all(response.as_bytes()).await {
-                log::warn!("metrics: cannot answer: {e}");
-            }
-        });
-        if let Ok(mut waiting) = waiting.lock() {
-            waiting.push_back((id, task.abort_handle()));
-            while waiting.len() > METRICS_WAITING {
-                if let Some((_, oldest)) = waiting.pop_front() {
-                    oldest.abort();
-                }
-            }
-        }
-    }
-}
-
-fn render_metrics(iface: &str, programs: &[(&'static str, u32)], bpf_stats_held: bool) -> Result<String> {
-    let instance = Instance::new(instance::dir(iface));
-    let stats = stats::read_pinned(&instance.dir().join(maps::STATS))?;
-    let gauges = FlowTables::open(instance.dir())?.gauges()?;
-    let enforcement = stats::Enforcement::read(&instance)?;
-    crate::metrics::render(
-        iface,
-        &stats,
-        &gauges,
-        &enforcement,
-        instance.blocks()?.len(),
-        bpf_stats_held || bpf_stats_sysctl()?,
-        &run_times(programs)?,
-    )
-}
-
-const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-/// Whether the sysctl has the kernel count BPF run time. (Descriptors from
-/// BPF_ENABLE_STATS, as `--bpf-stats` holds, do not show there.)
-fn bpf_stats_sysctl() -> Result<bool> {
-    let value = std::fs::read_to_string(BPF_STATS_SYSCTL)
-        .with_context(|| format!("cannot read {BPF_STATS_SYSCTL}"))?;
-    Ok(value.trim() != "0")
-}
-
-fn run_times(programs: &[(&'static str, u32)]) -> Result<Vec<crate::metrics::RunTime>> {
-    let mut found = Vec::new();
-    for info in aya::programs::loaded_programs() {
-        let info = info.context("cannot list the kernel's BPF programs")?;
-        if let Some((label, _)) = programs.iter().find(|(_, id)| *id == info.id()) {
-            found.push(crate::metrics::RunTime {
-                program: label,
-                runs: info.run_count(),
-                nanoseconds: info.run_time().as_nanos() as u64,
-            });
-        }
-    }
-    Ok(found)
 }
 
 /// The signals the daemon answers, registered at the very start of `run`.
@@ -506,13 +359,14 @@ fn take_over(iface: &str, settings: &Settings) -> Result<Claimed> {
 }
 
 /// Writes the configuration, attaches (adopting pinned links) and prepares
-/// the control loop.
+/// the control loop; with `metrics`, it gathers the figures a scrape serves.
 fn start(
     lock: &InstanceLock,
     mut ebpf: Ebpf,
     settings: &Settings,
     options: &RunOptions,
     adopting: bool,
+    metrics: bool,
 ) -> Result<(Ebpf, EbpfLogger<&'static dyn log::Log>, Control)> {
     let iface = options.iface.as_str();
     let instance = Instance::new(instance::dir(iface));
@@ -576,8 +430,21 @@ fn start(
             sysctls.read()?
         );
     }
+    let figures = if metrics {
+        let programs = program::attached_ids(&ebpf, options.egress)?;
+        let bpf_stats_held = options.bpf_stats;
+        let first = metrics::Figures::gather(&instance, &tables, &programs, bpf_stats_held)?;
+        Some(FiguresOut {
+            sender: watch::channel(Arc::new(first)).0,
+            programs,
+            bpf_stats_held,
+        })
+    } else {
+        None
+    };
     let control = Control {
         iface: iface.to_string(),
+        figures,
         tables,
         instance,
         events,
@@ -746,8 +613,19 @@ impl std::os::fd::AsRawFd for RawFdOf {
     }
 }
 
+/// Where the control loop puts the figures the metrics endpoint serves.
+struct FiguresOut {
+    sender: watch::Sender<Arc<metrics::Figures>>,
+    /// Kernel ids of the attached programs, for their run times.
+    programs: Vec<(&'static str, u32)>,
+    /// Whether `--bpf-stats` has the kernel count run time.
+    bpf_stats_held: bool,
+}
+
 struct Control {
     iface: String,
+    /// With `--metrics`.
+    figures: Option<FiguresOut>,
     instance: Instance,
     tables: FlowTables,
     events: RingBuf<MapData>,
@@ -863,6 +741,20 @@ impl Control {
             self.block_offenders(&config)?;
             self.unblock_expired(now)?;
             self.summarize_over_limit();
+            self.publish_figures()?;
+        }
+        Ok(())
+    }
+
+    /// Gathers the figures a scrape serves: once a second, since the flow
+    /// gauges walk both tables, and never for a scrape, which anyone who
+    /// reaches the address may send as often as they like. Last in the
+    /// round: a failure here holds up nothing the fast path needs.
+    fn publish_figures(&self) -> Result<()> {
+        if let Some(out) = &self.figures {
+            let figures =
+                metrics::Figures::gather(&self.instance, &self.tables, &out.programs, out.bpf_stats_held)?;
+            out.sender.send_replace(Arc::new(figures));
         }
         Ok(())
     }

@@ -283,6 +283,7 @@ fn parse_timeout(value: &str) -> Result<String, String> {
 fn main() {
     // Like other command-line tools, end quietly when the reader of our
     // output goes away (`tcp-guard flows | head`) instead of panicking.
+    // (`run` ignores it again: a daemon outlives the reader of its log.)
     // SAFETY: restores the default disposition of a signal; no handler runs.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();

@@ -1,16 +1,32 @@
-//! Prometheus text exposition of an instance: `run --metrics ADDR` serves it
-//! at `/metrics`. Every counter comes from the one `Counter` list; families
-//! with a dimension (drops by reason, packets by class, ...) become labels.
+//! Prometheus metrics of an instance: `run --metrics ADDR` serves them at
+//! `/metrics`, from the figures the daemon's control loop gathered last.
+//! Every counter comes from the one `Counter` list; families with a
+//! dimension (drops by reason, packets by class, ...) become labels.
 
-use std::{fmt::Write as _, net::SocketAddr};
+use std::{
+    collections::VecDeque,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use tcp_guard_common::{
     flow::TcpState,
+    maps,
     stats::{Counter, Stats},
 };
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::watch,
+};
 
-use crate::{flows::Gauges, stats::Enforcement};
+use crate::{
+    control::Instance,
+    flows::{FlowTables, Gauges},
+    stats::{self, Enforcement},
+};
 
 /// How a counter is exported: metric name and, for families, a label.
 fn family(counter: Counter) -> (&'static str, Option<(&'static str, &'static str)>) {
@@ -78,17 +94,76 @@ pub struct RunTime {
     pub nanoseconds: u64,
 }
 
-/// The exposition text for `iface`. `bpf_stats` says whether the kernel
-/// counts the `run_times` now.
-pub fn render(
-    iface: &str,
-    stats: &Stats,
-    gauges: &Gauges,
-    enforcement: &Enforcement,
-    blocked: usize,
-    bpf_stats: bool,
-    run_times: &[RunTime],
-) -> Result<String> {
+/// What a scrape serves: the figures of the control loop's last gathering.
+pub struct Figures {
+    pub stats: Stats,
+    pub gauges: Gauges,
+    pub enforcement: Enforcement,
+    pub blocked: usize,
+    /// Whether the kernel counts the `run_times` now.
+    pub bpf_stats: bool,
+    pub run_times: Vec<RunTime>,
+    pub gathered: Instant,
+}
+
+impl Figures {
+    /// Reads them from the instance's pins (the flow gauges walk both
+    /// tables), for the programs with these kernel ids;
+    /// `bpf_stats_held`: the daemon has the kernel count run time.
+    pub fn gather(
+        instance: &Instance,
+        tables: &FlowTables,
+        programs: &[(&'static str, u32)],
+        bpf_stats_held: bool,
+    ) -> Result<Figures> {
+        Ok(Figures {
+            stats: stats::read_pinned(&instance.dir().join(maps::STATS))?,
+            gauges: tables.gauges()?,
+            enforcement: Enforcement::read(instance)?,
+            blocked: instance.blocks()?.len(),
+            bpf_stats: bpf_stats_held || bpf_stats_sysctl()?,
+            run_times: run_times(programs)?,
+            gathered: Instant::now(),
+        })
+    }
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Whether the sysctl has the kernel count BPF run time. (Descriptors from
+/// BPF_ENABLE_STATS, as `--bpf-stats` holds, do not show there.)
+fn bpf_stats_sysctl() -> Result<bool> {
+    let value = std::fs::read_to_string(BPF_STATS_SYSCTL)
+        .with_context(|| format!("cannot read {BPF_STATS_SYSCTL}"))?;
+    Ok(value.trim() != "0")
+}
+
+fn run_times(programs: &[(&'static str, u32)]) -> Result<Vec<RunTime>> {
+    let mut found = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("cannot list the kernel's BPF programs")?;
+        if let Some((label, _)) = programs.iter().find(|(_, id)| *id == info.id()) {
+            found.push(RunTime {
+                program: label,
+                runs: info.run_count(),
+                nanoseconds: info.run_time().as_nanos() as u64,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// The exposition text for `iface`.
+pub fn render(iface: &str, figures: &Figures) -> Result<String> {
+    let Figures {
+        stats,
+        gauges,
+        enforcement,
+        blocked,
+        bpf_stats,
+        run_times,
+        gathered,
+    } = figures;
     let mut out = String::new();
     let mut seen: Vec<String> = Vec::new();
     for counter in Counter::ALL {
@@ -205,7 +280,17 @@ pub fn render(
     writeln!(
         out,
         "tcp_guard_bpf_stats_enabled{{iface=\"{iface}\"}} {}",
-        u8::from(bpf_stats)
+        u8::from(*bpf_stats)
+    )?;
+    gauge(
+        &mut out,
+        "tcp_guard_figures_age_seconds",
+        "Seconds since the daemon gathered these figures (about once a second while its control loop runs).",
+    )?;
+    writeln!(
+        out,
+        "tcp_guard_figures_age_seconds{{iface=\"{iface}\"}} {:.3}",
+        gathered.elapsed().as_secs_f64()
     )?;
     for (name, help, value) in [
         (
@@ -220,7 +305,7 @@ pub fn render(
         ),
     ] {
         header(&mut out, name, "counter", help)?;
-        for run_time in run_times {
+        for run_time in run_times.iter() {
             writeln!(
                 out,
                 "{name}{{iface=\"{iface}\",program=\"{}\"}} {}",
@@ -231,6 +316,12 @@ pub fn render(
     }
     Ok(out)
 }
+
+/// Connections waiting for their request line at once; the oldest of them
+/// is closed to make room for a new one.
+const WAITING: usize = 64;
+/// How long a client may take to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the metrics address, which a start-up does before it asks a
 /// running daemon to hand over or attaches anything, so that a bad address
@@ -269,4 +360,96 @@ pub fn bind(addr: SocketAddr, replacing: bool) -> Result<tokio::net::TcpListener
         Err(e) => return Err(e).with_context(context),
     }
     socket.listen(1024).with_context(context)
+}
+
+/// Answers `GET /metrics` with the figures the control loop published last
+/// (a scrape reads no map). Anyone who can reach the address may connect,
+/// so: at most `WAITING` connections wait for their request at once (a new
+/// one closes the oldest: idle clients cannot lock scrapers out, nor use up
+/// the daemon's descriptors), each for at most `READ_TIMEOUT`. Errors go to
+/// the log, not to the client.
+pub async fn serve(listener: tokio::net::TcpListener, iface: String, figures: watch::Receiver<Arc<Figures>>) {
+    // Connections still waiting for their request line, oldest first.
+    let waiting: Arc<Mutex<VecDeque<(u64, tokio::task::AbortHandle)>>> = Arc::default();
+    let mut next_id = 0u64;
+    let mut failed_accepts = 0u32;
+    loop {
+        let mut socket = match listener.accept().await {
+            Ok((socket, _)) => {
+                failed_accepts = 0;
+                socket
+            }
+            Err(e) => {
+                // Out of descriptors, say: wait a little rather than spin.
+                failed_accepts += 1;
+                if failed_accepts.is_power_of_two() {
+                    log::warn!("metrics: accept failed ({failed_accepts} in a row): {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let id = next_id;
+        next_id += 1;
+        let iface = iface.clone();
+        let figures = figures.clone();
+        let done_waiting = waiting.clone();
+        let task = tokio::spawn(async move {
+            // Read until the request line is complete (it may come in pieces).
+            let mut request = Vec::with_capacity(256);
+            let mut chunk = [0u8; 512];
+            let read = tokio::time::timeout(READ_TIMEOUT, async {
+                while !request.windows(2).any(|w| w == b"\r\n") && request.len() < 4096 {
+                    match socket.read(&mut chunk).await? {
+                        0 => break,
+                        n => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+            if let Ok(mut waiting) = done_waiting.lock() {
+                waiting.retain(|(other, _)| *other != id);
+            }
+            match read {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::debug!("metrics: cannot read a request: {e}");
+                    return;
+                }
+                Err(_) => return,
+            }
+            let (status, body) = if request.starts_with(b"GET /metrics ") {
+                let latest = figures.borrow().clone();
+                match render(&iface, &latest) {
+                    Ok(body) => ("200 OK", body),
+                    // The details are for the operator, not for whoever connected.
+                    Err(e) => {
+                        log::error!("metrics: cannot render the figures: {e:#}");
+                        (
+                            "500 Internal Server Error",
+                            "tcp-guard could not render its figures; its log says why\n".to_string(),
+                        )
+                    }
+                }
+            } else {
+                ("404 Not Found", "tcp-guard serves /metrics only\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(e) = socket.write_all(response.as_bytes()).await {
+                log::warn!("metrics: cannot answer: {e}");
+            }
+        });
+        if let Ok(mut waiting) = waiting.lock() {
+            waiting.push_back((id, task.abort_handle()));
+            while waiting.len() > WAITING {
+                if let Some((_, oldest)) = waiting.pop_front() {
+                    oldest.abort();
+                }
+            }
+        }
+    }
 }

@@ -48,6 +48,16 @@ fn sample(metrics: &str, name: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {name} with {label} in:\n{metrics}"))
 }
 
+/// `tcp_guard_figures_age_seconds`: how old the served figures are.
+fn age(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("tcp_guard_figures_age_seconds{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tcp_guard_figures_age_seconds in:\n{metrics}"))
+}
+
 /// Attack mode quickly, with the policy whose drops these views show
 /// (`auto` picks syncookie on the lab's stock settings).
 fn attack_settings() -> Vec<&'static str> {
@@ -118,9 +128,15 @@ fn metrics_move_with_the_traffic() {
         held.push(lab.connect_pair(&listener, addr).expect("connect"));
     }
     flood_for(&lab, &[spoofed()], 2);
-    let after = get(&lab, "/metrics");
     let syn = |m: &str| sample(m, "tcp_guard_packets_total", "class=\"syn\"");
-    assert!(syn(&after) >= syn(&before) + 10_000, "SYNs counted:\n{after}");
+    // The figures are those of the control loop's last gathering, at most
+    // a second old.
+    let mut after = String::new();
+    wait_for("the figures to take in the flood", Duration::from_secs(5), || {
+        after = get(&lab, "/metrics");
+        syn(&after) >= syn(&before) + 10_000
+    });
+    assert!(age(&after) < 2.0, "{after}");
     assert!(
         sample(&after, "tcp_guard_drops_total", "reason=\"challenge\"") > 1000,
         "{after}"
@@ -335,4 +351,38 @@ fn a_thousand_idle_connections_stop_neither_the_daemon_nor_its_scrapes() {
         .unwrap_or_else(|| panic!("no instance in {status}"));
     assert_eq!(me["daemon"]["running"], true, "{}", daemon.log());
     drop(idle);
+}
+
+/// A scrape serves what the control loop gathered last and reads no map
+/// itself (it once walked both flow tables, for anyone who asked): with a
+/// pin gone, so that the rounds fail, scrapes still answer with the last
+/// figures, and say how old they are.
+#[test]
+fn scrapes_serve_the_figures_the_control_loop_gathered() {
+    let lab = Lab::new().expect("lab");
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &["--metrics", METRICS]).expect("start");
+    wait_for("the metrics endpoint", Duration::from_secs(5), || {
+        daemon.log().contains("serving Prometheus metrics")
+    });
+    let fresh = get(&lab, "/metrics");
+    assert!(fresh.starts_with("HTTP/1.1 200 OK"), "{fresh}");
+
+    let pin = std::path::Path::new("/sys/fs/bpf/tcp-guard")
+        .join(&lab.server_iface)
+        .join("STATS");
+    std::fs::remove_file(&pin).expect("remove the STATS pin");
+    wait_for("a failed round", Duration::from_secs(10), || {
+        daemon.log().contains("event=tick_failed")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let stale = get(&lab, "/metrics");
+    assert!(stale.starts_with("HTTP/1.1 200 OK"), "{stale}");
+    let iface = format!("iface=\"{}\"", lab.server_iface);
+    assert_eq!(sample(&stale, "tcp_guard_attack_mode", &iface), 0);
+    assert!(
+        sample(&stale, "tcp_guard_table_capacity", "table=\"flows\"") > 0,
+        "{stale}"
+    );
+    assert!(age(&fresh) < 2.0, "{fresh}");
+    assert!(age(&stale) >= 2.0, "the figures say they are old: {stale}");
 }
