@@ -34,7 +34,8 @@ const INFO_MODE: u32 = 5;
 const INFO_EGRESS: u32 = 6;
 const INFO_STARTED_UNIX: u32 = 7;
 const INFO_TICK_ERRORS: u32 = 8;
-const INFO_LEN: u32 = 9;
+const INFO_IFINDEX: u32 = 9;
+const INFO_LEN: u32 = 10;
 
 /// What `INFO` says about the daemon of an instance.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +50,9 @@ pub struct DaemonInfo {
     pub reloads_refused: u64,
     /// Control-loop rounds that failed (logged; the daemon carries on).
     pub tick_errors: u64,
+    /// The interface's index when the daemon attached: an interface created
+    /// again under the same name has another, and the pinned links are stale.
+    pub ifindex: u32,
 }
 
 impl DaemonInfo {
@@ -176,7 +180,7 @@ impl Instance {
 
     /// Creates and pins the INFO map of a starting daemon, replacing any a
     /// previous one left.
-    pub fn create_info(&self, mode: Mode, egress: bool) -> Result<()> {
+    pub fn create_info(&self, mode: Mode, egress: bool, ifindex: u32) -> Result<()> {
         let mut info: Array<MapData, u64> =
             Array::create(INFO_LEN, 0).context("cannot create the INFO map")?;
         let unix = std::time::SystemTime::now()
@@ -189,6 +193,7 @@ impl Instance {
             (INFO_MODE, if mode == Mode::Skb { 2 } else { 1 }),
             (INFO_EGRESS, u64::from(egress)),
             (INFO_STARTED_UNIX, unix),
+            (INFO_IFINDEX, u64::from(ifindex)),
         ] {
             info.set(index, value, 0)?;
         }
@@ -201,6 +206,13 @@ impl Instance {
         }
         info.pin(&path)
             .with_context(|| format!("cannot pin INFO at {}", path.display()))
+    }
+
+    /// Records the interface's new index (it was created again).
+    pub fn set_info_ifindex(&self, ifindex: u32) -> Result<()> {
+        array::<u64>(&self.dir, INFO)?
+            .set(INFO_IFINDEX, u64::from(ifindex), 0)
+            .context("cannot write INFO")
     }
 
     /// What the daemon recorded about itself.
@@ -219,6 +231,7 @@ impl Instance {
             reloads: get(INFO_RELOADS)?,
             reloads_refused: get(INFO_RELOADS_REFUSED)?,
             tick_errors: get(INFO_TICK_ERRORS)?,
+            ifindex: get(INFO_IFINDEX)? as u32,
         })
     }
 

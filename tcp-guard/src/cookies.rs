@@ -179,9 +179,27 @@ fn interface_mtu(iface: &str) -> Result<u32> {
     u32::try_from(mtu).with_context(|| format!("{iface} reports MTU {mtu}"))
 }
 
+/// The cookie fields of `config` for the kernel settings and the MTU as
+/// they are now, if they differ from what it has: the MTU and the settings
+/// may change while the daemon runs, and a cookie SYN-ACK that offers what
+/// the listener no longer accepts fails every handshake it answers.
+pub fn refreshed(config: &GuardConfig, iface: &str) -> Result<Option<GuardConfig>> {
+    let mut fresh = *config;
+    fill_cookie_fields(&mut fresh, &TcpSettings::read()?, interface_mtu(iface)?);
+    Ok((fresh != *config).then_some(fresh))
+}
+
 /// The cookie fields for these kernel settings and MTU; refuses the
 /// syncookie policy where the listener would reject the cookies.
 fn prepare_with(config: &mut GuardConfig, found: &TcpSettings, mtu: u32) -> Result<()> {
+    fill_cookie_fields(config, found, mtu);
+    if config.policy() == Policy::SynCookie {
+        require_listener_cookies(&found.while_answering(config))?;
+    }
+    Ok(())
+}
+
+fn fill_cookie_fields(config: &mut GuardConfig, found: &TcpSettings, mtu: u32) {
     let tcp = &found.while_answering(config);
     let mss = |headers: u32| u16::try_from(mtu.saturating_sub(headers).max(536)).unwrap_or(u16::MAX);
     config.cookie_mss_v4 = mss(40);
@@ -198,10 +216,6 @@ fn prepare_with(config: &mut GuardConfig, found: &TcpSettings, mtu: u32) -> Resu
         options |= GuardConfig::COOKIE_WSCALE;
     }
     config.cookie_options = options;
-    if config.policy() == Policy::SynCookie {
-        require_listener_cookies(tcp)?;
-    }
-    Ok(())
 }
 
 /// `tcp` as it will be while cookies are answered.

@@ -378,6 +378,20 @@ fn start(
         .try_into()
         .context("EVENTS is not a ring buffer")?;
 
+    let ifindex = attach::if_index(iface)?;
+    if let Ok(info) = instance.info()
+        && adopting
+        && info.ifindex != ifindex
+    {
+        log::warn!(
+            "{iface} was created again since the last daemon attached to it (index {} then, {ifindex} now): \
+             its pinned links went with the old one; attaching anew",
+            info.ifindex
+        );
+        for link in [attach::XDP_LINK, attach::TC_LINK] {
+            attach::detach_pinned(&lock.path(link))?;
+        }
+    }
     let (mode, xdp_adopted) =
         attach::attach_xdp_pinned(&mut ebpf, iface, options.mode, &lock.path(attach::XDP_LINK))?;
     let mode = if xdp_adopted {
@@ -390,7 +404,7 @@ fn start(
     } else if attach::detach_pinned(&lock.path(attach::TC_LINK))? {
         log::info!("detached the egress program a previous instance left on {iface} (--no-egress)");
     }
-    instance.create_info(mode, options.egress)?;
+    instance.create_info(mode, options.egress, ifindex)?;
     let tables = FlowTables::open(instance.dir())?;
     if adopting {
         let gauges = tables.gauges()?;
@@ -444,6 +458,8 @@ fn start(
     };
     let control = Control {
         iface: iface.to_string(),
+        ifindex: Some(ifindex),
+        mode,
         figures,
         tables,
         instance,
@@ -624,6 +640,10 @@ struct FiguresOut {
 
 struct Control {
     iface: String,
+    /// The interface's index while it exists (None: it is gone).
+    ifindex: Option<u32>,
+    /// The XDP mode in use.
+    mode: Mode,
     /// With `--metrics`.
     figures: Option<FiguresOut>,
     instance: Instance,
@@ -742,6 +762,68 @@ impl Control {
             self.unblock_expired(now)?;
             self.summarize_over_limit();
             self.publish_figures()?;
+        }
+        if self.ticks.is_multiple_of(4) {
+            self.follow_the_interface(ebpf)?;
+            self.follow_the_cookie_settings()?;
+        }
+        Ok(())
+    }
+
+    /// An interface deleted and created again under the same name (a
+    /// container's veth, a reloaded driver) loses the programs with the old
+    /// one: attach to the new one, with the state the pins keep.
+    fn follow_the_interface(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        let Ok(index) = attach::if_index(&self.iface) else {
+            if self.ifindex.take().is_some() {
+                log::warn!(
+                    "{} is gone, and its programs with it; tcp-guard attaches again when it comes back",
+                    self.iface
+                );
+            }
+            return Ok(());
+        };
+        if self.ifindex == Some(index) {
+            return Ok(());
+        }
+        let dir = self.instance.dir().to_path_buf();
+        for link in [attach::XDP_LINK, attach::TC_LINK] {
+            attach::detach_pinned(&dir.join(link))?;
+        }
+        let (mode, _) = attach::attach_xdp_pinned(ebpf, &self.iface, self.mode, &dir.join(attach::XDP_LINK))?;
+        if self.egress != 0 {
+            attach::attach_tc_pinned(ebpf, &self.iface, &dir.join(attach::TC_LINK))?;
+        }
+        self.instance.set_info_ifindex(index)?;
+        self.ifindex = Some(index);
+        log::warn!(
+            "{} was created again (index {index}): attached to it anew ({mode} mode), with the state kept",
+            self.iface
+        );
+        Ok(())
+    }
+
+    /// The MTU and the kernel's TCP settings that the cookie SYN-ACKs
+    /// follow may change while the daemon runs: the cookie fields follow.
+    fn follow_the_cookie_settings(&self) -> Result<()> {
+        if self.ifindex.is_none() {
+            return Ok(());
+        }
+        let config = self.instance.config()?;
+        if let Some(fresh) = cookies::refreshed(&config, &self.iface)? {
+            self.instance.set_config(&fresh)?;
+            log::info!(
+                "the interface's MTU or the kernel's TCP settings changed: cookie SYN-ACKs now offer MSS {} \
+                 (IPv4) / {} (IPv6), window scale {}, options {:#x} (was MSS {} / {}, window scale {}, options {:#x})",
+                fresh.cookie_mss_v4,
+                fresh.cookie_mss_v6,
+                fresh.cookie_wscale,
+                fresh.cookie_options,
+                config.cookie_mss_v4,
+                config.cookie_mss_v6,
+                config.cookie_wscale,
+                config.cookie_options
+            );
         }
         Ok(())
     }

@@ -788,3 +788,88 @@ fn pinned_maps_that_do_not_fit_are_refused_and_left_alone() {
     let fresh = Daemon::start(&lab.server, &iface, &[]).expect("start afresh");
     assert!(!fresh.log().contains("adopted"), "{}", fresh.log());
 }
+
+/// An interface deleted and created again under the same name (a
+/// container's veth, a reloaded driver) takes the programs with the old
+/// one: the daemon attaches to the new one by itself, keeping its state,
+/// and cookie SYN-ACKs follow a changed MTU.
+#[test]
+fn a_recreated_interface_is_guarded_again_and_a_new_mtu_followed() {
+    let lab = Lab::new().expect("lab");
+    let (guarded, peer) = (format!("{}a", lab.server_iface), format!("{}b", lab.server_iface));
+    let create = || {
+        run(lab.server.command("ip").args([
+            "link",
+            "add",
+            &guarded,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            lab.client.name(),
+        ]))
+        .expect("veth pair");
+        run(lab
+            .server
+            .command("ip")
+            .args(["addr", "add", "198.18.99.1/24", "dev", &guarded]))
+        .expect("address");
+        run(lab.server.command("ip").args(["link", "set", &guarded, "up"])).expect("up");
+        run(lab
+            .client
+            .command("ip")
+            .args(["addr", "add", "198.18.99.2/24", "dev", &peer]))
+        .expect("address");
+        run(lab.client.command("ip").args(["link", "set", &peer, "up"])).expect("up");
+    };
+    let packets = || counter(&stats_json(&guarded), "packets");
+    // A SYN to a closed port: the kernel answers with a reset.
+    let ping = || {
+        let to: SocketAddr = "198.18.99.1:9".parse().unwrap();
+        let refused = lab
+            .client
+            .enter(move || TcpStream::connect_timeout(&to, Duration::from_millis(300)))
+            .expect("enter the client's namespace");
+        assert!(refused.is_err(), "nothing listens on port 9");
+    };
+    create();
+    let daemon = Daemon::start(&lab.server, &guarded, &[]).expect("start");
+    ping();
+    let before = packets();
+    assert!(before > 0, "the guard sees the interface's traffic");
+
+    run(lab.server.command("ip").args(["link", "del", &guarded])).expect("delete the interface");
+    create();
+    wait_for(
+        "the daemon to attach to the new interface",
+        Duration::from_secs(10),
+        || {
+            ping();
+            packets() > before
+        },
+    );
+    assert!(
+        daemon.log().contains("was created again"),
+        "the daemon says what it did:\n{}",
+        daemon.log()
+    );
+
+    run(lab
+        .server
+        .command("ip")
+        .args(["link", "set", &guarded, "mtu", "1400"]))
+    .expect("MTU");
+    wait_for("cookies to follow the MTU", Duration::from_secs(10), || {
+        daemon
+            .log()
+            .contains("cookie SYN-ACKs now offer MSS 1360 (IPv4) / 1340 (IPv6)")
+    });
+    daemon.stop().expect("stop");
+    let gone = lab.server.ip(&["link", "show", &guarded]).expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&gone.stdout).contains("xdp"),
+        "stopping detaches from the new interface too"
+    );
+}
