@@ -170,7 +170,8 @@ impl FlowKey {
 }
 
 /// What the guard remembers of a flow. Sequence numbers are raw TCP values
-/// (host byte order); times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+/// (host byte order); times are CLOCK_MONOTONIC ns, as the kernel's coarse
+/// clock gives them (`bpf_ktime_get_coarse_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {

@@ -2,7 +2,7 @@
 //! the attack-mode policy and the half-open limits. Decisions that need no
 //! map live in `tcp_guard_common::policy`; this is the map glue around them.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
 use tcp_guard_common::{
     flow::FlowKey,
     policy::{
@@ -172,9 +172,9 @@ pub fn listener_under_attack(counters: &mut Counters, port: u16, count: u32) {
     // SAFETY: a live array map value; racing writers all write "on".
     let attack = unsafe { &mut *attack };
     if attack.active == 0 {
-        // SAFETY: a helper without arguments. (Read here, once per attack,
-        // rather than passed down: BPF functions take at most 5 arguments.)
-        let now = unsafe { bpf_ktime_get_ns() };
+        // (Read here, once per attack, rather than passed down: BPF
+        // functions take at most 5 arguments.)
+        let now = crate::now();
         enter_attack(counters, attack, AttackState::BY_LISTENER, count, port, now);
     }
 }
