@@ -55,14 +55,6 @@ pub struct DaemonInfo {
     pub ifindex: u32,
 }
 
-impl DaemonInfo {
-    /// Whether the process is alive (and not a zombie).
-    pub fn alive(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')))
-    }
-}
-
 /// An instance's pinned maps, by interface.
 pub struct Instance {
     dir: PathBuf,

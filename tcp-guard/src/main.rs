@@ -585,15 +585,20 @@ fn detach(iface: &str) -> Result<()> {
 /// One instance as `status` shows it.
 struct Snapshot {
     info: control::DaemonInfo,
+    /// The recorded daemon is alive and holds the instance's lock (a pid
+    /// alone may belong to another process by now).
+    running: bool,
     enforcement: stats::Enforcement,
     gauges: flows::Gauges,
     blocked: usize,
 }
 
 impl Snapshot {
-    fn read(instance: &Instance) -> Result<Snapshot> {
+    fn read(iface: &str, instance: &Instance) -> Result<Snapshot> {
+        let info = instance.info()?;
         Ok(Snapshot {
-            info: instance.info()?,
+            running: tcp_guard::pidfd::DaemonProcess::open(iface, info.pid).is_ok(),
+            info,
             enforcement: stats::Enforcement::read(instance)?,
             gauges: FlowTables::open(instance.dir())?.gauges()?,
             blocked: instance.blocks()?.len(),
@@ -604,7 +609,7 @@ impl Snapshot {
         let mut value = serde_json::json!({
             "daemon": {
                 "pid": self.info.pid,
-                "running": self.info.alive(),
+                "running": self.running,
                 "tick_errors": self.info.tick_errors,
             },
             "mode": self.info.mode.to_string(),
@@ -625,11 +630,11 @@ impl Snapshot {
         let info = &self.info;
         let since =
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(info.started_unix));
-        let daemon = if info.alive() {
+        let daemon = if self.running {
             format!("running (pid {})", info.pid)
         } else {
             format!(
-                "NO DAEMON (pid {} is gone): the programs stay attached; 30 s after its last heartbeat they \
+                "NO DAEMON (pid {} is gone, or holds the instance no more): the programs stay attached; 30 s after its last heartbeat they \
                  stand aside (no attack mode, no half-open limit: nothing would expire) and the kernel answers \
                  alone; restart tcp-guard to adopt the state, or `tcp-guard detach --iface {iface}`",
                 info.pid
@@ -652,7 +657,7 @@ fn status(json: bool) -> Result<()> {
     let entries: Vec<(String, Result<Snapshot>)> = tcp_guard::instance::list()?
         .into_iter()
         .map(|iface| {
-            let snapshot = Snapshot::read(&Instance::new(tcp_guard::instance::dir(&iface)));
+            let snapshot = Snapshot::read(&iface, &Instance::new(tcp_guard::instance::dir(&iface)));
             (iface, snapshot)
         })
         .collect();

@@ -534,17 +534,29 @@ impl Settings {
             let entries = entries
                 .as_table()
                 .ok_or_else(|| anyhow!("{}: {section} must be a [section] of settings", path.display()))?;
+            // A misspelt section with nothing in it would otherwise pass unseen.
+            if !KEYS
+                .iter()
+                .any(|k| k.name.split_once('.').is_some_and(|(s, _)| s == section))
+            {
+                bail!(
+                    "{}: unknown section [{section}]; sections are limits, attack, blocking, timeouts, tables",
+                    path.display()
+                );
+            }
             for (name, value) in entries {
+                let key = format!("{section}.{name}");
+                find(&key).with_context(|| format!("in {}", path.display()))?;
                 let text = match value {
                     toml::Value::String(s) => s.clone(),
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     other => bail!(
-                        "{}: {section}.{name} = {other}: expected a number, a string or true/false",
+                        "{}: {key} = {other}: expected a whole number, a string or true/false",
                         path.display()
                     ),
                 };
-                self.set(&format!("{section}.{name}"), &text)
+                self.set(&key, &text)
                     .with_context(|| format!("in {}", path.display()))?;
             }
         }
@@ -683,7 +695,7 @@ mod tests {
             ),
             (
                 "[limit]\nsyn_rate = 5\n",
-                "unknown setting \"limit.syn_rate\"; sections are",
+                "unknown section [limit]; sections are limits",
             ),
             (
                 "[limits]\nsyn_rate = -1\n",
@@ -704,6 +716,15 @@ mod tests {
                 "attack.challenge_window = 18446744073709552s: must be from 100ms to 10m",
             ),
             ("limits = 5\n", "limits must be a [section] of settings"),
+            ("[limit]\n", "unknown section [limit]; sections are limits"),
+            (
+                "[limits]\nsyn_rate = 1.5\n",
+                "limits.syn_rate = 1.5: expected a whole number",
+            ),
+            (
+                "[limits]\nsyn_rte = { a = 1 }\n",
+                "unknown setting \"limits.syn_rte\"; limits has:",
+            ),
             ("[limits\n", "is not valid TOML"),
             (
                 "[attack]\nenter_half_open = 10\nleave_half_open = 20\n",

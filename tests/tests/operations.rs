@@ -731,10 +731,16 @@ fn a_recorded_pid_that_is_not_the_daemon_is_never_signalled() {
     );
     assert!(daemon.running(), "{}", daemon.log());
     assert!(xdp_prog_id(&lab).is_some());
+    assert_eq!(
+        instance(&status_json(), &iface)["daemon"]["running"],
+        false,
+        "status does not take a live pid that holds no lock for the daemon"
+    );
 
     // With the daemon's own pid, both reach it.
     info.set(INFO_PID, u64::from(daemon.pid()), 0)
         .expect("restore INFO");
+    assert_eq!(instance(&status_json(), &iface)["daemon"]["running"], true);
     let out = tcp_guard(&["reload", "--iface", &iface]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = tcp_guard(&["detach", "--iface", &iface]);

@@ -407,6 +407,10 @@ fn expect_load(text: &str) -> Option<Result<Settings, Refusal>> {
             bad.push(section.clone());
             continue;
         };
+        if !KEYS.iter().any(|k| k.name.starts_with(&format!("{section}."))) {
+            bad.push(format!("[{section}]"));
+            continue;
+        }
         for (name, value) in entries {
             let key = format!("{section}.{name}");
             let text = match value {
