@@ -1,6 +1,9 @@
 //! `cargo xtask bench prog`: the per-packet cost of the fast path by path,
-//! against a trivial XDP_PASS program in the same run (see prog_impl.rs).
-//! TG_BENCH_CASES=substring runs only the matching cases. Needs root.
+//! against a trivial XDP_PASS program in the same run, and the cookie paths
+//! against the kernel's selftest XDP SYN proxy (see prog_impl.rs).
+//! TG_BENCH_CASES=substring runs only the matching cases (`xdp_synproxy`:
+//! the selftest's rows and the cookie cases they are compared with). Needs
+//! root, clang-19 and bpftool (`cargo xtask setup`).
 
 #[path = "prog_impl.rs"]
 mod prog_impl;

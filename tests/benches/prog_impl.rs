@@ -2,10 +2,12 @@
 //! trivial XDP_PASS program in the same run (../shared/benchmarking.md):
 //! one run per call on a fresh copy of the packet, calls interleaved in small
 //! chunks with the baseline, medians reported. Paths that create or move flow
-//! state get a distinct flow per call. Shared by the benchmark (benches/prog.rs,
+//! state get a distinct flow per call. The cookie cases also measure the
+//! kernel's selftest XDP SYN proxy (bench/peers/) in the same rounds, so that
+//! every run gives our ratio to it. Shared by the benchmark (benches/prog.rs,
 //! `cargo xtask bench prog`) and its smoke test (tests/bench_smoke.rs).
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use aya::{
     Ebpf,
@@ -27,6 +29,7 @@ use tcp_guard_common::{
 use tcp_guard_tests::{
     machine::Machine,
     packets::{ACK, FIN, PSH, SYN, TcpPacket, ethernet, linux_syn_options},
+    xdp_synproxy::{self, XdpSynproxy},
 };
 
 /// How much to measure.
@@ -46,11 +49,146 @@ impl Params {
     }
 }
 
-/// One case's medians, in ns per packet.
+/// What a row measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Program {
+    TcpGuard,
+    /// The kernel selftest xdp_synproxy, on this path.
+    Selftest(PeerPath),
+}
+
+/// One row's medians, in ns per packet: the program's and the XDP_PASS
+/// baseline's, measured in the same rounds.
 pub struct Row {
     pub name: &'static str,
-    pub guard_ns: f64,
+    pub program: Program,
+    pub ns: f64,
     pub baseline_ns: f64,
+}
+
+/// The paths of the kernel selftest xdp_synproxy the bench measures, each
+/// with the verdict every call of it must return.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PeerPath {
+    /// A SYN with MSS, SACK, timestamps and window scale, to its port:
+    /// answered in place with a SYN-ACK carrying a cookie (XDP_TX).
+    Syn,
+    /// The ACK a client returns for one of its SYN-ACKs: passed.
+    CookieAck,
+    /// The same ACK with the cookie's top byte inverted (its age field
+    /// wrong, as a random guess's nearly always is): dropped.
+    BogusCookieAck,
+}
+
+impl PeerPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerPath::Syn => "SYN with MSS/SACK/TS/WS options (xdp_synproxy)",
+            PeerPath::CookieAck => "ACK with a valid cookie (xdp_synproxy)",
+            PeerPath::BogusCookieAck => "ACK with a bogus cookie (xdp_synproxy)",
+        }
+    }
+
+    pub fn verdict(self) -> u32 {
+        match self {
+            PeerPath::Syn => xdp_synproxy::XDP_TX,
+            PeerPath::CookieAck => xdp_synproxy::XDP_PASS,
+            PeerPath::BogusCookieAck => xdp_synproxy::XDP_DROP,
+        }
+    }
+
+    pub fn verdict_name(self) -> &'static str {
+        match self {
+            PeerPath::Syn => "TX (SYN-ACK cookie)",
+            PeerPath::CookieAck => "PASS",
+            PeerPath::BogusCookieAck => "DROP",
+        }
+    }
+
+    /// The packet for call `i`, each call a flow of its own (the selftest
+    /// keeps no state, so any sources do); the ACKs return SYN-ACKs the
+    /// selftest has just sent (cookies age).
+    fn frames(self, selftest: &XdpSynproxy, n: usize) -> Vec<Vec<u8>> {
+        let syn = |i: usize, src_port: u16| {
+            let mut pkt = TcpPacket::new(peer(i), IpAddr::from(HOST), src_port, xdp_synproxy::PORT, SYN);
+            pkt.seq = i as u32 * 1000;
+            pkt.tcp_options = linux_syn_options(1460, 1, 7);
+            pkt
+        };
+        match self {
+            PeerPath::Syn => {
+                // Its answer checked before it is measured.
+                let first = syn(0, 41_000);
+                let (verdict, reply) = selftest.run_out(&first.frame());
+                assert_eq!(verdict, self.verdict(), "{}", self.name());
+                xdp_synproxy::parse_syn_ack(&first, &reply);
+                (0..n).map(|i| syn(i, 41_000).frame()).collect()
+            }
+            PeerPath::CookieAck => (0..n)
+                .map(|i| selftest.cookie_ack(&syn(i, 42_000)).frame())
+                .collect(),
+            PeerPath::BogusCookieAck => (0..n)
+                .map(|i| {
+                    let mut ack = selftest.cookie_ack(&syn(i, 43_000));
+                    ack.ack ^= 0xff00_0000;
+                    ack.frame()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One run of the selftest on `frame`, which must return `path`'s verdict.
+fn run_selftest(peer: &XdpSynproxy, path: PeerPath, frame: &[u8]) -> Duration {
+    let (time, verdict) = peer.run(frame);
+    assert_eq!(
+        verdict,
+        path.verdict(),
+        "{}: verdict {verdict}, not {}: not the path measured",
+        path.name(),
+        path.verdict_name()
+    );
+    time
+}
+
+/// tcp-guard's cases compared with the selftest's paths, by what they do.
+pub const COOKIE_SYN: &str = "SYN in attack mode, answered with a cookie (syncookie)";
+pub const COOKIE_ACK: &str = "ACK with a valid cookie (syncookie)";
+const COMPARED: [(&str, &str, PeerPath); 2] = [
+    ("SYN answered with a cookie", COOKIE_SYN, PeerPath::Syn),
+    ("cookie ACK", COOKIE_ACK, PeerPath::CookieAck),
+];
+
+/// tcp-guard against the selftest on one path, in ns added over XDP_PASS.
+pub struct Ratio {
+    pub path: &'static str,
+    pub tcp_guard_ns: f64,
+    pub selftest_ns: f64,
+}
+
+impl Ratio {
+    pub fn ratio(&self) -> f64 {
+        self.tcp_guard_ns / self.selftest_ns
+    }
+}
+
+/// The comparisons whose two rows were both measured.
+pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
+    let added = |program: Program, name: &str| {
+        rows.iter()
+            .find(|r| r.program == program && r.name == name)
+            .map(|r| r.ns - r.baseline_ns)
+    };
+    COMPARED
+        .iter()
+        .filter_map(|&(path, ours, theirs)| {
+            Some(Ratio {
+                path,
+                tcp_guard_ns: added(Program::TcpGuard, ours)?,
+                selftest_ns: added(Program::Selftest(theirs), theirs.name())?,
+            })
+        })
+        .collect()
 }
 
 fn run_once(prog: &Xdp, frame: &[u8]) -> Duration {
@@ -157,6 +295,8 @@ struct Case {
     proof: Counter,
     /// The frame for call `i` (distinct flows where state changes).
     frames: Vec<Vec<u8>>,
+    /// The selftest's paths measured in the same rounds.
+    peers: &'static [PeerPath],
 }
 
 /// Measures every case whose name contains `only`.
@@ -225,90 +365,113 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             name: "SYN, new flow",
             proof: Counter::ToSynRcvd,
             setup: Setup::Nothing,
+            peers: &[],
             frames: each(&syn),
         },
         Case {
             name: "final ACK of a handshake",
             proof: Counter::ToEstablished,
             setup: Setup::Nothing,
+            peers: &[],
             frames: half_open_syns.iter().map(|s| from_peer(s, ACK).frame()).collect(),
         },
         Case {
             name: "data ACK, established flow",
             proof: Counter::Ack,
             setup: Setup::Nothing,
+            peers: &[],
             frames: same(data.frame()),
         },
         Case {
             name: "FIN, established flow (to CLOSE-WAIT)",
             proof: Counter::ToCloseWait,
             setup: Setup::Nothing,
+            peers: &[],
             frames: closing.iter().map(|s| from_peer(s, FIN | ACK).frame()).collect(),
         },
         Case {
             name: "non-TCP (UDP)",
             proof: Counter::NonTcp,
             setup: Setup::Nothing,
+            peers: &[],
             frames: same(udp),
         },
         Case {
             name: "malformed (truncated TCP)",
             proof: Counter::MalformedTcpTruncated,
             setup: Setup::Nothing,
+            peers: &[],
             frames: same(truncated),
         },
         Case {
             name: "SYN from a blocked source",
             proof: Counter::DropBlocked,
             setup: Setup::Block,
+            peers: &[],
             frames: each(&|i| syn_at(IpAddr::from([198, 18, 200, i as u8]), 10_000 + i as u16, 0)),
         },
         Case {
             name: "SYN over its source's rate limit",
             proof: Counter::DropSynRate,
             setup: Setup::RateLimit,
+            peers: &[],
             frames: each(&|i| syn_at(peer(65_025), 1_024 + i as u16, i as u32 * 1000)),
         },
         Case {
             name: "SYN in attack mode, unknown source (challenged)",
             proof: Counter::DropChallenge,
             setup: Setup::AttackMode,
+            peers: &[],
             frames: each(&|i| syn(40_000 + i)),
         },
         Case {
             name: "SYN in attack mode, verified source",
             proof: Counter::SynVerified,
             setup: Setup::VerifiedSources,
+            peers: &[],
             frames: each(&|i| syn_at(peer_in(64, i), 30_000, i as u32 * 1000)),
         },
         Case {
             name: "SYN, new flow, tables 90 % full",
             proof: Counter::ToSynRcvd,
             setup: Setup::FillTables,
+            peers: &[],
             frames: each(&|i| syn_at(peer(i), 999, i as u32 * 1000)),
         },
         Case {
             name: "data ACK, established flow, tables 90 % full",
             proof: Counter::Ack,
             setup: Setup::FillTables,
+            peers: &[],
             frames: same(data.frame()),
         },
         Case {
-            name: "SYN in attack mode, answered with a cookie (syncookie)",
+            name: COOKIE_SYN,
             proof: Counter::SynCookieSent,
             setup: Setup::SynCookies,
+            peers: &[PeerPath::Syn],
             frames: each(&|i| syn_at(peer(i), 33_000, i as u32 * 1000)),
         },
         Case {
-            name: "ACK with a valid cookie (syncookie)",
+            name: COOKIE_ACK,
             proof: Counter::CookieAckValid,
             setup: Setup::CookieAcks,
+            peers: &[PeerPath::CookieAck, PeerPath::BogusCookieAck],
             frames: Vec::new(),
         },
     ];
+    let selected: Vec<&Case> = cases
+        .iter()
+        .filter(|c| c.name.contains(only) || c.peers.iter().any(|p| p.name().contains(only)))
+        .collect();
+    // Built and loaded before any case is measured: a peer that cannot be
+    // is an error that names what is missing, never rows left out.
+    let selftest = selected.iter().any(|c| !c.peers.is_empty()).then(|| {
+        XdpSynproxy::load(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap_or_else(|e| panic!("{e:#}"))
+    });
 
     let mut rows = Vec::new();
-    for case in cases.iter().filter(|c| c.name.contains(only)) {
+    for case in selected {
         let mut cookie_acks = Vec::new();
         match case.setup {
             Setup::Nothing => {}
@@ -334,26 +497,46 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         } else {
             &case.frames
         };
+        // The selftest's paths in this case, with their frames.
+        let peers: Vec<(&XdpSynproxy, PeerPath, Vec<Vec<u8>>)> = case
+            .peers
+            .iter()
+            .map(|&path| {
+                let peer = selftest.as_ref().expect("the selftest is loaded");
+                (peer, path, path.frames(peer, flows_per_case))
+            })
+            .collect();
         let before = stats(&ebpf);
         let baseline_frame = &frames[0];
-        let mut frames = frames.iter();
-        for frame in frames.by_ref().take(params.warmup) {
-            run_once(program::xdp_program(&mut ebpf).expect("xdp"), frame);
+        for i in 0..params.warmup {
+            run_once(program::xdp_program(&mut ebpf).expect("xdp"), &frames[i]);
+            for (peer, path, peer_frames) in &peers {
+                run_selftest(peer, *path, &peer_frames[i]);
+            }
             run_once(baseline_program(&mut ebpf), baseline_frame);
         }
+        // Per round and program, the median of one chunk of calls.
         let (mut guard, mut base) = (Vec::new(), Vec::new());
-        for _ in 0..params.rounds {
-            let mut g: Vec<f64> = Vec::with_capacity(params.chunk);
-            let mut b: Vec<f64> = Vec::with_capacity(params.chunk);
-            for _ in 0..params.chunk {
-                b.push(run_once(baseline_program(&mut ebpf), baseline_frame).as_nanos() as f64);
-            }
+        let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
+        for round in 0..params.rounds {
+            let calls = params.warmup + round * params.chunk..params.warmup + (round + 1) * params.chunk;
+            let mut b: Vec<f64> = (0..params.chunk)
+                .map(|_| run_once(baseline_program(&mut ebpf), baseline_frame).as_nanos() as f64)
+                .collect();
             let xdp = program::xdp_program(&mut ebpf).expect("xdp");
-            for frame in frames.by_ref().take(params.chunk) {
-                g.push(run_once(xdp, frame).as_nanos() as f64);
-            }
+            let mut g: Vec<f64> = frames[calls.clone()]
+                .iter()
+                .map(|frame| run_once(xdp, frame).as_nanos() as f64)
+                .collect();
             guard.push(median(&mut g));
             base.push(median(&mut b));
+            for ((peer, path, peer_frames), medians) in peers.iter().zip(&mut theirs) {
+                let mut t: Vec<f64> = peer_frames[calls.clone()]
+                    .iter()
+                    .map(|frame| run_selftest(peer, *path, frame).as_nanos() as f64)
+                    .collect();
+                medians.push(median(&mut t));
+            }
         }
         if case.setup == Setup::RateLimit {
             set_rate(&mut ebpf, 0);
@@ -370,11 +553,21 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         for full in [Counter::HalfOpenTableFull, Counter::FlowTableFull] {
             assert_eq!(after.get(full), before.get(full), "{}: {full:?}", case.name);
         }
+        let baseline_ns = median(&mut base);
         rows.push(Row {
             name: case.name,
-            guard_ns: median(&mut guard),
-            baseline_ns: median(&mut base),
+            program: Program::TcpGuard,
+            ns: median(&mut guard),
+            baseline_ns,
         });
+        for ((_, path, _), mut medians) in peers.into_iter().zip(theirs) {
+            rows.push(Row {
+                name: path.name(),
+                program: Program::Selftest(path),
+                ns: median(&mut medians),
+                baseline_ns,
+            });
+        }
     }
     rows
 }
@@ -512,20 +705,65 @@ fn fill_tables(ebpf: &mut Ebpf, target: usize) {
     assert!(entries(ebpf, maps::HALF_OPEN) >= target, "HALF_OPEN filled");
 }
 
-/// The rows as a Markdown table, and how they were measured.
+/// The rows as Markdown tables (tcp-guard's, the selftest's, and the
+/// ratios between them), and how they were measured.
 pub fn markdown(rows: &[Row], params: &Params) -> String {
     let mut out = String::from(
         "| packet | tcp-guard ns/pkt | XDP_PASS ns/pkt | difference | ratio |\n|---|---:|---:|---:|---:|\n",
     );
-    for r in rows {
+    for r in rows.iter().filter(|r| r.program == Program::TcpGuard) {
         out.push_str(&format!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.2} |\n",
             r.name,
-            r.guard_ns,
+            r.ns,
             r.baseline_ns,
-            r.guard_ns - r.baseline_ns,
-            r.guard_ns / r.baseline_ns
+            r.ns - r.baseline_ns,
+            r.ns / r.baseline_ns
         ));
+    }
+    let selftest: Vec<(&Row, PeerPath)> = rows
+        .iter()
+        .filter_map(|r| match r.program {
+            Program::Selftest(path) => Some((r, path)),
+            Program::TcpGuard => None,
+        })
+        .collect();
+    if !selftest.is_empty() {
+        out.push_str(
+            "\nThe kernel selftest xdp_synproxy (bench/peers/), measured in the same rounds \
+             as the tcp-guard cookie case it compares with, every call's verdict checked:\n\n\
+             | packet | verdict | xdp_synproxy ns/pkt | XDP_PASS ns/pkt | difference | ratio |\n\
+             |---|---|---:|---:|---:|---:|\n",
+        );
+        for (r, path) in selftest {
+            out.push_str(&format!(
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} |\n",
+                r.name,
+                path.verdict_name(),
+                r.ns,
+                r.baseline_ns,
+                r.ns - r.baseline_ns,
+                r.ns / r.baseline_ns
+            ));
+        }
+    }
+    let ratios = ratios(rows);
+    if !ratios.is_empty() {
+        out.push_str(
+            "\ntcp-guard against the selftest, ns added over XDP_PASS (same run, same rounds):\n\n\
+             | path | tcp-guard | xdp_synproxy | tcp-guard / xdp_synproxy |\n|---|---:|---:|---:|\n",
+        );
+        for r in &ratios {
+            let ratio = if r.selftest_ns > 0.0 {
+                format!("{:.2}", r.ratio())
+            } else {
+                "-".to_string()
+            };
+            out.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {ratio} |\n",
+                r.path, r.tcp_guard_ns, r.selftest_ns
+            ));
+        }
     }
     let machine = Machine::read();
     out.push_str(&format!(

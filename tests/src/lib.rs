@@ -11,3 +11,4 @@ pub mod lab;
 pub mod machine;
 pub mod packets;
 pub mod scenario;
+pub mod xdp_synproxy;

@@ -58,7 +58,8 @@ enum Task {
 #[derive(Subcommand)]
 enum Bench {
     /// Per-packet cost of the XDP program by path, with BPF_PROG_TEST_RUN,
-    /// against a trivial XDP_PASS program in the same run.
+    /// against a trivial XDP_PASS program in the same run, and the cookie
+    /// paths against the kernel's selftest XDP SYN proxy (bench/peers/).
     Prog,
     /// The same spoofed SYN flood, rates stepped up, against a real listener
     /// under each defence (none, kernel SYN cookies, nftables synproxy,

@@ -27,6 +27,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "an independent SYN flood generator, to cross-check our own",
     ),
     ("fonts-dejavu-core", "the font of the flood benchmark's figure"),
+    (
+        "clang-19",
+        "builds the kernel selftest XDP SYN proxy, the per-packet bench's peer",
+    ),
+    (
+        "libbpf-dev",
+        "bpf_helpers.h and bpf_endian.h for the per-packet bench's peer",
+    ),
+    (
+        "bpftool",
+        "vmlinux.h for the bench's peer, and loads it (aya cannot: kfunc calls)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
