@@ -122,6 +122,37 @@ fn packet_sum(ctx: &XdpContext, buf: &mut [u8; CSUM_CHUNK + 4], offset: usize, l
     Some(sum)
 }
 
+/// The sum of the `N` packet bytes at `offset`, summed where they lie: no
+/// copy, for the headers of a segment without data (nearly every SYN and
+/// cookie ACK).
+#[inline(always)]
+fn header_sum<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<u64> {
+    let at = packet_at(ctx, offset, N)?;
+    // SAFETY: N bytes inside the packet, checked on this pointer.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, at as *mut u32, N as u32, 0) };
+    (sum >= 0).then_some(sum as u64)
+}
+
+/// The sum of a header of `len` bytes (a multiple of 4, 20 to 60) at
+/// `offset`: one call per length the verifier can check.
+#[inline(always)]
+fn sized_header_sum(ctx: &XdpContext, offset: usize, len: usize) -> Option<u64> {
+    match len {
+        20 => header_sum::<20>(ctx, offset),
+        24 => header_sum::<24>(ctx, offset),
+        28 => header_sum::<28>(ctx, offset),
+        32 => header_sum::<32>(ctx, offset),
+        36 => header_sum::<36>(ctx, offset),
+        40 => header_sum::<40>(ctx, offset),
+        44 => header_sum::<44>(ctx, offset),
+        48 => header_sum::<48>(ctx, offset),
+        52 => header_sum::<52>(ctx, offset),
+        56 => header_sum::<56>(ctx, offset),
+        60 => header_sum::<60>(ctx, offset),
+        _ => None,
+    }
+}
+
 /// Whether the IPv4 header checksum (for IPv4) and the TCP checksum of the
 /// segment parsed into this CPU's scratch hold. (A BPF function of its own:
 /// its locals stay out of the callers' frames.)
@@ -138,7 +169,7 @@ fn checksums_hold(ctx: &XdpContext) -> bool {
     if segment.family == Family::V4 {
         let l3 = dissection.l3_offset as usize;
         let header_len = tcp_offset.saturating_sub(l3);
-        if !packet_sum(ctx, buf, l3, header_len).is_some_and(ipv4_header_holds) {
+        if !sized_header_sum(ctx, l3, header_len).is_some_and(ipv4_header_holds) {
             return false;
         }
     }
@@ -151,7 +182,12 @@ fn checksums_hold(ctx: &XdpContext) -> bool {
     let Some(check) = PacketBytes::new(ctx.data(), ctx.data_end()).read::<Be16>(tcp_offset + 16) else {
         return false;
     };
-    packet_sum(ctx, buf, tcp_offset, tcp_len).is_some_and(|sum| tcp_checksum_holds(pseudo, sum, check.0))
+    let sum = if segment.payload_len == 0 {
+        sized_header_sum(ctx, tcp_offset, tcp_len)
+    } else {
+        packet_sum(ctx, buf, tcp_offset, tcp_len)
+    };
+    sum.is_some_and(|sum| tcp_checksum_holds(pseudo, sum, check.0))
 }
 
 /// Answers the SYN just parsed (in this CPU's scratch) with a cookie
