@@ -40,6 +40,14 @@ const LATE_ALLOWED: usize = 1;
 /// 0.3 ms measured; the challenge's clients wait 1 s).
 const MEDIAN_LIMIT: Duration = Duration::from_millis(20);
 
+/// Tests here measure latency and throughput under floods: run one at a
+/// time, or one test's flood makes another's clients wait (two floods and a
+/// long attack at once on 2 cores lose SYNs on the lab's veth).
+fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FLOODS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A lab whose server accepts cookie ACKs: `tcp_syncookies=2` (the listener
 /// issues cookies itself, which keeps its cookie check open) and
 /// `tcp_timestamps=2` (no random timestamp offsets, so the options encoded
@@ -270,16 +278,19 @@ fn syncookie_serves_fresh_clients_at_once_under_a_flood(v6: bool) {
 
 #[test]
 fn ipv4_syncookie_serves_fresh_clients_at_once_under_a_flood() {
+    let _serial = one_flood_at_a_time();
     syncookie_serves_fresh_clients_at_once_under_a_flood(false);
 }
 
 #[test]
 fn ipv6_syncookie_serves_fresh_clients_at_once_under_a_flood() {
+    let _serial = one_flood_at_a_time();
     syncookie_serves_fresh_clients_at_once_under_a_flood(true);
 }
 
 #[test]
 fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory() {
+    let _serial = one_flood_at_a_time();
     let (lab, _client_xdp) = cookie_lab();
     let _daemon = cookie_daemon(&lab);
     let server = SocketAddr::new(lab.server_addr(false), PORT);
@@ -336,6 +347,7 @@ fn the_listener_keeps_accepting_cookies_through_an_attack_longer_than_its_memory
 
 #[test]
 fn the_policy_is_refused_where_the_listener_would_reject_its_cookies_and_auto_picks_what_fits() {
+    let _serial = one_flood_at_a_time();
     let lab = Lab::new().expect("lab");
     const UNMANAGED: [&str; 2] = ["--set", "attack.manage_sysctls=false"];
     // A new namespace has the kernel's defaults, tcp_syncookies = 1 and
@@ -590,11 +602,13 @@ fn a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone(v6: bool) {
 
 #[test]
 fn ipv4_a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone() {
+    let _serial = one_flood_at_a_time();
     a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone(false);
 }
 
 #[test]
 fn ipv6_a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone() {
+    let _serial = one_flood_at_a_time();
     a_stock_host_serves_new_clients_no_slower_than_the_kernel_alone(true);
 }
 
@@ -626,6 +640,7 @@ fn restored_within(lab: &Lab, daemon: &Daemon, limit: Duration) {
 /// by `detach` where no daemon followed.
 #[test]
 fn the_kernel_settings_are_held_only_while_cookies_are_answered() {
+    let _serial = one_flood_at_a_time();
     let lab = Lab::new().expect("lab");
     let _client_xdp = lab.receive_xdp_tx().expect("XDP on the client's end");
     let server = SocketAddr::new(lab.server_addr(false), PORT);
@@ -742,6 +757,7 @@ fn throughput(lab: &Lab, addresses: &[IpAddr], server: SocketAddr, window: Durat
 /// a tenth).
 #[test]
 fn under_two_floods_the_defaults_keep_at_least_what_kernel_cookies_keep() {
+    let _serial = one_flood_at_a_time();
     const ROUNDS: usize = 3;
     const WINDOW: Duration = Duration::from_secs(3);
     let lab = Lab::new().expect("lab");
