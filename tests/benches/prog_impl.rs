@@ -29,6 +29,7 @@ use tcp_guard_common::{
 use tcp_guard_tests::{
     machine::Machine,
     packets::{ACK, FIN, PSH, SYN, TcpPacket, ethernet, linux_syn_options},
+    scenario::without_limits,
     xdp_synproxy::{self, XdpSynproxy},
 };
 
@@ -311,14 +312,9 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         },
         ..Settings::default()
     };
-    // Distinct flows per call come from few sources: no per-source limits here.
-    settings.live.per_source_half_open = 0;
-    settings.live.per_prefix_half_open = 0;
-    settings.live.per_port_half_open = 0;
-    settings.live.global_half_open = 0;
-    settings.live.syn_rate = 0;
-    // Attack mode only where a case turns it on.
-    settings.live.attack_enter_half_open = 0;
+    // Distinct flows per call come from few sources: no limits here, and
+    // attack mode only where a case turns it on.
+    without_limits(&mut settings);
     let mut ebpf = program::load(log::LevelFilter::Off, &settings, None).expect("load tcp-guard");
     let baseline: &mut Xdp = ebpf
         .program_mut(programs::BASELINE)

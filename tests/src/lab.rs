@@ -173,22 +173,28 @@ impl Lab {
         Ok(lab)
     }
 
-    fn wire(&self) -> Result<()> {
-        let (s, c) = (&self.server_iface, &self.client_iface);
+    /// A veth pair from the server's namespace to the client's, down.
+    fn veth(&self, server_end: &str, client_end: &str) -> Result<()> {
         run(Command::new("ip").args([
             "link",
             "add",
-            s,
+            server_end,
             "netns",
             self.server.name(),
             "type",
             "veth",
             "peer",
             "name",
-            c,
+            client_end,
             "netns",
             self.client.name(),
         ]))?;
+        Ok(())
+    }
+
+    fn wire(&self) -> Result<()> {
+        let (s, c) = (&self.server_iface, &self.client_iface);
+        self.veth(s, c)?;
         for (ns, iface, v4, v6) in [
             (&self.server, s, SERVER_V4, SERVER_V6),
             (&self.client, c, CLIENT_V4, CLIENT_V6),
@@ -251,6 +257,28 @@ impl Lab {
 
     pub fn client_addr(&self, v6: bool) -> IpAddr {
         if v6 { CLIENT_V6.into() } else { CLIENT_V4.into() }
+    }
+
+    /// Another veth pair between the namespaces, both ends up: `server_end`
+    /// in the server's, `client_end` in the client's, each with `addresses`
+    /// (server's, client's; IPv4 /24) if given.
+    pub fn add_link(
+        &self,
+        server_end: &str,
+        client_end: &str,
+        addresses: Option<(&str, &str)>,
+    ) -> Result<()> {
+        self.veth(server_end, client_end)?;
+        for (ns, end, address) in [
+            (&self.server, server_end, addresses.map(|a| a.0)),
+            (&self.client, client_end, addresses.map(|a| a.1)),
+        ] {
+            if let Some(address) = address {
+                ns.ip(&["addr", "add", &format!("{address}/24"), "dev", end])?;
+            }
+            ns.ip(&["link", "set", end, "up"])?;
+        }
+        Ok(())
     }
 
     /// A connection from the client namespace to `listener`, bound at `addr`

@@ -22,6 +22,19 @@ use crate::{
 /// The port the scenarios' listener uses.
 pub const PORT: u16 = 8080;
 
+/// Settings under which no SYN is dropped for a limit and attack mode never
+/// starts by itself: for driving the programs directly with many flows from
+/// few sources (BPF_PROG_TEST_RUN).
+pub fn without_limits(settings: &mut tcp_guard::settings::Settings) {
+    let live = &mut settings.live;
+    live.global_half_open = 0;
+    live.per_source_half_open = 0;
+    live.per_prefix_half_open = 0;
+    live.per_port_half_open = 0;
+    live.syn_rate = 0;
+    live.attack_enter_half_open = 0;
+}
+
 /// Daemon options for a lab attack: attack mode from 4 half-open flows on,
 /// left when they fall to 2 (and the SYN rate is low enough).
 pub const ATTACK_AT_4_HALF_OPEN: &[&str] = &[

@@ -214,23 +214,7 @@ fn several_interfaces_each_have_their_own_state_and_limits() {
     // A second pair on the same server namespace.
     let second = format!("{}x", &lab.server_iface[..lab.server_iface.len() - 1]);
     let peer = format!("{}y", &lab.server_iface[..lab.server_iface.len() - 1]);
-    run(Command::new("ip").args([
-        "link",
-        "add",
-        &second,
-        "netns",
-        lab.server.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "netns",
-        lab.client.name(),
-    ]))
-    .expect("second veth");
-    lab.server.ip(&["link", "set", &second, "up"]).expect("up");
-    lab.client.ip(&["link", "set", &peer, "up"]).expect("up");
+    lab.add_link(&second, &peer, None).expect("second veth");
     let a = Daemon::start(&lab.server, &lab.server_iface, &["--set", "limits.syn_rate=11"]).expect("first");
     let b = Daemon::start(&lab.server, &second, &["--set", "limits.syn_rate=22"]).expect("second");
     let rate = |iface: &str| {
@@ -822,31 +806,8 @@ fn a_recreated_interface_is_guarded_again_and_a_new_mtu_followed() {
     let lab = Lab::new().expect("lab");
     let (guarded, peer) = (format!("{}a", lab.server_iface), format!("{}b", lab.server_iface));
     let create = || {
-        run(lab.server.command("ip").args([
-            "link",
-            "add",
-            &guarded,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            lab.client.name(),
-        ]))
-        .expect("veth pair");
-        run(lab
-            .server
-            .command("ip")
-            .args(["addr", "add", "198.18.99.1/24", "dev", &guarded]))
-        .expect("address");
-        run(lab.server.command("ip").args(["link", "set", &guarded, "up"])).expect("up");
-        run(lab
-            .client
-            .command("ip")
-            .args(["addr", "add", "198.18.99.2/24", "dev", &peer]))
-        .expect("address");
-        run(lab.client.command("ip").args(["link", "set", &peer, "up"])).expect("up");
+        lab.add_link(&guarded, &peer, Some(("198.18.99.1", "198.18.99.2")))
+            .expect("veth pair")
     };
     let packets = || counter(&stats_json(&guarded), "packets");
     // A SYN to a closed port: the kernel answers with a reset.

@@ -25,6 +25,7 @@ use tcp_guard_common::{
 use tcp_guard_tests::{
     lab::require_root,
     packets::{ACK, SYN, TcpPacket},
+    scenario::without_limits,
 };
 
 const XDP_PASS: u32 = 2;
@@ -84,12 +85,7 @@ fn a_flow_contested_by_two_cpus_releases_its_counts_once() {
     // are idle past their timeout at once; no limit drops a SYN.
     settings.live.egress = 0;
     settings.live.timeout_secs[TcpState::SynRcvd as usize - 1] = 0;
-    settings.live.global_half_open = 0;
-    settings.live.per_source_half_open = 0;
-    settings.live.per_prefix_half_open = 0;
-    settings.live.per_port_half_open = 0;
-    settings.live.syn_rate = 0;
-    settings.live.attack_enter_half_open = 0;
+    without_limits(&mut settings);
     let mut ebpf = program::load(log::LevelFilter::Off, &settings, None).expect("load the tcp-guard object");
 
     let mut xdp = None;
