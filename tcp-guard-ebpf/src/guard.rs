@@ -331,8 +331,13 @@ fn release_first(key: &FlowKey, prefix_len: u8, n: usize) {
         if i >= n {
             break;
         }
-        if let Some(count) = count_of(key, prefix_len, kind) {
-            atomic_add(count, u64::MAX);
+        if let Some(count) = count_of(key, prefix_len, kind)
+            && atomic_add(count, u64::MAX) == 0
+        {
+            // Never below zero: a wrapped count would keep attack mode on
+            // and drop every SYN. (Only a bug could get here; the claim
+            // makes each release the only one.)
+            atomic_add(count, 1);
         }
     }
 }
@@ -386,7 +391,7 @@ pub fn kernel_answers_with_cookies() -> bool {
 
 /// Counts a SYN that opens a half-open flow against the limits (enforced
 /// unless its source is allow-listed); on success returns the prefix length
-/// used (`Admitted::UNCOUNTED` if nothing was counted), and the port's
+/// used ([`UNCOUNTED`] if nothing was counted), and the port's
 /// half-open count if it is enough for attack mode (the caller enters it: a
 /// call from here would take the verifier's stack budget past 512 bytes).
 #[inline(never)]
