@@ -39,6 +39,7 @@ use crate::{
     listeners, metrics,
     pidfd::DaemonProcess,
     program,
+    sd_notify::Notifier,
     settings::{self, Settings},
     stats, sysctls,
 };
@@ -119,6 +120,16 @@ pub fn run(options: RunOptions) -> Result<()> {
         let _in_runtime = runtime.enter();
         Signals::hold()?
     };
+    let mut notifier = Notifier::from_env();
+    if let Some(period) = notifier.watchdog()
+        && period < 2 * TICK
+    {
+        log::warn!(
+            "the systemd watchdog expects a ping every {period:?}; the control loop pings every {TICK:?}, \
+             so set WatchdogSec to at least {:?}",
+            2 * TICK
+        );
+    }
     let iface = options.iface.as_str();
     attach::if_index(iface)?;
     let mut settings = options.settings.resolve()?;
@@ -173,8 +184,17 @@ pub fn run(options: RunOptions) -> Result<()> {
             ));
             log::info!("serving Prometheus metrics at http://{addr}/metrics");
         }
-        serve(logger, &mut ebpf, &mut control, &options.settings, &mut signals).await
+        serve(
+            logger,
+            &mut ebpf,
+            &mut control,
+            &options.settings,
+            &mut signals,
+            &mut notifier,
+        )
+        .await
     });
+    notifier.stopping();
     match exit {
         Ok(Exit::Stop(signal_name)) => {
             log::info!("{signal_name} received; detaching from {iface} and removing the pinned state");
@@ -525,6 +545,7 @@ async fn serve(
     control: &mut Control,
     source: &SettingsSource,
     signals: &mut Signals,
+    notifier: &mut Notifier,
 ) -> Result<Exit> {
     // SAFETY: the logger owns the ring buffer's fd, which stays open and
     // unchanged for as long as the AsyncFd owns the logger.
@@ -540,12 +561,18 @@ async fn serve(
     .context("cannot poll the events ring")?;
     let mut tick = tokio::time::interval(TICK);
     let mut failing = Backoff::default();
+    let status = format!("guarding {} (XDP, {} mode)", control.iface, control.mode);
+    notifier.ready(&status);
     loop {
         tokio::select! {
             _ = signals.interrupt.recv() => return Ok(Exit::Stop("SIGINT")),
             _ = signals.terminate.recv() => return Ok(Exit::Stop("SIGTERM")),
             _ = signals.hand_over.recv() => return Ok(Exit::HandOver),
-            _ = signals.hangup.recv() => control.reload(source),
+            _ = signals.hangup.recv() => {
+                notifier.reloading();
+                control.reload(source);
+                notifier.ready(&status);
+            }
             ready = logs.readable_mut() => {
                 let mut guard = ready.context("polling the eBPF log ring failed")?;
                 guard.get_inner_mut().flush();
@@ -563,6 +590,9 @@ async fn serve(
                 if let Err(e) = control.instance.beat() {
                     log::error!("event=heartbeat_failed iface={}: {e:#}", control.iface);
                 }
+                // The loop runs, even if its round fails: the watchdog is
+                // there to catch a loop that hangs.
+                notifier.watchdog_ping();
                 if failing.due() {
                     match control.tick(ebpf) {
                         Ok(()) => failing.recovered(&control.iface),

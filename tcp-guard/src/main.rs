@@ -295,7 +295,15 @@ fn main() {
     }
     .and_then(|()| dispatch(cli.command));
     if let Err(error) = result {
-        eprintln!("error: {error:#}");
+        let message = format!("error: {error:#}");
+        if tcp_guard::journald::stderr_is_journal() {
+            eprint!(
+                "{}",
+                tcp_guard::journald::prefix_lines(tcp_guard::journald::priority(log::Level::Error), &message)
+            );
+        } else {
+            eprintln!("{message}");
+        }
         std::process::exit(1);
     }
 }
@@ -334,9 +342,17 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp_millis()
-        .init();
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    if tcp_guard::journald::stderr_is_journal() {
+        builder.format(|out, record| {
+            let text = record.args().to_string();
+            let prefix = tcp_guard::journald::priority(record.level());
+            write!(out, "{}", tcp_guard::journald::prefix_lines(prefix, &text))
+        });
+    } else {
+        builder.format_timestamp_millis();
+    }
+    builder.init();
 }
 
 fn require_root(what: &str) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use std::{
     fs::{self, File},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
@@ -80,7 +81,7 @@ impl Daemon {
     pub fn start_ip_netns_exec(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns.name()]).arg(tcp_guard_bin());
-        let mut daemon = Self::spawn(cmd, iface, extra)?;
+        let mut daemon = Self::spawn(cmd, iface, extra, |_, _| Ok(()))?;
         daemon.wait_guarding()?;
         Ok(daemon)
     }
@@ -88,14 +89,42 @@ impl Daemon {
     /// Starts `tcp-guard run --iface IFACE EXTRA...` inside `ns` and returns
     /// at once, while it starts up.
     pub fn launch(ns: &Netns, iface: &str, extra: &[&str]) -> Result<Self> {
-        Self::spawn(ns.command(tcp_guard_bin()), iface, extra)
+        Self::spawn(ns.command(tcp_guard_bin()), iface, extra, |_, _| Ok(()))
     }
 
-    fn spawn(mut cmd: Command, iface: &str, extra: &[&str]) -> Result<Self> {
+    /// Starts it as systemd would: with `env` (e.g. NOTIFY_SOCKET) and, if
+    /// `journal`, JOURNAL_STREAM naming its stderr (the log file) as it
+    /// names the journal's stream.
+    pub fn start_as_service(
+        ns: &Netns,
+        iface: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        journal: bool,
+    ) -> Result<Self> {
+        let mut daemon = Self::spawn(ns.command(tcp_guard_bin()), iface, extra, |cmd, log| {
+            cmd.envs(env.iter().copied());
+            if journal {
+                let meta = log.metadata()?;
+                cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+            }
+            Ok(())
+        })?;
+        daemon.wait_guarding()?;
+        Ok(daemon)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        iface: &str,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command, &File) -> Result<()>,
+    ) -> Result<Self> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = std::env::temp_dir().join(format!("tcp-guard-{iface}-{}-{n}.log", std::process::id()));
         let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        prepare(&mut cmd, &log)?;
         let child = cmd
             .args(["run", "--iface", iface])
             .args(extra)

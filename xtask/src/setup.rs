@@ -21,6 +21,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter and setpriv for the test lab"),
     ("procps", "sysctl inside lab namespaces"),
     ("tmux", "runs `tcp-guard top` in a terminal for its test"),
+    (
+        "systemd",
+        "systemd-analyze, which verifies the service unit and measures its exposure",
+    ),
     ("nftables", "holds back a FIN in the simultaneous-close test"),
     (
         "hping3",
