@@ -228,7 +228,7 @@ fn checked_values(cli: &Cli) -> Vec<(&'static str, String)> {
             values.extend(target(&t.iface));
             values.extend(ttl.map(|ttl| ("ttl", ttl.as_nanos().to_string())));
         }
-        Command::Status { .. } | Command::Completions { .. } | Command::Man => {}
+        Command::Check(_) | Command::Status { .. } | Command::Completions { .. } | Command::Man => {}
     }
     values
 }

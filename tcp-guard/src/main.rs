@@ -35,7 +35,8 @@ const LONG_VERSION: &str = concat!(
 ///
 /// A running instance keeps its state in pinned BPF maps under
 /// /sys/fs/bpf/tcp-guard/<IFACE>/; every other command reads or changes
-/// that state directly. Exit codes: 0 success, 1 error, 2 bad command line.
+/// that state directly. Exit codes: 0 success, 1 error, 2 bad command line,
+/// 3 invalid configuration (`check`).
 #[derive(Parser)]
 #[command(version, long_version = LONG_VERSION, propagate_version = true)]
 struct Cli {
@@ -100,6 +101,13 @@ enum Command {
         #[command(subcommand)]
         action: ListAction,
     },
+    /// Check a config file with no instance running and without root: every
+    /// section, key and value, and the rules that tie them together, as `run`
+    /// and a reload read them. It does not resolve `attack.policy = auto` nor
+    /// check a policy against the kernel settings: the daemon does, on the
+    /// host it runs on, when it reads the file. Exit codes: 0 valid, 1 the
+    /// file cannot be read, 3 the configuration is invalid.
+    Check(CheckArgs),
     /// Ask the running daemon to re-read its configuration (as SIGHUP does),
     /// and report whether it accepted it.
     Reload {
@@ -237,6 +245,38 @@ struct RunArgs {
     timeouts: Vec<String>,
 }
 
+#[derive(Args)]
+struct CheckArgs {
+    /// The TOML config file to check.
+    #[arg(long, short, default_value = settings::DEFAULT_PATH)]
+    config: PathBuf,
+    /// A setting as `run --set` gives it, applied after the file, e.g.
+    /// --set limits.syn_rate=50; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Print JSON: {"config", "valid", "settings", "error"}: settings
+    /// {"KEY": VALUE, ...} as `limits show --json` prints them and error null,
+    /// or, when invalid, settings null and the error.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The exit code of `check` for a configuration that is invalid, apart from
+/// 1 (it could not check) and 2 (clap: bad command line).
+const EXIT_INVALID_CONFIG: i32 = 3;
+
+/// An invalid configuration, as opposed to a failure to read or check it.
+#[derive(Debug)]
+struct InvalidConfig(anyhow::Error);
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
 /// A table size in human form (`64Ki`), 1 to [`MAX_TABLE_SIZE`].
 fn parse_table_size(text: &str) -> Result<u32, String> {
     settings::parse_count(text)
@@ -296,7 +336,11 @@ fn main() {
     .and_then(|()| dispatch(cli.command));
     if let Err(error) = result {
         eprintln!("error: {error:#}");
-        std::process::exit(1);
+        std::process::exit(if error.is::<InvalidConfig>() {
+            EXIT_INVALID_CONFIG
+        } else {
+            1
+        });
     }
 }
 
@@ -313,6 +357,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Limits { action } => limits(action),
         Command::Block { action } => list(maps::BLOCK, action),
         Command::Allow { action } => list(maps::ALLOW, action),
+        Command::Check(args) => check(args),
         Command::Reload { target } => reload(target.iface.as_deref()),
         Command::Detach { iface } => detach(&iface),
         Command::Status { json } => status(json),
@@ -375,6 +420,32 @@ fn run(args: RunArgs) -> Result<()> {
             overrides,
         },
     })
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let path = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("cannot read config {path}"))?;
+    let mut settings = Settings::default();
+    let checked = settings
+        .load_text(&args.config, &text)
+        .and_then(|()| settings.apply(&args.sets, false).context("in --set"));
+    match checked {
+        Ok(()) if args.json => println!(
+            "{}",
+            serde_json::json!({ "config": path, "valid": true, "settings": settings.to_json(), "error": null })
+        ),
+        Ok(()) => println!("{path}: valid"),
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "config": path, "valid": false, "settings": null, "error": format!("{e:#}") })
+                );
+            }
+            return Err(InvalidConfig(e).into());
+        }
+    }
+    Ok(())
 }
 
 fn print_stats(iface: Option<&str>, json: bool) -> Result<()> {
