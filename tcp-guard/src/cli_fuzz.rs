@@ -208,7 +208,7 @@ fn checked_values(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Detach { iface } => values.push(("iface", iface.clone())),
         Command::Stats { target: t, .. }
         | Command::Flows { target: t, .. }
-        | Command::Reload { target: t }
+        | Command::Reload { target: t, .. }
         | Command::Top { target: t }
         | Command::Limits {
             action: LimitsAction::Show { target: t, .. } | LimitsAction::Set { target: t, .. },
@@ -228,7 +228,7 @@ fn checked_values(cli: &Cli) -> Vec<(&'static str, String)> {
             values.extend(target(&t.iface));
             values.extend(ttl.map(|ttl| ("ttl", ttl.as_nanos().to_string())));
         }
-        Command::Status { .. } | Command::Completions { .. } | Command::Man => {}
+        Command::Check(_) | Command::Status { .. } | Command::Completions { .. } | Command::Man => {}
     }
     values
 }

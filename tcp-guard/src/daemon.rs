@@ -203,6 +203,9 @@ pub fn run(options: RunOptions) -> Result<()> {
             }
             drop(ebpf);
             control.release_sysctls()?;
+            if let Err(e) = instance::clear_reload_error(iface) {
+                log::warn!("{e:#}");
+            }
             lock.remove_all()
         }
         Ok(Exit::HandOver) => {
@@ -1249,13 +1252,20 @@ impl Control {
             self.instance.set_config(&settings.live)?;
             Ok(settings)
         });
+        // The note comes before the count: `tcp-guard reload` reads it once the count moves.
         match outcome {
             Ok(settings) => {
+                if let Err(e) = instance::clear_reload_error(&self.iface) {
+                    log::warn!("{e:#}");
+                }
                 self.instance.note_reload(true);
                 log::info!("reloaded the configuration from {}", source.describe());
                 log_settings(&settings);
             }
             Err(e) => {
+                if let Err(e) = instance::record_reload_error(&self.iface, &format!("{e:#}")) {
+                    log::warn!("cannot leave the reason for `tcp-guard reload`: {e:#}");
+                }
                 self.instance.note_reload(false);
                 log::error!("reload refused, the running configuration stays: {e:#}");
             }

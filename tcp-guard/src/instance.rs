@@ -41,6 +41,54 @@ pub fn dir(iface: &str) -> PathBuf {
     Path::new(ROOT).join(iface)
 }
 
+/// Where the daemon on `iface` leaves why it refused its last reload, for
+/// `tcp-guard reload` to report. Not in the instance's directory: bpffs
+/// holds no regular files.
+pub fn reload_error_path(iface: &str) -> PathBuf {
+    Path::new(crate::sysctls::RUN_DIR).join(format!("{iface}.reload-error"))
+}
+
+/// Records why a reload was refused (root only, mode 0600), whole or not
+/// at all: written aside, then renamed into place.
+pub fn record_reload_error(iface: &str, message: &str) -> Result<()> {
+    let path = reload_error_path(iface);
+    let dir = Path::new(crate::sysctls::RUN_DIR);
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let temporary = path.with_extension("reload-error.new");
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&temporary)
+        .with_context(|| format!("cannot open {}", temporary.display()))?;
+    io::Write::write_all(&mut file, message.as_bytes())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    fs::rename(&temporary, &path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
+/// Why the daemon on `iface` refused its last reload, if it recorded it.
+pub fn reload_error(iface: &str) -> Result<Option<String>> {
+    let path = reload_error_path(iface);
+    match fs::read_to_string(&path) {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Forgets the last refusal (an accepted reload, a stop, a detach).
+pub fn clear_reload_error(iface: &str) -> Result<()> {
+    let path = reload_error_path(iface);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Interfaces that have an instance directory, sorted.
 pub fn list() -> Result<Vec<String>> {
     let entries = match fs::read_dir(ROOT) {

@@ -35,7 +35,8 @@ const LONG_VERSION: &str = concat!(
 ///
 /// A running instance keeps its state in pinned BPF maps under
 /// /sys/fs/bpf/tcp-guard/<IFACE>/; every other command reads or changes
-/// that state directly. Exit codes: 0 success, 1 error, 2 bad command line.
+/// that state directly. Exit codes: 0 success, 1 error, 2 bad command line,
+/// 3 invalid configuration (`check`).
 #[derive(Parser)]
 #[command(version, long_version = LONG_VERSION, propagate_version = true)]
 struct Cli {
@@ -100,11 +101,25 @@ enum Command {
         #[command(subcommand)]
         action: ListAction,
     },
+    /// Check a config file with no instance running and without root: every
+    /// section, key and value, and the rules that tie them together, as `run`
+    /// and a reload read them. It does not resolve `attack.policy = auto` nor
+    /// check a policy against the kernel settings: the daemon does, on the
+    /// host it runs on, when it reads the file. Exit codes: 0 valid, 1 the
+    /// file cannot be read, 3 the configuration is invalid.
+    Check(CheckArgs),
     /// Ask the running daemon to re-read its configuration (as SIGHUP does),
-    /// and report whether it accepted it.
+    /// and report whether it accepted it and what changed. A refused reload
+    /// exits 1 with the daemon's reason; the running configuration stays.
     Reload {
         #[command(flatten)]
         target: Target,
+        /// Print JSON: {"iface", "reloaded", "changed", "error"}: changed
+        /// {"KEY": {"from", "to"}} (values as `limits show --json` prints them)
+        /// and error null, or, when the daemon refused or did not answer,
+        /// reloaded false, changed {} and the error.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove tcp-guard from an interface: stop its daemon if one runs, detach
     /// the programs, delete the pinned state (flows, blocks, counters).
@@ -237,6 +252,38 @@ struct RunArgs {
     timeouts: Vec<String>,
 }
 
+#[derive(Args)]
+struct CheckArgs {
+    /// The TOML config file to check.
+    #[arg(long, short, default_value = settings::DEFAULT_PATH)]
+    config: PathBuf,
+    /// A setting as `run --set` gives it, applied after the file, e.g.
+    /// --set limits.syn_rate=50; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Print JSON: {"config", "valid", "settings", "error"}: settings
+    /// {"KEY": VALUE, ...} as `limits show --json` prints them and error null,
+    /// or, when invalid, settings null and the error.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The exit code of `check` for a configuration that is invalid, apart from
+/// 1 (it could not check) and 2 (clap: bad command line).
+const EXIT_INVALID_CONFIG: i32 = 3;
+
+/// An invalid configuration, as opposed to a failure to read or check it.
+#[derive(Debug)]
+struct InvalidConfig(anyhow::Error);
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
 /// A table size in human form (`64Ki`), 1 to [`MAX_TABLE_SIZE`].
 fn parse_table_size(text: &str) -> Result<u32, String> {
     settings::parse_count(text)
@@ -304,7 +351,11 @@ fn main() {
         } else {
             eprintln!("{message}");
         }
-        std::process::exit(1);
+        std::process::exit(if error.is::<InvalidConfig>() {
+            EXIT_INVALID_CONFIG
+        } else {
+            1
+        });
     }
 }
 
@@ -321,7 +372,8 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Limits { action } => limits(action),
         Command::Block { action } => list(maps::BLOCK, action),
         Command::Allow { action } => list(maps::ALLOW, action),
-        Command::Reload { target } => reload(target.iface.as_deref()),
+        Command::Check(args) => check(args),
+        Command::Reload { target, json } => reload(target.iface.as_deref(), json),
         Command::Detach { iface } => detach(&iface),
         Command::Status { json } => status(json),
         Command::Top { target } => tcp_guard::top::run(target.iface.as_deref()),
@@ -391,6 +443,32 @@ fn run(args: RunArgs) -> Result<()> {
             overrides,
         },
     })
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let path = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("cannot read config {path}"))?;
+    let mut settings = Settings::default();
+    let checked = settings
+        .load_text(&args.config, &text)
+        .and_then(|()| settings.apply(&args.sets, false).context("in --set"));
+    match checked {
+        Ok(()) if args.json => println!(
+            "{}",
+            serde_json::json!({ "config": path, "valid": true, "settings": settings.to_json(), "error": null })
+        ),
+        Ok(()) => println!("{path}: valid"),
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "config": path, "valid": false, "settings": null, "error": format!("{e:#}") })
+                );
+            }
+            return Err(InvalidConfig(e).into());
+        }
+    }
+    Ok(())
 }
 
 fn print_stats(iface: Option<&str>, json: bool) -> Result<()> {
@@ -525,28 +603,75 @@ fn list(map: &str, action: ListAction) -> Result<()> {
     Ok(())
 }
 
-fn reload(iface: Option<&str>) -> Result<()> {
+/// Settings whose values differ: {"KEY": {"from", "to"}}.
+fn changed_settings(before: &Settings, after: &Settings) -> serde_json::Map<String, serde_json::Value> {
+    let after = after.to_json();
+    let mut changed = serde_json::Map::new();
+    if let serde_json::Value::Object(before) = before.to_json() {
+        for (key, from) in before {
+            let to = &after[&key];
+            if from != *to {
+                changed.insert(key, serde_json::json!({ "from": from, "to": to }));
+            }
+        }
+    }
+    changed
+}
+
+/// A setting's value as `limits show` prints it: strings without quotes.
+fn plain(value: &serde_json::Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_string)
+}
+
+fn reload(iface: Option<&str>, json: bool) -> Result<()> {
     let (iface, instance) = Instance::resolve(iface)?;
     let info = instance.info()?;
     let pid = info.pid;
-    let before = (info.reloads, info.reloads_refused);
+    let counts = (info.reloads, info.reloads_refused);
+    // What ran before, to say what the reload changed (`limits set` changes undone too).
+    let before = running_settings(&instance)?;
     DaemonProcess::open(&iface, pid)?.signal(libc::SIGHUP)?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
+    let error = loop {
         let now = instance.info()?;
-        let (accepted, refused) = (now.reloads, now.reloads_refused);
-        if accepted > before.0 {
-            println!("{iface}: configuration reloaded");
+        if now.reloads > counts.0 {
+            let changed = changed_settings(&before, &running_settings(&instance)?);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "iface": iface, "reloaded": true, "changed": changed, "error": null })
+                );
+            } else if changed.is_empty() {
+                println!("{iface}: configuration reloaded; no setting changed");
+            } else {
+                println!("{iface}: configuration reloaded; changed:");
+                for (key, change) in &changed {
+                    println!("  {key}: {} -> {}", plain(&change["from"]), plain(&change["to"]));
+                }
+            }
             return Ok(());
         }
-        if refused > before.1 {
-            bail!(
-                "{iface}: the daemon refused the new configuration and kept the running one; its log says why"
-            );
+        if now.reloads_refused > counts.1 {
+            break match tcp_guard::instance::reload_error(&iface)? {
+                Some(reason) => {
+                    format!("the daemon refused the new configuration and kept the running one: {reason}")
+                }
+                None => "the daemon refused the new configuration and kept the running one; its log says why"
+                    .to_string(),
+            };
+        }
+        if Instant::now() >= deadline {
+            break format!("the daemon (pid {pid}) did not answer the reload within 5 s");
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "iface": iface, "reloaded": false, "changed": {}, "error": error })
+        );
     }
-    bail!("{iface}: the daemon (pid {pid}) did not answer the reload within 5 s")
+    bail!("{iface}: {error}")
 }
 
 fn detach(iface: &str) -> Result<()> {
@@ -581,6 +706,7 @@ fn detach(iface: &str) -> Result<()> {
                 attach::detach_pinned(&lock.path(link))?;
             }
             lock.remove_all()?;
+            tcp_guard::instance::clear_reload_error(iface)?;
             println!("{iface}: detached (no daemon was running) and removed the pinned state");
             // A daemon killed during attack mode leaves them changed.
             match tcp_guard::sysctls::Manager::for_this_netns(iface)?.release()? {

@@ -527,6 +527,13 @@ impl Settings {
     pub fn load_file(&mut self, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
+        self.load_text(path, &text)
+    }
+
+    /// Reads the text of the config file `path` (which errors name): what
+    /// [`Settings::load_file`] does once the file is read, so that `check`
+    /// tells a file it cannot read from one that is invalid.
+    pub fn load_text(&mut self, path: &Path, text: &str) -> Result<()> {
         let table: toml::Table = text
             .parse()
             .with_context(|| format!("{} is not valid TOML", path.display()))?;

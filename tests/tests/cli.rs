@@ -198,3 +198,106 @@ fn a_link_in_place_of_the_instance_directory_is_refused() {
     );
     std::fs::remove_dir_all(&victim).expect("clean up");
 }
+
+/// `check` validates a file as `run` reads it, with no instance and
+/// without root; an invalid configuration exits 3, apart from runtime errors.
+#[test]
+fn check_names_what_is_wrong_and_exits_3_for_an_invalid_configuration() {
+    let dir = std::env::temp_dir().join(format!("tcp-guard-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("config");
+        path.to_string_lossy().into_owned()
+    };
+    let valid = file("valid.toml", "[limits]\nsyn_rate = 77\n");
+
+    let out = tcp_guard(&["check", "--config", &valid]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{valid}: valid\n"));
+    let out = tcp_guard(&[
+        "check",
+        "--config",
+        &valid,
+        "--set",
+        "attack.policy=pass",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["config"], valid.as_str());
+    assert_eq!(json["valid"], true);
+    assert_eq!(json["settings"]["limits.syn_rate"], 77, "from the file");
+    assert_eq!(json["settings"]["attack.policy"], "pass", "from --set");
+    assert_eq!(json["settings"]["limits.syn_burst"], 400, "the default");
+    assert_eq!(json["error"], serde_json::Value::Null);
+
+    // Without root: nobody checks a file anyone may read.
+    tcp_guard_tests::lab::require_root();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(tcp_guard_bin())
+        .args(["check", "--config", &valid])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+
+    for (name, text, sets, expected) in [
+        (
+            "value.toml",
+            "[limits]\nprefix_len_v4 = 33\n",
+            &[][..],
+            "limits.prefix_len_v4 = 33: must be from 1 to 32",
+        ),
+        (
+            "section.toml",
+            "[limit]\nsyn_rate = 5\n",
+            &[][..],
+            "unknown section [limit]; sections are limits, attack, blocking, timeouts, tables",
+        ),
+        (
+            "key.toml",
+            "[limits]\nsyn_rte = 5\n",
+            &[][..],
+            "unknown setting \"limits.syn_rte\"; limits has:",
+        ),
+        (
+            "set.toml",
+            "",
+            &["--set", "limits.syn_rate=ten"][..],
+            "in --set: limits.syn_rate = \"ten\": expected a whole number",
+        ),
+    ] {
+        let path = file(name, text);
+        let mut args = vec!["check", "--config", &path];
+        args.extend_from_slice(sets);
+        let out = tcp_guard(&args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(3), "{name}: {err}");
+        assert!(err.contains(expected), "{name}: {err}");
+        args.push("--json");
+        let out = tcp_guard(&args);
+        assert_eq!(out.status.code(), Some(3), "{name} --json");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(json["valid"], false, "{name}: {json}");
+        assert_eq!(json["settings"], serde_json::Value::Null, "{name}: {json}");
+        assert!(
+            json["error"].as_str().expect("error").contains(expected),
+            "{name}: {json}"
+        );
+    }
+
+    let missing = dir.join("missing.toml").to_string_lossy().into_owned();
+    let out = tcp_guard(&["check", "--config", &missing]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a file it cannot read is a runtime error"
+    );
+    assert!(
+        stderr_of(&out).contains(&format!("cannot read config {missing}: No such file")),
+        "{}",
+        stderr_of(&out)
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

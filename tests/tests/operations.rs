@@ -734,6 +734,86 @@ fn a_recorded_pid_that_is_not_the_daemon_is_never_signalled() {
     bystander.wait().expect("reap sleep");
 }
 
+/// `reload --json` says what changed, or why the daemon refused: from a bad
+/// file, and from what only the daemon can judge (table sizes, fixed while
+/// it runs). The reason is left in /run/tcp-guard, root's only, until stop.
+#[test]
+fn reload_json_says_what_changed_or_why_it_was_refused() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let config = std::env::temp_dir().join(format!("tcp-guard-reload-{iface}.toml"));
+    std::fs::write(&config, "[limits]\nsyn_rate = 100\n").expect("config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&lab.server, &iface, &["--config", &config_arg]).expect("start");
+    let reload = || {
+        let out = tcp_guard(&["reload", "--iface", &iface, "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (
+            out.status.code(),
+            json,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    std::fs::write(&config, "[limits]\nsyn_rate = 77\n[attack]\ncooldown = \"20s\"\n").expect("config");
+    let (code, json, err) = reload();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "iface": iface,
+            "reloaded": true,
+            "changed": {
+                "limits.syn_rate": { "from": 100, "to": 77 },
+                "attack.cooldown": { "from": "10s", "to": "20s" },
+            },
+            "error": null,
+        })
+    );
+    let out = tcp_guard(&["reload", "--iface", &iface]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{iface}: configuration reloaded; no setting changed\n")
+    );
+
+    for (text, reason) in [
+        (
+            "[limits]\nsyn_rate = 5\nbogus = 1\n",
+            format!("in {config_arg}: unknown setting \"limits.bogus\"; limits has:"),
+        ),
+        (
+            "[tables]\nmax_flows = 1024\n",
+            "tables.* cannot change while running".to_string(),
+        ),
+    ] {
+        std::fs::write(&config, text).expect("config");
+        let (code, json, err) = reload();
+        assert_eq!(code, Some(1), "a refused reload is an error: {err}");
+        assert_eq!(json["iface"], iface.as_str());
+        assert_eq!(json["reloaded"], false, "{json}");
+        assert_eq!(json["changed"], serde_json::json!({}), "{json}");
+        let error = json["error"].as_str().expect("error");
+        assert!(error.contains(&reason), "{text:?}: {error}");
+        assert!(err.contains(&reason), "and on stderr: {err}");
+    }
+    let note = tcp_guard::instance::reload_error_path(&iface);
+    let mode = std::fs::metadata(&note)
+        .expect("the reason is left")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let limits = tcp_guard(&["limits", "show", "--iface", &iface, "--json"]);
+    let limits: serde_json::Value = serde_json::from_slice(&limits.stdout).expect("JSON");
+    assert_eq!(limits["limits.syn_rate"], 77, "the running configuration stays");
+
+    assert!(daemon.stop().expect("stop").success());
+    assert!(!note.exists(), "a stop removes the reason");
+    std::fs::remove_file(&config).expect("remove config");
+}
+
 /// aya reuses a pinned map of the right name whatever it holds; a daemon
 /// checks every one against the programs' definitions before it adopts the
 /// state, and refuses, naming the map, the field and the fix. The flow
