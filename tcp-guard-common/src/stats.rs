@@ -119,6 +119,12 @@ counters! {
     DropBadCookie => "drop_bad_cookie",
     /// SYNs dropped in attack mode (syncookie): the kernel's cookie helper refused them.
     DropCookieUnanswered => "drop_cookie_unanswered",
+    /// TCP the parser cannot fully see (an IPv4 fragment, IPv6 behind
+    /// extension headers), dropped in attack mode (`attack.drop_unparsed_tcp`).
+    DropUnparsedTcp => "drop_unparsed_tcp",
+    /// SYNs not answered with a cookie and ACKs whose cookie was not
+    /// accepted: their IPv4 or TCP checksum was wrong.
+    DropBadChecksum => "drop_bad_checksum",
     /// SYNs exempt from limits: the source is on the allow list.
     SynAllowlisted => "syn_allowlisted",
     /// SYNs passed in attack mode because the source is verified.
@@ -137,12 +143,6 @@ counters! {
     /// Segments whose flow another CPU was updating at the same moment:
     /// not applied to the flow (the flow's next segment is).
     FlowBusy => "flow_busy",
-    /// TCP the parser cannot fully see (an IPv4 fragment, IPv6 behind
-    /// extension headers), dropped in attack mode (`attack.unparsed_tcp`).
-    DropUnparsedTcp => "drop_unparsed_tcp",
-    /// SYNs not answered with a cookie and ACKs whose cookie was not
-    /// accepted: their IPv4 or TCP checksum was wrong.
-    DropBadChecksum => "drop_bad_checksum",
 }
 
 impl Counter {
@@ -156,7 +156,7 @@ impl Counter {
     /// Counters of packets dropped, one per [`DropReason`].
     pub const fn is_drop(self) -> bool {
         let index = self as u32;
-        index >= Counter::DropBlocked as u32 && index <= Counter::DropCookieUnanswered as u32
+        index >= Counter::DropBlocked as u32 && index <= Counter::DropBadChecksum as u32
     }
 
     /// Counters of ingress segments rejected by the flow tracker, one per [`Invalid`] reason.
@@ -308,6 +308,18 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_drop_counter_and_only_those_count_as_drops() {
+        for counter in Counter::ALL {
+            assert_eq!(
+                counter.is_drop(),
+                counter.as_str().starts_with("drop_"),
+                "{}",
+                counter.as_str()
+            );
+        }
+    }
 
     #[test]
     fn counter_indices_follow_all() {
