@@ -341,6 +341,13 @@ pub fn mask(addr: &mut [u8; 16], prefix_len: u8) {
     addr[8..].copy_from_slice(&low.to_be_bytes());
 }
 
+/// Value of an `ALLOW` entry added with `tcp-guard allow add`. The fast
+/// path only looks the key up; the value says where the entry came from.
+pub const ALLOW_BY_OPERATOR: u8 = 1;
+/// Value of an `ALLOW` entry from the config file's `lists.allow`: a reload
+/// that no longer lists it removes it.
+pub const ALLOW_BY_CONFIG: u8 = 2;
+
 /// Key of the `ALLOW` and `BLOCK` LPM tries: one trie for both families, an
 /// IPv4 address mapped into IPv6 (::ffff:a.b.c.d, prefix length + 96).
 #[repr(C)]
@@ -366,7 +373,8 @@ impl LpmAddr {
 pub struct BlockEntry {
     /// CLOCK_MONOTONIC ns after which the entry no longer applies; 0: never.
     pub expires_ns: u64,
-    /// Why: [`BlockEntry::MANUAL`] or [`BlockEntry::AUTOMATIC`].
+    /// Why: [`BlockEntry::MANUAL`], [`BlockEntry::AUTOMATIC`] or
+    /// [`BlockEntry::CONFIG`].
     pub reason: u32,
     pub _pad: u32,
 }
@@ -375,6 +383,9 @@ impl BlockEntry {
     pub const MANUAL: u32 = 0;
     /// Added by the controller for exceeding per-source limits.
     pub const AUTOMATIC: u32 = 1;
+    /// From the config file's `lists.block`: a reload that no longer lists
+    /// it removes it. The fast path treats it as [`BlockEntry::MANUAL`].
+    pub const CONFIG: u32 = 2;
 
     pub const fn applies(&self, now_ns: u64) -> bool {
         self.expires_ns == 0 || now_ns < self.expires_ns

@@ -17,10 +17,13 @@ use aya::maps::{
 use serde_json::{Value, json};
 use tcp_guard_common::{
     maps,
-    policy::{AttackState, BlockEntry, COUNT_GLOBAL_SLOT, GuardConfig, ListenerLimit, LpmAddr, SourceKey},
+    policy::{
+        ALLOW_BY_CONFIG, AttackState, BlockEntry, COUNT_GLOBAL_SLOT, GuardConfig, ListenerLimit, LpmAddr,
+        SourceKey,
+    },
 };
 
-use crate::{attach::Mode, flows::monotonic_now_ns, instance};
+use crate::{attach::Mode, flows::monotonic_now_ns, instance, settings::Lists};
 
 /// What the daemon records about itself, for `reload`, `status` and the
 /// next daemon (which adopts the state only from the same layout).
@@ -279,9 +282,10 @@ impl Instance {
             .with_context(|| format!("cannot add {cidr} to the block list (is it full?)"))
     }
 
-    pub fn allow(&self, cidr: &Cidr) -> Result<()> {
+    /// `by`: `ALLOW_BY_OPERATOR` or `ALLOW_BY_CONFIG`.
+    pub fn allow(&self, cidr: &Cidr, by: u8) -> Result<()> {
         trie::<u8>(&self.dir, maps::ALLOW)?
-            .insert(&cidr.key(), 1, 0)
+            .insert(&cidr.key(), by, 0)
             .with_context(|| format!("cannot add {cidr} to the allow list (is it full?)"))
     }
 
@@ -310,13 +314,70 @@ impl Instance {
         Ok(entries)
     }
 
-    pub fn allows(&self) -> Result<Vec<Cidr>> {
+    /// The allow list, each entry with its origin.
+    pub fn allows(&self) -> Result<Vec<(Cidr, Origin)>> {
         let mut entries = Vec::new();
-        for key in trie::<u8>(&self.dir, maps::ALLOW)?.keys() {
-            entries.push(Cidr::from_key(&key.context("cannot read the allow list")?));
+        for entry in trie::<u8>(&self.dir, maps::ALLOW)?.iter() {
+            let (key, by) = entry.context("cannot read the allow list")?;
+            entries.push((Cidr::from_key(&key), Origin::of_allow(by)));
         }
-        entries.sort_by_key(|c| c.to_string());
+        entries.sort_by_key(|(c, _)| c.to_string());
         Ok(entries)
+    }
+
+    /// The entries that came from the config file's `[lists]`.
+    pub fn config_lists(&self) -> Result<Lists> {
+        Ok(Lists {
+            allow: self
+                .allows()?
+                .into_iter()
+                .filter(|(_, origin)| *origin == Origin::Config)
+                .map(|(cidr, _)| cidr)
+                .collect(),
+            block: self
+                .blocks()?
+                .into_iter()
+                .filter(|(_, entry)| Origin::of_block(entry) == Origin::Config)
+                .map(|(cidr, _)| cidr)
+                .collect(),
+        })
+    }
+}
+
+/// Where a list entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file's `[lists]`: a reload that no longer lists it removes it.
+    Config,
+    /// `tcp-guard block add` or `allow add`.
+    Operator,
+    /// The daemon, for a source over its limits.
+    Automatic,
+}
+
+impl Origin {
+    pub fn of_block(entry: &BlockEntry) -> Origin {
+        match entry.reason {
+            BlockEntry::AUTOMATIC => Origin::Automatic,
+            BlockEntry::CONFIG => Origin::Config,
+            _ => Origin::Operator,
+        }
+    }
+
+    pub fn of_allow(by: u8) -> Origin {
+        if by == ALLOW_BY_CONFIG {
+            Origin::Config
+        } else {
+            Origin::Operator
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Operator => "operator",
+            Origin::Automatic => "automatic",
+        }
     }
 }
 
@@ -334,7 +395,7 @@ fn list_name(map: &str) -> &'static str {
 }
 
 /// A network: address and prefix length, host bits cleared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix_len: u8,
@@ -427,14 +488,6 @@ pub fn time_left(entry: &BlockEntry, now_ns: u64) -> Option<Duration> {
     (entry.expires_ns != 0).then(|| Duration::from_nanos(entry.expires_ns.saturating_sub(now_ns)))
 }
 
-pub fn reason_name(reason: u32) -> &'static str {
-    if reason == BlockEntry::AUTOMATIC {
-        "automatic"
-    } else {
-        "manual"
-    }
-}
-
 pub fn blocks_to_json(iface: &str, blocks: &[(Cidr, BlockEntry)], now_ns: u64) -> Value {
     let entries: Vec<Value> = blocks
         .iter()
@@ -442,15 +495,31 @@ pub fn blocks_to_json(iface: &str, blocks: &[(Cidr, BlockEntry)], now_ns: u64) -
             json!({
                 "cidr": cidr.to_string(),
                 "expires_in_secs": time_left(entry, now_ns).map(|d| d.as_secs()),
-                "reason": reason_name(entry.reason),
+                "origin": Origin::of_block(entry).as_str(),
             })
         })
         .collect();
     json!({ "iface": iface, "blocked": entries })
 }
 
+pub fn allows_to_json(iface: &str, allows: &[(Cidr, Origin)]) -> Value {
+    let entries: Vec<Value> = allows
+        .iter()
+        .map(|(cidr, origin)| json!({ "cidr": cidr.to_string(), "origin": origin.as_str() }))
+        .collect();
+    json!({ "iface": iface, "allowed": entries })
+}
+
+pub fn allows_to_text(allows: &[(Cidr, Origin)]) -> String {
+    let mut out = format!("{:<44} {}\n", "CIDR", "Origin");
+    for (cidr, origin) in allows {
+        out.push_str(&format!("{:<44} {}\n", cidr.to_string(), origin.as_str()));
+    }
+    out
+}
+
 pub fn blocks_to_text(blocks: &[(Cidr, BlockEntry)], now_ns: u64) -> String {
-    let mut out = format!("{:<44} {:>14} {}\n", "CIDR", "Expires in", "Reason");
+    let mut out = format!("{:<44} {:>14} {}\n", "CIDR", "Expires in", "Origin");
     for (cidr, entry) in blocks {
         let left = match time_left(entry, now_ns) {
             None => "never".to_string(),
@@ -460,7 +529,7 @@ pub fn blocks_to_text(blocks: &[(Cidr, BlockEntry)], now_ns: u64) -> String {
             "{:<44} {:>14} {}\n",
             cidr.to_string(),
             left,
-            reason_name(entry.reason)
+            Origin::of_block(entry).as_str()
         ));
     }
     out

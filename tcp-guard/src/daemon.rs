@@ -2,7 +2,7 @@
 //! SIGINT or SIGTERM. SIGHUP reloads the configuration.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     os::fd::AsRawFd,
     path::PathBuf,
     sync::Arc,
@@ -19,8 +19,8 @@ use tcp_guard_common::{
     flow::TcpState,
     maps,
     policy::{
-        AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event, GuardConfig,
-        ListenerLimit, Policy, SourceKey,
+        ALLOW_BY_CONFIG, AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event,
+        GuardConfig, ListenerLimit, Policy, SourceKey,
     },
     stats::Counter,
 };
@@ -32,7 +32,7 @@ use tokio::{
 
 use crate::{
     attach::{self, Mode},
-    control::{self, Cidr, Instance, reason_name},
+    control::{self, Cidr, Instance, Origin},
     cookies,
     flows::{FlowTables, monotonic_now_ns},
     instance::{self, Claim, InstanceLock},
@@ -40,7 +40,7 @@ use crate::{
     pidfd::DaemonProcess,
     program,
     sd_notify::Notifier,
-    settings::{self, Settings},
+    settings::{self, Lists, Settings},
     stats, sysctls,
 };
 
@@ -447,6 +447,7 @@ fn start(
             );
         }
     }
+    apply_lists(iface, &instance, &settings.lists)?;
     log::info!(
         "guarding {iface} (XDP, {mode} mode; {}); config from {}; state in {}",
         if options.egress {
@@ -502,6 +503,61 @@ fn start(
         over_limit_unlogged: 0,
     };
     Ok((ebpf, logger, control))
+}
+
+/// Puts the config's `[lists]` on the allow and block lists, marked as from
+/// the config (an entry added at runtime for the same CIDR becomes the
+/// config's), and removes the config's entries the file no longer lists.
+/// Entries added with `block add`/`allow add` and automatic blocks stay.
+fn apply_lists(iface: &str, instance: &Instance, lists: &Lists) -> Result<()> {
+    let blocks = instance
+        .blocks()?
+        .into_iter()
+        .map(|(cidr, entry)| (cidr, Origin::of_block(&entry)))
+        .collect();
+    apply_list(iface, instance, maps::BLOCK, blocks, &lists.block, |cidr| {
+        instance.block(cidr, None, BlockEntry::CONFIG)
+    })?;
+    apply_list(
+        iface,
+        instance,
+        maps::ALLOW,
+        instance.allows()?,
+        &lists.allow,
+        |cidr| instance.allow(cidr, ALLOW_BY_CONFIG),
+    )
+}
+
+/// One list of [`apply_lists`]: `present` is what map `map` holds now.
+fn apply_list(
+    iface: &str,
+    instance: &Instance,
+    map: &str,
+    present: Vec<(Cidr, Origin)>,
+    wanted: &[Cidr],
+    add: impl Fn(&Cidr) -> Result<()>,
+) -> Result<()> {
+    let list = if map == maps::BLOCK { "block" } else { "allow" };
+    let wanted_set: HashSet<&Cidr> = wanted.iter().collect();
+    let mut kept = HashSet::new();
+    for (cidr, origin) in present {
+        if origin != Origin::Config {
+            continue;
+        }
+        if wanted_set.contains(&cidr) {
+            kept.insert(cidr);
+        } else {
+            instance.unlist(map, &cidr)?;
+            log::info!(
+                "event=list_entry_removed iface={iface} list={list} source={cidr} (no longer in the config)"
+            );
+        }
+    }
+    for cidr in wanted.iter().filter(|cidr| !kept.contains(*cidr)) {
+        add(cidr)?;
+        log::info!("event=list_entry_added iface={iface} list={list} source={cidr} (from the config)");
+    }
+    Ok(())
 }
 
 fn log_settings(settings: &Settings) {
@@ -1173,22 +1229,33 @@ impl Control {
                 Err(e) => return Err(e).context("cannot read OFFENDERS"),
             }
         }
+        // The config's and the operator's blocks, and the automatic ones.
+        let mut listed: HashSet<Cidr> = HashSet::new();
         let mut automatic: Option<Vec<(Cidr, BlockEntry)>> = None;
         for (source, drops) in &entries {
+            // A new second for the source. Gone already (LRU): nothing to reset.
+            let _removed = offenders.remove(source);
             if config.block_after_drops != 0 && *drops >= config.block_after_drops as u64 {
                 let cidr = Cidr::host(control::addr_of(source.family, source.addr));
                 let ttl = Duration::from_secs(config.block_ttl_secs as u64);
                 // Read once per round, kept up to date below.
                 let automatic = match &mut automatic {
                     Some(list) => list,
-                    none => none.insert(
-                        self.instance
+                    none => {
+                        let (automatic, lasting): (Vec<_>, Vec<_>) = self
+                            .instance
                             .blocks()?
                             .into_iter()
-                            .filter(|(_, entry)| entry.reason == BlockEntry::AUTOMATIC)
-                            .collect(),
-                    ),
+                            .partition(|(_, entry)| entry.reason == BlockEntry::AUTOMATIC);
+                        listed.extend(lasting.into_iter().map(|(cidr, _)| cidr));
+                        none.insert(automatic)
+                    }
                 };
+                // The config's and the operator's blocks last longer, and
+                // drop more: an automatic one must not replace them.
+                if listed.contains(&cidr) {
+                    continue;
+                }
                 if !automatic.iter().any(|(c, _)| *c == cidr) {
                     while automatic.len() >= config.block_max_automatic.max(1) as usize {
                         let Some(oldest) = control::oldest_block(automatic) else {
@@ -1219,8 +1286,6 @@ impl Control {
                     humantime::format_duration(ttl)
                 );
             }
-            // Gone already (LRU): nothing to reset.
-            let _removed = offenders.remove(source);
         }
         Ok(())
     }
@@ -1232,7 +1297,7 @@ impl Control {
                 log::warn!(
                     "event=source_unblocked iface={} source={cidr} reason={}",
                     self.iface,
-                    reason_name(entry.reason)
+                    Origin::of_block(&entry).as_str()
                 );
             }
         }
@@ -1249,6 +1314,7 @@ impl Control {
             if settings.tables != self.running_tables {
                 bail!("tables.* cannot change while running (restart tcp-guard to resize the flow tables)");
             }
+            apply_lists(&self.iface, &self.instance, &settings.lists)?;
             self.instance.set_config(&settings.live)?;
             Ok(settings)
         });

@@ -19,7 +19,12 @@ use tcp_guard::{
     settings::{self, MAX_TABLE_SIZE, Settings},
     stats,
 };
-use tcp_guard_common::{config::TableSizes, flow::TcpState, maps, policy::BlockEntry};
+use tcp_guard_common::{
+    config::TableSizes,
+    flow::TcpState,
+    maps,
+    policy::{ALLOW_BY_OPERATOR, BlockEntry},
+};
 
 #[cfg(test)]
 mod cli_fuzz;
@@ -514,7 +519,8 @@ fn print_flows(iface: Option<&str>, state: Option<TcpState>, limit: Option<usize
     Ok(())
 }
 
-/// The running settings: the live CONFIG and the table sizes.
+/// The running settings: the live CONFIG, the table sizes and the list
+/// entries from the config.
 fn running_settings(instance: &Instance) -> Result<Settings> {
     let gauges = FlowTables::open(instance.dir())?.gauges()?;
     Ok(Settings {
@@ -523,6 +529,7 @@ fn running_settings(instance: &Instance) -> Result<Settings> {
             half_open: gauges.half_open_max,
             flows: gauges.flow_max,
         },
+        lists: instance.config_lists()?,
     })
 }
 
@@ -565,7 +572,7 @@ fn list(map: &str, action: ListAction) -> Result<()> {
             } else if ttl.is_some() {
                 bail!("--ttl applies to the block list only");
             } else {
-                instance.allow(&cidr)?;
+                instance.allow(&cidr, ALLOW_BY_OPERATOR)?;
             }
             let until = ttl.map_or(String::new(), |t| {
                 format!(" for {}", humantime::format_duration(t))
@@ -590,12 +597,9 @@ fn list(map: &str, action: ListAction) -> Result<()> {
             } else {
                 let allows = instance.allows()?;
                 if json {
-                    let entries: Vec<String> = allows.iter().map(Cidr::to_string).collect();
-                    println!("{}", serde_json::json!({ "iface": iface, "allowed": entries }));
+                    println!("{}", control::allows_to_json(&iface, &allows));
                 } else {
-                    for cidr in allows {
-                        println!("{cidr}");
-                    }
+                    print!("{}", control::allows_to_text(&allows));
                 }
             }
         }
@@ -603,16 +607,29 @@ fn list(map: &str, action: ListAction) -> Result<()> {
     Ok(())
 }
 
-/// Settings whose values differ: {"KEY": {"from", "to"}}.
+/// Settings whose values differ: {"KEY": {"from", "to"}}; the lists as
+/// arrays of CIDRs.
 fn changed_settings(before: &Settings, after: &Settings) -> serde_json::Map<String, serde_json::Value> {
-    let after = after.to_json();
+    let after_json = after.to_json();
     let mut changed = serde_json::Map::new();
     if let serde_json::Value::Object(before) = before.to_json() {
         for (key, from) in before {
-            let to = &after[&key];
+            let to = &after_json[&key];
             if from != *to {
                 changed.insert(key, serde_json::json!({ "from": from, "to": to }));
             }
+        }
+    }
+    for (key, from, to) in [
+        ("lists.allow", &before.lists.allow, &after.lists.allow),
+        ("lists.block", &before.lists.block, &after.lists.block),
+    ] {
+        if from != to {
+            let cidrs = |list: &[Cidr]| list.iter().map(Cidr::to_string).collect::<Vec<_>>();
+            changed.insert(
+                key.to_string(),
+                serde_json::json!({ "from": cidrs(from), "to": cidrs(to) }),
+            );
         }
     }
     changed

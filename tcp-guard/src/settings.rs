@@ -2,8 +2,10 @@
 //! parser and one validator, used alike by the TOML config file, `run --set`
 //! and `tcp-guard limits set`. Table sizes are fixed at start; everything
 //! else lives in the pinned `CONFIG` map and can change while running.
+//! The `[lists]` section is apart: lists of sources, read from the file
+//! only, which the daemon puts on its allow and block lists.
 
-use std::{path::Path, time::Duration};
+use std::{collections::HashSet, path::Path, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tcp_guard_common::{
@@ -12,19 +14,38 @@ use tcp_guard_common::{
     policy::{GuardConfig, Policy},
 };
 
+use crate::control::Cidr;
+
 /// Everything a running instance is configured with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
     pub live: GuardConfig,
     pub tables: TableSizes,
+    pub lists: Lists,
+}
+
+/// The config file's `[lists]`: sources the daemon keeps on its allow and
+/// block lists, marked as from the config, at start and on every reload.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Lists {
+    pub allow: Vec<Cidr>,
+    pub block: Vec<Cidr>,
 }
 
 /// The default config file, read if present when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/tcp-guard/config.toml";
 
-/// Most automatic blocks: the block list holds 65,536 entries, and the
-/// operator's own keep 1,024 of them.
-pub const MAX_AUTOMATIC_BLOCKS: u32 = 65_536 - 1_024;
+/// Entries of the block list kept for the operator's own (the config's and
+/// `tcp-guard block add`'s), and the most `lists.block` may hold.
+pub const MAX_OPERATOR_BLOCKS: usize = 1_024;
+
+/// Most automatic blocks: the block list holds 65,536 entries.
+pub const MAX_AUTOMATIC_BLOCKS: u32 = 65_536 - MAX_OPERATOR_BLOCKS as u32;
+
+/// Most entries of `lists.allow`: the allow list holds 16,384.
+pub const MAX_CONFIG_ALLOWS: usize = 16_384;
+
+const SECTIONS: &str = "sections are limits, attack, blocking, timeouts, tables, lists";
 
 /// Largest flow table: 16 Mi flows, about 2.5 GiB of kernel memory.
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
@@ -329,13 +350,20 @@ static KEYS: &[Key] = &[
 fn find(name: &str) -> Result<&'static Key> {
     KEYS.iter().find(|k| k.name == name).ok_or_else(|| {
         let section = name.split('.').next().unwrap_or_default();
+        if section == "lists" {
+            return anyhow!(
+                "{name:?} is a list, read from the config file's [lists] only (then `tcp-guard reload`); \
+                 `limits set` and `--set` take single values; `tcp-guard block add` and `allow add` change \
+                 a running instance's lists"
+            );
+        }
         let near: Vec<&str> = KEYS
             .iter()
             .filter(|k| k.name.starts_with(&format!("{section}.")))
             .map(|k| k.name)
             .collect();
         if near.is_empty() {
-            anyhow!("unknown setting {name:?}; sections are limits, attack, blocking, timeouts, tables")
+            anyhow!("unknown setting {name:?}; {SECTIONS}")
         } else {
             anyhow!("unknown setting {name:?}; {section} has: {}", near.join(", "))
         }
@@ -470,6 +498,44 @@ fn format_value(key: &Key, value: u64) -> String {
     }
 }
 
+impl Lists {
+    /// `allow = ["203.0.113.0/24", "2001:db8::/32"]`, `block = ["198.51.100.7"]`:
+    /// addresses and CIDRs, IPv4 and IPv6; an entry listed twice counts once.
+    fn from_toml(table: &toml::Table) -> Result<Lists> {
+        let mut lists = Lists::default();
+        for (name, value) in table {
+            let (list, max) = match name.as_str() {
+                "allow" => (&mut lists.allow, MAX_CONFIG_ALLOWS),
+                "block" => (&mut lists.block, MAX_OPERATOR_BLOCKS),
+                _ => bail!("unknown setting \"lists.{name}\"; lists has: lists.allow, lists.block"),
+            };
+            let entries = value.as_array().ok_or_else(|| {
+                anyhow!(
+                    "lists.{name} = {value}: expected a list of addresses and CIDRs, \
+                     e.g. {name} = [\"198.51.100.7\", \"203.0.113.0/24\", \"2001:db8::/32\"]"
+                )
+            })?;
+            let mut seen = HashSet::new();
+            for entry in entries {
+                let text = entry.as_str().ok_or_else(|| {
+                    anyhow!("lists.{name}: {entry} is not a string; quote each entry, e.g. \"198.51.100.7\"")
+                })?;
+                let cidr = Cidr::parse(text).with_context(|| format!("lists.{name}"))?;
+                if seen.insert(cidr) {
+                    list.push(cidr);
+                }
+            }
+            if list.len() > max {
+                bail!(
+                    "lists.{name} has {} entries, more than the {max} it may hold; list wider prefixes instead",
+                    list.len()
+                );
+            }
+        }
+        Ok(lists)
+    }
+}
+
 impl Settings {
     /// Sets `name` from its text form, validating the value on its own.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
@@ -541,15 +607,16 @@ impl Settings {
             let entries = entries
                 .as_table()
                 .ok_or_else(|| anyhow!("{}: {section} must be a [section] of settings", path.display()))?;
+            if section == "lists" {
+                self.lists = Lists::from_toml(entries).with_context(|| format!("in {}", path.display()))?;
+                continue;
+            }
             // A misspelt section with nothing in it would otherwise pass unseen.
             if !KEYS
                 .iter()
                 .any(|k| k.name.split_once('.').is_some_and(|(s, _)| s == section))
             {
-                bail!(
-                    "{}: unknown section [{section}]; sections are limits, attack, blocking, timeouts, tables",
-                    path.display()
-                );
+                bail!("{}: unknown section [{section}]; {SECTIONS}", path.display());
             }
             for (name, value) in entries {
                 let key = format!("{section}.{name}");
@@ -741,11 +808,81 @@ mod tests {
                 "[limits]\nglobal_half_open = 100000\n",
                 "exceeds tables.max_half_open",
             ),
+            (
+                "[lists]\nblock = [\"10.0.0.0/33\"]\n",
+                "lists.block: \"10.0.0.0/33\": prefix length must be from 0 to 32",
+            ),
+            (
+                "[lists]\nallow = [\"2001:db8::/129\"]\n",
+                "lists.allow: \"2001:db8::/129\": prefix length must be from 0 to 128",
+            ),
+            (
+                "[lists]\nallow = [\"203.0.113.1/24\"]\n",
+                "lists.allow: \"203.0.113.1/24\" has host bits set; did you mean 203.0.113.0/24?",
+            ),
+            (
+                "[lists]\nblock = [\"example.com\"]\n",
+                "lists.block: \"example.com\" is not an address or CIDR",
+            ),
+            (
+                "[lists]\nblock = [7]\n",
+                "lists.block: 7 is not a string; quote each entry",
+            ),
+            (
+                "[lists]\nallow = \"203.0.113.0/24\"\n",
+                "lists.allow = \"203.0.113.0/24\": expected a list of addresses and CIDRs",
+            ),
+            (
+                "[lists]\nblocked = []\n",
+                "unknown setting \"lists.blocked\"; lists has: lists.allow, lists.block",
+            ),
         ];
         for (text, expected) in cases {
             let error = format!("{:#}", load(text).expect_err(text));
             assert!(error.contains(expected), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn lists_hold_addresses_and_cidrs_of_both_families_once_each() {
+        let settings = load(
+            "[lists]\nallow = [\"203.0.113.0/24\", \"2001:db8::/32\", \"203.0.113.0/24\"]\n\
+             block = [\"198.51.100.7\", \"2001:db8:1::5\"]\n",
+        )
+        .expect("lists");
+        let cidrs = |list: &[&str]| -> Vec<Cidr> { list.iter().map(|c| Cidr::parse(c).expect(c)).collect() };
+        assert_eq!(
+            settings.lists,
+            Lists {
+                allow: cidrs(&["203.0.113.0/24", "2001:db8::/32"]),
+                block: cidrs(&["198.51.100.7/32", "2001:db8:1::5/128"]),
+            }
+        );
+        assert_eq!(
+            settings.live,
+            Settings::default().live,
+            "lists are apart from the settings"
+        );
+        let too_many: Vec<String> = (0..=MAX_OPERATOR_BLOCKS)
+            .map(|n| format!("\"10.0.{}.{}\"", n / 256, n % 256))
+            .collect();
+        let error = load(&format!("[lists]\nblock = [{}]\n", too_many.join(", "))).expect_err("too many");
+        assert!(
+            format!("{error:#}").contains("lists.block has 1025 entries, more than the 1024 it may hold"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn lists_are_not_single_settings() {
+        let error = Settings::default()
+            .apply(&["lists.block=198.51.100.7".to_string()], true)
+            .expect_err("lists are file only");
+        assert!(
+            format!("{error:#}")
+                .contains("\"lists.block\" is a list, read from the config file's [lists] only"),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn automatic_blocks(lab: &Lab) -> Vec<String> {
         .as_array()
         .expect("array")
         .iter()
-        .filter(|e| e["reason"] == "automatic")
+        .filter(|e| e["origin"] == "automatic")
         .map(|e| e["cidr"].as_str().expect("cidr").to_string())
         .collect()
 }
@@ -205,7 +205,7 @@ fn a_noisy_source_is_blocked_then_unblocked_on_expiry() {
             .as_array()
             .expect("array")
             .iter()
-            .any(|e| e["cidr"] == "198.19.9.9/32" && e["reason"] == "automatic")
+            .any(|e| e["cidr"] == "198.19.9.9/32" && e["origin"] == "automatic")
     };
 
     // Long enough for a slow machine, stopped as soon as it has shown

@@ -938,3 +938,144 @@ fn a_recreated_interface_is_guarded_again_and_a_new_mtu_followed() {
         "stopping detaches from the new interface too"
     );
 }
+
+/// The config's `[lists]`: at start the daemon puts them on its allow and
+/// block lists, marked as from the config; a reload follows the file and
+/// leaves what was added at runtime; `check` refuses a bad entry; a restart
+/// brings them back from the file.
+#[test]
+fn lists_in_the_config_follow_the_file_through_reloads_and_restarts() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _listener = listen(&lab.server, addr, 16).expect("listen");
+    let mut fresh = FreshAddresses::new(false);
+    let blocked = fresh.take(&lab);
+    let other = fresh.take(&lab);
+    let config = std::env::temp_dir().join(format!("tcp-guard-lists-{iface}.toml"));
+    let config_arg = config.to_string_lossy().into_owned();
+    let write_config = |allow: &[&str], block: &[String]| {
+        let quoted = |list: Vec<String>| {
+            list.iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let allow = quoted(allow.iter().map(|c| c.to_string()).collect());
+        let block = quoted(block.to_vec());
+        std::fs::write(
+            &config,
+            format!("[lists]\nallow = [{allow}]\nblock = [{block}]\n"),
+        )
+        .expect("config");
+    };
+    let list = |which: &str| -> Vec<(String, String)> {
+        let out = tcp_guard(&[which, "list", "--iface", &iface, "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let key = if which == "allow" { "allowed" } else { "blocked" };
+        json[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{json}"))
+            .iter()
+            .map(|e| {
+                (
+                    e["cidr"].as_str().expect("cidr").to_string(),
+                    e["origin"].as_str().expect("origin").to_string(),
+                )
+            })
+            .collect()
+    };
+    let entry = |cidr: &str, origin: &str| (cidr.to_string(), origin.to_string());
+    let connects = |local: IpAddr| {
+        lab.client
+            .enter(move || {
+                tcp_guard_tests::lab::connect_from(SocketAddr::new(local, 0), addr, Duration::from_secs(2))
+                    .is_ok()
+            })
+            .expect("enter")
+    };
+    let blocked_host = format!("{blocked}/32");
+
+    write_config(&["203.0.113.0/24", "2001:db8::/32"], &[blocked.to_string()]);
+    let daemon = Daemon::start(&lab.server, &iface, &["--config", &config_arg]).expect("start");
+    assert_eq!(
+        list("allow"),
+        [
+            entry("2001:db8::/32", "config"),
+            entry("203.0.113.0/24", "config")
+        ]
+    );
+    assert_eq!(list("block"), [entry(&blocked_host, "config")]);
+    let before = stats_json(&iface);
+    assert!(!connects(blocked), "{blocked} is blocked by the config");
+    assert!(
+        counter(&stats_json(&iface), "drop_blocked") > counter(&before, "drop_blocked"),
+        "its SYNs are dropped for the block list"
+    );
+    assert!(connects(other), "{other} is not listed");
+    assert!(connects(lab.client_addr(false)));
+
+    let added = tcp_guard(&["block", "add", "--iface", &iface, "198.19.60.0/24"]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    write_config(&["203.0.113.0/24", "2001:db8::/32", "198.51.100.0/24"], &[]);
+    let reload = tcp_guard(&["reload", "--iface", &iface, "--json"]);
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    let reload: serde_json::Value = serde_json::from_slice(&reload.stdout).expect("JSON");
+    assert_eq!(
+        reload["changed"],
+        serde_json::json!({
+            "lists.allow": {
+                "from": ["2001:db8::/32", "203.0.113.0/24"],
+                "to": ["198.51.100.0/24", "2001:db8::/32", "203.0.113.0/24"],
+            },
+            "lists.block": { "from": [blocked_host], "to": [] },
+        })
+    );
+    assert_eq!(
+        list("allow"),
+        [
+            entry("198.51.100.0/24", "config"),
+            entry("2001:db8::/32", "config"),
+            entry("203.0.113.0/24", "config")
+        ]
+    );
+    assert_eq!(
+        list("block"),
+        [entry("198.19.60.0/24", "operator")],
+        "the reload removed the config's block and left the runtime one"
+    );
+    assert!(connects(blocked), "{blocked} is no longer blocked");
+
+    let bad = std::env::temp_dir().join(format!("tcp-guard-lists-bad-{iface}.toml"));
+    std::fs::write(&bad, "[lists]\nblock = [\"10.0.0.0/33\"]\n").expect("bad config");
+    let check = tcp_guard(&["check", "--config", &bad.to_string_lossy()]);
+    assert_eq!(check.status.code(), Some(3), "an invalid configuration");
+    assert!(
+        String::from_utf8_lossy(&check.stderr)
+            .contains("lists.block: \"10.0.0.0/33\": prefix length must be from 0 to 32"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    std::fs::remove_file(&bad).expect("remove bad config");
+
+    write_config(&["203.0.113.0/24"], &[blocked.to_string()]);
+    assert!(daemon.stop().expect("stop").success());
+    let _daemon = Daemon::start(&lab.server, &iface, &["--config", &config_arg]).expect("restart");
+    assert_eq!(list("allow"), [entry("203.0.113.0/24", "config")]);
+    assert_eq!(
+        list("block"),
+        [entry(&blocked_host, "config")],
+        "back from the file; the runtime block went with the stop"
+    );
+    assert!(!connects(blocked), "{blocked} is blocked again");
+    std::fs::remove_file(&config).expect("remove config");
+}

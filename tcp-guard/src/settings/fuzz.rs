@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use toml::Value;
 
 use super::{
-    GuardConfig, KEYS, Key, Kind, Policy, Settings, format_count, parse_count, parse_value, tests::load,
+    Cidr, GuardConfig, KEYS, Key, Kind, Policy, Settings, format_count, parse_count, parse_value, tests::load,
 };
 
 /// `cases` unless PROPTEST_CASES asks for another count.
@@ -286,7 +286,7 @@ enum Refusal {
     /// has a bad value; the error names one of them.
     Keys(Vec<String>),
     /// Each key is fine alone; these settings together break a rule.
-    Combination(Settings),
+    Combination(Box<Settings>),
 }
 
 /// What `apply` should make of `assignments`, from the keys one by one.
@@ -307,7 +307,7 @@ fn expect_apply(assignments: &[String], live_only: bool) -> Result<Settings, Ref
     }
     match settings.validate() {
         Ok(()) => Ok(settings),
-        Err(_) => Err(Refusal::Combination(settings)),
+        Err(_) => Err(Refusal::Combination(Box::new(settings))),
     }
 }
 
@@ -407,6 +407,33 @@ fn expect_load(text: &str) -> Option<Result<Settings, Refusal>> {
             bad.push(section.clone());
             continue;
         };
+        if section == "lists" {
+            for (name, value) in entries {
+                let cidrs: Option<Vec<Cidr>> = value.as_array().and_then(|entries| {
+                    entries
+                        .iter()
+                        .map(|e| e.as_str().and_then(|t| Cidr::parse(t).ok()))
+                        .collect()
+                });
+                let list = match name.as_str() {
+                    "allow" => &mut settings.lists.allow,
+                    "block" => &mut settings.lists.block,
+                    _ => {
+                        bad.push(format!("lists.{name}"));
+                        continue;
+                    }
+                };
+                match cidrs {
+                    Some(mut cidrs) => {
+                        let mut seen = std::collections::HashSet::new();
+                        cidrs.retain(|c| seen.insert(*c));
+                        *list = cidrs;
+                    }
+                    None => bad.push(format!("lists.{name}")),
+                }
+            }
+            continue;
+        }
         if !KEYS.iter().any(|k| k.name.starts_with(&format!("{section}."))) {
             bad.push(format!("[{section}]"));
             continue;
@@ -430,7 +457,7 @@ fn expect_load(text: &str) -> Option<Result<Settings, Refusal>> {
     Some(if !bad.is_empty() {
         Err(Refusal::Keys(bad))
     } else if settings.validate().is_err() {
-        Err(Refusal::Combination(settings))
+        Err(Refusal::Combination(Box::new(settings)))
     } else {
         Ok(settings)
     })
@@ -447,7 +474,8 @@ fn check_load(text: &str) {
             assert_eq!(settings, expected);
             check_valid(&settings);
             let document: toml::Table = text.parse().expect("TOML");
-            for (section, entries) in &document {
+            // The lists are compared whole above.
+            for (section, entries) in document.iter().filter(|(section, _)| *section != "lists") {
                 for (name, value) in entries.as_table().expect("sections") {
                     let key = KEYS
                         .iter()
