@@ -20,10 +20,10 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io,
+    io::{self, Write},
     os::{
         fd::AsRawFd,
-        unix::fs::{MetadataExt, OpenOptionsExt},
+        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
 };
@@ -213,7 +213,11 @@ impl Manager {
     /// meanwhile sees it and takes the new one.
     fn locked<T>(&self, f: impl FnOnce(Option<Record>, Values) -> Result<(Option<Record>, T)>) -> Result<T> {
         let dir = self.lock.parent().context("the lock has no directory")?;
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let _lock = loop {
             let lock = OpenOptions::new()
                 .create(true)
@@ -246,7 +250,14 @@ impl Manager {
         match record {
             Some(record) => {
                 let temporary = self.record.with_extension("json.new");
-                fs::write(&temporary, serde_json::to_string(&record)?)
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&temporary)
+                    .and_then(|mut file| file.write_all(serde_json::to_string(&record)?.as_bytes()))
                     .with_context(|| format!("cannot write {}", temporary.display()))?;
                 fs::rename(&temporary, &self.record)
                     .with_context(|| format!("cannot replace {}", self.record.display()))?;
@@ -388,6 +399,21 @@ mod tests {
         );
         assert_eq!(host.values(), COOKIES);
         assert!(eth0.held().unwrap());
+        let run = host.root.join("run");
+        assert_eq!(
+            fs::metadata(&run).unwrap().mode() & 0o777,
+            0o700,
+            "the run directory is root's alone"
+        );
+        for entry in fs::read_dir(&run).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(
+                fs::metadata(&path).unwrap().mode() & 0o777,
+                0o600,
+                "{} is root's alone",
+                path.display()
+            );
+        }
         assert_eq!(
             eth0.acquire().unwrap(),
             Change::None,

@@ -340,8 +340,31 @@ impl Drop for PinCleanup {
         {
             eprintln!("lab cleanup: cannot remove {}: {e}", dir.display());
         }
+        // A daemon killed with -9 while it held the kernel settings leaves
+        // its namespace's record (a successor or `detach` would restore
+        // them); the namespace goes with the lab, so the record does too.
+        let Ok(records) = fs::read_dir(SYSCTL_RECORDS) else {
+            return;
+        };
+        for record in records.flatten().map(|entry| entry.path()) {
+            let held_by_this_lab = record.extension().is_some_and(|ext| ext == "json")
+                && fs::read_to_string(&record)
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                    .is_some_and(|value| value["holders"] == serde_json::json!([self.0]));
+            if held_by_this_lab {
+                for path in [record.clone(), record.with_extension("lock")] {
+                    if let Err(e) = fs::remove_file(&path) {
+                        eprintln!("lab cleanup: cannot remove {}: {e}", path.display());
+                    }
+                }
+            }
+        }
     }
 }
+
+/// Where the daemon records the kernel settings it changed, per namespace.
+const SYSCTL_RECORDS: &str = "/run/tcp-guard";
 
 const PIN_ROOT: &str = "/sys/fs/bpf/tcp-guard";
 
