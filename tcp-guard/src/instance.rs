@@ -51,21 +51,8 @@ pub fn reload_error_path(iface: &str) -> PathBuf {
 /// Records why a reload was refused (root only, mode 0600), whole or not
 /// at all: written aside, then renamed into place.
 pub fn record_reload_error(iface: &str, message: &str) -> Result<()> {
-    let path = reload_error_path(iface);
-    let dir = Path::new(crate::sysctls::RUN_DIR);
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let temporary = path.with_extension("reload-error.new");
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&temporary)
-        .with_context(|| format!("cannot open {}", temporary.display()))?;
-    io::Write::write_all(&mut file, message.as_bytes())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    fs::rename(&temporary, &path).with_context(|| format!("cannot replace {}", path.display()))
+    crate::sysctls::create_private_dir(Path::new(crate::sysctls::RUN_DIR))?;
+    crate::sysctls::write_private(&reload_error_path(iface), message.as_bytes())
 }
 
 /// Why the daemon on `iface` refused its last reload, if it recorded it.

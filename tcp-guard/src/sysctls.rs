@@ -34,6 +34,34 @@ use serde::{Deserialize, Serialize};
 /// Where the records live.
 pub const RUN_DIR: &str = "/run/tcp-guard";
 
+/// Creates `dir` (root's alone, mode 0700) unless it exists.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Writes `contents` to `path` (root's alone, mode 0600), whole or not at
+/// all: written aside (`PATH.new`, not following a link), then renamed
+/// into place.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(contents))
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
 /// The two settings, as found or as set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Values {
@@ -213,11 +241,7 @@ impl Manager {
     /// meanwhile sees it and takes the new one.
     fn locked<T>(&self, f: impl FnOnce(Option<Record>, Values) -> Result<(Option<Record>, T)>) -> Result<T> {
         let dir = self.lock.parent().context("the lock has no directory")?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        create_private_dir(dir)?;
         let _lock = loop {
             let lock = OpenOptions::new()
                 .create(true)
@@ -249,18 +273,7 @@ impl Manager {
         let (record, result) = f(record, self.read()?)?;
         match record {
             Some(record) => {
-                let temporary = self.record.with_extension("json.new");
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&temporary)
-                    .and_then(|mut file| file.write_all(serde_json::to_string(&record)?.as_bytes()))
-                    .with_context(|| format!("cannot write {}", temporary.display()))?;
-                fs::rename(&temporary, &self.record)
-                    .with_context(|| format!("cannot replace {}", self.record.display()))?;
+                write_private(&self.record, serde_json::to_string(&record)?.as_bytes())?;
             }
             None => {
                 for path in [&self.record, &self.lock] {
