@@ -75,6 +75,18 @@ impl Loaded {
     /// Attack mode as it is before the daemon has the listener ready for
     /// cookies (or after someone changed its settings).
     fn cookies_not_ready(&mut self) {
+        self.change_attack(|state| AttackState {
+            cookies_ready: 0,
+            ..state
+        });
+    }
+
+    fn attack_off(&mut self) {
+        self.change_attack(|_| AttackState::default());
+    }
+
+    /// Rewrites ATTACK as the daemon would.
+    fn change_attack(&mut self, change: impl FnOnce(AttackState) -> AttackState) {
         let mut attack: Array<_, AttackState> = self
             .0
             .map_mut(maps::ATTACK)
@@ -82,26 +94,7 @@ impl Loaded {
             .try_into()
             .expect("array");
         let state = attack.get(&0, 0).expect("ATTACK");
-        attack
-            .set(
-                0,
-                AttackState {
-                    cookies_ready: 0,
-                    ..state
-                },
-                0,
-            )
-            .expect("set ATTACK");
-    }
-
-    fn attack_off(&mut self) {
-        let mut attack: Array<_, AttackState> = self
-            .0
-            .map_mut(maps::ATTACK)
-            .expect("ATTACK")
-            .try_into()
-            .expect("array");
-        attack.set(0, AttackState::default(), 0).expect("set ATTACK");
+        attack.set(0, change(state), 0).expect("set ATTACK");
     }
 
     fn stats(&self) -> Stats {
