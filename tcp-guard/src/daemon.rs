@@ -854,7 +854,7 @@ impl Control {
         }
         if self.ticks.is_multiple_of(4) {
             self.follow_the_interface(ebpf)?;
-            self.follow_the_cookie_settings()?;
+            self.follow_the_cookie_settings(&config)?;
         }
         Ok(())
     }
@@ -894,12 +894,11 @@ impl Control {
 
     /// The MTU and the kernel's TCP settings that the cookie SYN-ACKs
     /// follow may change while the daemon runs: the cookie fields follow.
-    fn follow_the_cookie_settings(&self) -> Result<()> {
+    fn follow_the_cookie_settings(&self, config: &GuardConfig) -> Result<()> {
         if self.ifindex.is_none() {
             return Ok(());
         }
-        let config = self.instance.config()?;
-        if let Some(fresh) = cookies::refreshed(&config, &self.iface)? {
+        if let Some(fresh) = cookies::refreshed(config, &self.iface)? {
             self.instance.set_config(&fresh)?;
             log::info!(
                 "the interface's MTU or the kernel's TCP settings changed: cookie SYN-ACKs now offer MSS {} \
