@@ -105,6 +105,19 @@ macro_rules! live_count {
     };
 }
 
+macro_rules! live_switch {
+    ($name:literal, $field:ident, $help:literal) => {
+        Key {
+            name: $name,
+            kind: Kind::Switch,
+            help: $help,
+            get: |s| s.live.$field as u64,
+            set: |s, v| s.live.$field = v as u8,
+            restart: false,
+        }
+    };
+}
+
 macro_rules! live_secs {
     ($name:literal, $field:ident, $min_ms:expr, $max_ms:expr, $help:literal) => {
         Key {
@@ -215,22 +228,16 @@ static KEYS: &[Key] = &[
         set: |s, v| s.live.policy = v as u8,
         restart: false,
     },
-    Key {
-        name: "attack.manage_sysctls",
-        kind: Kind::Switch,
-        help: "while the syncookie policy answers SYNs, set net.ipv4.tcp_syncookies and tcp_timestamps to 2 in the interface's namespace (what the listener needs to accept the cookies with their options) and restore them after; false: never touch them (auto then picks pass where they are not so)",
-        get: |s| s.live.manage_sysctls as u64,
-        set: |s, v| s.live.manage_sysctls = v as u8,
-        restart: false,
-    },
-    Key {
-        name: "attack.drop_unparsed_tcp",
-        kind: Kind::Switch,
-        help: "in attack mode, drop TCP the fast path cannot see whole (IPv4 fragments of TCP, TCP behind IPv6 extension headers), which no limit, challenge or cookie can check; counted as drop_unparsed_tcp; false: pass it to the kernel",
-        get: |s| s.live.drop_unparsed_tcp as u64,
-        set: |s, v| s.live.drop_unparsed_tcp = v as u8,
-        restart: false,
-    },
+    live_switch!(
+        "attack.manage_sysctls",
+        manage_sysctls,
+        "while the syncookie policy answers SYNs, set net.ipv4.tcp_syncookies and tcp_timestamps to 2 in the interface's namespace (what the listener needs to accept the cookies with their options) and restore them after; false: never touch them (auto then picks pass where they are not so)"
+    ),
+    live_switch!(
+        "attack.drop_unparsed_tcp",
+        drop_unparsed_tcp,
+        "in attack mode, drop TCP the fast path cannot see whole (IPv4 fragments of TCP, TCP behind IPv6 extension headers), which no limit, challenge or cookie can check; counted as drop_unparsed_tcp; false: pass it to the kernel"
+    ),
     live_count!(
         "attack.enter_half_open",
         attack_enter_half_open,
