@@ -165,6 +165,21 @@ impl Daemon {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits up to `limit` for a line containing `text`. The daemon logs
+    /// what it did after doing it, so a test that saw the effect may be
+    /// ahead of the line.
+    pub fn wait_for_line(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no line with {text:?} within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pid(&mut self) -> u32 {
         self.child_mut().id()
     }

@@ -776,9 +776,5 @@ fn automatic_blocks_are_capped_and_the_oldest_goes_first() {
         ["198.19.9.2/32", "198.19.9.3/32"],
         "the oldest went first"
     );
-    assert!(
-        daemon.log().contains("source=198.19.9.1/32 reason=evicted"),
-        "{}",
-        daemon.log()
-    );
+    daemon.wait_for_line("source=198.19.9.1/32 reason=evicted", Duration::from_secs(2));
 }

@@ -915,13 +915,7 @@ fn a_recreated_interface_is_guarded_again_and_a_new_mtu_followed() {
             packets() > before
         },
     );
-    // The line follows the attach, so traffic may be counted before it is
-    // written.
-    let said = (0..20).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        daemon.log().contains("was created again")
-    });
-    assert!(said, "the daemon says what it did:\n{}", daemon.log());
+    daemon.wait_for_line("was created again", Duration::from_secs(2));
 
     run(lab
         .server

@@ -664,7 +664,7 @@ fn the_kernel_settings_are_held_only_while_cookies_are_answered() {
 
     let daemon = Daemon::start(&lab.server, &lab.server_iface, &settings).expect("start");
     let flood = attack(3);
-    assert!(daemon.log().contains("event=sysctls_set"), "{}", daemon.log());
+    daemon.wait_for_line("event=sysctls_set", Duration::from_secs(2));
     flood.stop();
     // Attack mode ends 2 s after the flood; the settings 10 s after that.
     wait_for("attack mode to end", Duration::from_secs(20), || {
@@ -676,11 +676,7 @@ fn the_kernel_settings_are_held_only_while_cookies_are_answered() {
         "kept for the last cookies' ACKs"
     );
     restored_within(&lab, &daemon, Duration::from_secs(20));
-    assert!(
-        daemon.log().contains("event=sysctls_restored"),
-        "{}",
-        daemon.log()
-    );
+    daemon.wait_for_line("event=sysctls_restored", Duration::from_secs(2));
 
     // Killed during an attack: the successor restores them once it is over.
     let flood = attack(3);
