@@ -78,6 +78,8 @@ impl Default for GuardConfig {
             cookie_options: GuardConfig::COOKIE_SACK | GuardConfig::COOKIE_WSCALE,
             manage_sysctls: 1,
             drop_unparsed_tcp: 1,
+            monitor: 0,
+            _pad: [0; 3],
             block_max_automatic: 4096,
         }
     }

@@ -119,6 +119,10 @@ pub struct GuardConfig {
     /// fragments of TCP, TCP behind IPv6 extension headers) is dropped, as
     /// no limit, challenge or cookie can apply to it (`attack.drop_unparsed_tcp`).
     pub drop_unparsed_tcp: u8,
+    /// Rules in monitor mode ([`Rule`] bits, `monitor.*`): what they would
+    /// drop is counted (`would_drop_*`) and passed on.
+    pub monitor: u8,
+    pub _pad: [u8; 3],
     /// Automatic blocks kept at most; a new one evicts the oldest. Read by
     /// the daemon only.
     pub block_max_automatic: u32,
@@ -143,12 +147,62 @@ impl GuardConfig {
         }
     }
 
+    /// Whether `rule` is in monitor mode (on its own or with all of them).
+    pub const fn monitors(&self, rule: Rule) -> bool {
+        self.monitor & (rule as u8 | Rule::All as u8) != 0
+    }
+
     /// The policy in force; `auto` (which the daemon resolves before the
     /// programs see it) and unknown values read as the retransmit challenge.
     pub const fn policy(&self) -> Policy {
         match Policy::from_u8(self.policy) {
             Some(Policy::Auto) | None => Policy::RetransmitChallenge,
             Some(p) => p,
+        }
+    }
+}
+
+/// The rules monitor mode can hold back: each drops for its own reasons
+/// (see [`DropReason::rule`]), and in monitor mode counts what it would
+/// drop and passes it. Bits of `GuardConfig::monitor`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The block list, the operator's entries and the automatic ones.
+    BlockList = 0x01,
+    /// The per-source SYN rate.
+    SynRate = 0x02,
+    /// The half-open limits (global, per source, per prefix, per port) and
+    /// a full half-open table.
+    HalfOpen = 0x04,
+    /// What attack mode does to SYNs from unverified sources: drop them,
+    /// challenge them, or answer them with cookies.
+    Attack = 0x08,
+    /// Dropping TCP the parser cannot see whole in attack mode.
+    UnparsedTcp = 0x10,
+    /// Every rule.
+    All = 0x80,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 6] = [
+        Rule::All,
+        Rule::BlockList,
+        Rule::SynRate,
+        Rule::HalfOpen,
+        Rule::Attack,
+        Rule::UnparsedTcp,
+    ];
+
+    /// Its settings key is `monitor.<name>`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rule::BlockList => "block_list",
+            Rule::SynRate => "syn_rate",
+            Rule::HalfOpen => "half_open",
+            Rule::Attack => "attack",
+            Rule::UnparsedTcp => "unparsed_tcp",
+            Rule::All => "all",
         }
     }
 }
@@ -663,6 +717,24 @@ impl DropReason {
             CountKind::Source => DropReason::SourceHalfOpen,
             CountKind::Prefix => DropReason::PrefixHalfOpen,
             CountKind::Port => DropReason::PortHalfOpen,
+        }
+    }
+
+    /// The rule that drops for this reason. (A bad cookie and an unanswered
+    /// SYN belong to the attack rule: in its monitor mode no cookie is sent.)
+    pub const fn rule(self) -> Rule {
+        match self {
+            DropReason::Blocked => Rule::BlockList,
+            DropReason::SynRate => Rule::SynRate,
+            DropReason::GlobalHalfOpen
+            | DropReason::SourceHalfOpen
+            | DropReason::PrefixHalfOpen
+            | DropReason::PortHalfOpen
+            | DropReason::TableFull => Rule::HalfOpen,
+            DropReason::Unverified
+            | DropReason::Challenge
+            | DropReason::BadCookie
+            | DropReason::CookieUnanswered => Rule::Attack,
         }
     }
 

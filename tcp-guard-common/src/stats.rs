@@ -143,6 +143,21 @@ counters! {
     /// Segments whose flow another CPU was updating at the same moment:
     /// not applied to the flow (the flow's next segment is).
     FlowBusy => "flow_busy",
+    /// Packets a rule in monitor mode (`monitor.*`) would have dropped and
+    /// passed instead, one per drop reason a monitored rule can give.
+    WouldDropBlocked => "would_drop_blocked",
+    WouldDropSynRate => "would_drop_syn_rate",
+    WouldDropGlobalHalfOpen => "would_drop_global_half_open",
+    WouldDropSourceHalfOpen => "would_drop_source_half_open",
+    WouldDropPrefixHalfOpen => "would_drop_prefix_half_open",
+    WouldDropPortHalfOpen => "would_drop_port_half_open",
+    WouldDropUnverified => "would_drop_unverified",
+    WouldDropChallenge => "would_drop_challenge",
+    WouldDropTableFull => "would_drop_table_full",
+    WouldDropUnparsedTcp => "would_drop_unparsed_tcp",
+    /// SYNs the attack rule in monitor mode would have answered with a
+    /// cookie, passed to the listener instead.
+    WouldAnswerWithCookie => "would_answer_with_cookie",
 }
 
 impl Counter {
@@ -157,6 +172,12 @@ impl Counter {
     pub const fn is_drop(self) -> bool {
         let index = self as u32;
         index >= Counter::DropBlocked as u32 && index <= Counter::DropBadChecksum as u32
+    }
+
+    /// Counters of packets a rule in monitor mode would have dropped.
+    pub const fn is_would_drop(self) -> bool {
+        let index = self as u32;
+        index >= Counter::WouldDropBlocked as u32 && index <= Counter::WouldDropUnparsedTcp as u32
     }
 
     /// Counters of ingress segments rejected by the flow tracker, one per [`Invalid`] reason.
@@ -247,6 +268,24 @@ impl DropReason {
             DropReason::CookieUnanswered => Counter::DropCookieUnanswered,
         }
     }
+
+    /// What monitor mode counts instead of dropping for this reason; None
+    /// for the reasons of the cookie path, which monitor mode never takes
+    /// (while the attack rule is monitored no cookie is sent or checked).
+    pub const fn would_counter(self) -> Option<Counter> {
+        Some(match self {
+            DropReason::Blocked => Counter::WouldDropBlocked,
+            DropReason::SynRate => Counter::WouldDropSynRate,
+            DropReason::GlobalHalfOpen => Counter::WouldDropGlobalHalfOpen,
+            DropReason::SourceHalfOpen => Counter::WouldDropSourceHalfOpen,
+            DropReason::PrefixHalfOpen => Counter::WouldDropPrefixHalfOpen,
+            DropReason::PortHalfOpen => Counter::WouldDropPortHalfOpen,
+            DropReason::Unverified => Counter::WouldDropUnverified,
+            DropReason::Challenge => Counter::WouldDropChallenge,
+            DropReason::TableFull => Counter::WouldDropTableFull,
+            DropReason::BadCookie | DropReason::CookieUnanswered => return None,
+        })
+    }
 }
 
 impl TcpClass {
@@ -316,6 +355,30 @@ mod tests {
                 counter.is_drop(),
                 counter.as_str().starts_with("drop_"),
                 "{}",
+                counter.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn every_would_drop_counter_and_only_those_count_as_would_drops() {
+        for counter in Counter::ALL {
+            assert_eq!(
+                counter.is_would_drop(),
+                counter.as_str().starts_with("would_drop_"),
+                "{}",
+                counter.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn a_would_drop_counter_names_its_drop_counter() {
+        for counter in Counter::ALL.iter().filter(|c| c.is_would_drop()) {
+            let drop = format!("drop_{}", &counter.as_str()["would_drop_".len()..]);
+            assert!(
+                Counter::ALL.iter().any(|c| c.as_str() == drop),
+                "{} has no {drop}",
                 counter.as_str()
             );
         }

@@ -5,7 +5,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use tcp_guard_common::{
     flow::{Direction, Event, Flow, FlowKey, Invalid, Seg, Step, TcpState, transition},
     packet::{TcpClass, TcpSegment},
-    policy::{DropReason, GuardConfig, Policy, SourceKey},
+    policy::{DropReason, GuardConfig, Policy, Rule, SourceKey},
     stats::{Counter, Stats},
 };
 
@@ -142,7 +142,10 @@ fn track(
         } else {
             match guard::attack_gate(counters, key, segment.seq, now, config) {
                 Gate::Open => {}
-                Gate::Drop(reason) => return drop_syn(counters, key, reason),
+                Gate::Drop(reason) if !guard::monitor_holds(counters, config, reason) => {
+                    return drop_syn(counters, key, reason);
+                }
+                Gate::Drop(_) => {}
                 Gate::Cookie => return Verdict::AnswerWithCookie,
                 Gate::Refresh => {
                     counters.bump(Counter::SynCookieRefresh);
@@ -151,6 +154,7 @@ fn track(
             }
             if !guard::within_rate(&SourceKey::new(key.family, key.remote_addr), config, now)
                 && !guard::over_rate_passes(counters, key, segment.seq, now, config)
+                && !guard::monitor_holds(counters, config, DropReason::SynRate)
             {
                 return drop_syn(counters, key, DropReason::SynRate);
             }
@@ -177,14 +181,22 @@ fn track(
         Step::Store(event) => {
             let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
             if opening {
-                let enforce = !allowlisted
-                    && !guard::leaving_floods_to_the_kernel(config, now)
-                    && !guard::kernel_answers_with_cookies();
-                match guard::admit(key, config, enforce) {
+                let counted_only = allowlisted
+                    || guard::leaving_floods_to_the_kernel(config, now)
+                    || guard::kernel_answers_with_cookies();
+                // Monitor mode counts the flow without enforcing, then
+                // looks at which limit it is over.
+                let monitored = !counted_only && config.monitors(Rule::HalfOpen);
+                match guard::admit(key, config, !counted_only && !monitored) {
                     Ok((guard::UNCOUNTED, _)) => {}
                     Ok((prefix_len, attack_at)) => {
                         if attack_at != 0 {
                             guard::listener_under_attack(counters, key.local_port, attack_at);
+                        }
+                        if monitored
+                            && let Some(reason) = guard::half_open_limit_reached(key, prefix_len, config)
+                        {
+                            guard::monitor_holds(counters, config, reason);
                         }
                         flow.flags |= Flow::COUNTED;
                         flow.prefix_len = prefix_len;
@@ -221,7 +233,10 @@ fn track(
                     // Untracked: dropped, unless tcp-guard is leaving the
                     // flood to the kernel (pass policy, or no daemon), which
                     // then decides.
-                    if opening && !guard::leaving_floods_to_the_kernel(config, now) {
+                    if opening
+                        && !guard::leaving_floods_to_the_kernel(config, now)
+                        && !guard::monitor_holds(counters, config, DropReason::TableFull)
+                    {
                         return drop_syn(counters, key, DropReason::TableFull);
                     }
                 }
@@ -255,7 +270,8 @@ fn track(
         Step::Invalid(Invalid::NoFlow)
             if direction == Direction::Ingress
                 && segment.flags.class() == TcpClass::Ack
-                && config.policy() == Policy::SynCookie =>
+                && config.policy() == Policy::SynCookie
+                && !config.monitors(Rule::Attack) =>
         {
             return Verdict::CheckCookie;
         }

@@ -7,8 +7,8 @@ use tcp_guard_common::{
     flow::FlowKey,
     policy::{
         AttackState, BlockEntry, CONTROLLER_STALE_NS, COUNT_GLOBAL_SLOT, COUNT_PORT_BASE, Challenge,
-        CountKind, DropReason, Event, GuardConfig, ListenerKey, LpmAddr, Policy, SourceKey, TokenBucket,
-        challenge_passes, challenge_slot, cookie_refresh_due,
+        CountKind, DropReason, Event, GuardConfig, ListenerKey, LpmAddr, Policy, Rule, SourceKey,
+        TokenBucket, challenge_passes, challenge_slot, cookie_refresh_due,
     },
     stats::Counter,
 };
@@ -219,6 +219,12 @@ pub fn attack_gate(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, c
     }
     match policy {
         Policy::VerifiedOnly => Gate::Drop(DropReason::Unverified),
+        // Monitor mode sends no cookie: the daemon holds no kernel settings
+        // for them, so the listener would refuse them.
+        Policy::SynCookie if config.monitors(Rule::Attack) => {
+            counters.bump(Counter::WouldAnswerWithCookie);
+            Gate::Open
+        }
         // Until the daemon has the listener ready for our cookies, the
         // limits stand in (a cookie it would refuse is worse than none).
         Policy::SynCookie if attack != Attack::OnCookiesReady => Gate::Open,
@@ -293,6 +299,25 @@ pub fn unparsed_tcp_dropped(family: u8, addr: [u8; 16], now: u64) -> bool {
     CONFIG.get(0).is_some_and(|config| config.drop_unparsed_tcp != 0)
         && attack_active(now)
         && !allowed(family, addr)
+}
+
+/// Whether `rule` is in monitor mode.
+#[inline(always)]
+pub fn monitored(rule: Rule) -> bool {
+    CONFIG.get(0).is_some_and(|config| config.monitors(rule))
+}
+
+/// In monitor mode for `reason`'s rule, counts what it would drop and
+/// returns true: the caller passes the SYN on instead of dropping it.
+#[inline(always)]
+pub fn monitor_holds(counters: &mut Counters, config: &GuardConfig, reason: DropReason) -> bool {
+    match reason.would_counter() {
+        Some(would) if config.monitors(reason.rule()) => {
+            counters.bump(would);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Whether the daemon showed it is alive recently (or has not started
@@ -420,6 +445,28 @@ pub fn admit(key: &FlowKey, config: &GuardConfig, enforce: bool) -> Result<(u8, 
         0
     };
     Ok((prefix_len, attack_at))
+}
+
+/// The half-open limit, if any, that a flow `admit` just counted without
+/// enforcing is over: the one that would have dropped its SYN (monitor
+/// mode). (Its own BPF function: inlined, the chain from the program
+/// through the tracker took more than the verifier's 512 bytes of stack.)
+#[inline(never)]
+pub fn half_open_limit_reached(key: &FlowKey, prefix_len: u8, config: &GuardConfig) -> Option<DropReason> {
+    for kind in CountKind::ALL {
+        let limit = kind.limit(config);
+        // SAFETY: a live array slot, read once.
+        let count = count_of(key, prefix_len, kind).map_or(0, |count| unsafe { *count });
+        if limit != 0 && count > limit as u64 {
+            return Some(DropReason::for_count(kind));
+        }
+    }
+    if config.per_port_half_open != GuardConfig::PER_PORT_AUTO {
+        return None;
+    }
+    let listener = LISTENER_LIMITS.get(key.local_port as u32)?;
+    let count = *COUNTS.get(COUNT_PORT_BASE + key.local_port as u32)?;
+    (listener.half_open != 0 && count > listener.half_open as u64).then_some(DropReason::PortHalfOpen)
 }
 
 /// `admit`'s prefix length when it counted nothing (no prefix is longer than 128).

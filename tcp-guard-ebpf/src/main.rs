@@ -19,7 +19,7 @@ use aya_log_ebpf::debug;
 use tcp_guard_common::{
     flow::FlowKey,
     packet::{self, ByteView, Dissection, Outcome, TcpClass},
-    policy::SYN_SAMPLE_EVERY,
+    policy::{Rule, SYN_SAMPLE_EVERY},
     stats::Counter,
 };
 
@@ -94,8 +94,12 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
                 segment.src,
                 segment.flags.class() == TcpClass::Syn,
                 now,
+            ) && enforced(
+                &mut counters,
+                Rule::BlockList,
+                Counter::DropBlocked,
+                Counter::WouldDropBlocked,
             ) {
-                counters.bump(Counter::DropBlocked);
                 return xdp_action::XDP_DROP;
             }
             match flow::tcp_guard_track(counters.as_ptr(), segment, 0, flow::NO_WINDOW_SCALE, now) {
@@ -116,12 +120,24 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
             let segment = &dissection.segment;
             let now = now();
             // The operator's blocks hold for all of a source's TCP.
-            if guard::blocked(segment.family as u8, segment.src, false, now) {
-                counters.bump(Counter::DropBlocked);
+            if guard::blocked(segment.family as u8, segment.src, false, now)
+                && enforced(
+                    &mut counters,
+                    Rule::BlockList,
+                    Counter::DropBlocked,
+                    Counter::WouldDropBlocked,
+                )
+            {
                 return xdp_action::XDP_DROP;
             }
-            if guard::unparsed_tcp_dropped(segment.family as u8, segment.src, now) {
-                counters.bump(Counter::DropUnparsedTcp);
+            if guard::unparsed_tcp_dropped(segment.family as u8, segment.src, now)
+                && enforced(
+                    &mut counters,
+                    Rule::UnparsedTcp,
+                    Counter::DropUnparsedTcp,
+                    Counter::WouldDropUnparsedTcp,
+                )
+            {
                 return xdp_action::XDP_DROP;
             }
         }
@@ -132,6 +148,18 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
         _ => {}
     }
     xdp_action::XDP_PASS
+}
+
+/// A packet `rule` drops: counts the drop and returns true, or, in the
+/// rule's monitor mode, counts what it would drop and returns false.
+#[inline(always)]
+fn enforced(counters: &mut Counters, rule: Rule, drop: Counter, would: Counter) -> bool {
+    if guard::monitored(rule) {
+        counters.bump(would);
+        return false;
+    }
+    counters.bump(drop);
+    true
 }
 
 /// Egress: what the host's own TCP stack sends moves its flows (SYN-ACKs,

@@ -20,7 +20,7 @@ use tcp_guard_common::{
     maps,
     policy::{
         ALLOW_BY_CONFIG, AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event,
-        GuardConfig, ListenerLimit, Policy, SourceKey,
+        GuardConfig, ListenerLimit, Policy, Rule, SourceKey,
     },
     stats::Counter,
 };
@@ -571,6 +571,13 @@ fn log_settings(settings: &Settings) {
         }
     }
     let c = &settings.live;
+    let monitored = stats::monitored_rules(c);
+    if !monitored.is_empty() {
+        log::warn!(
+            "monitor mode for {}: what they would drop is counted (would_drop_* in stats and metrics) and passed",
+            monitored.join(", ")
+        );
+    }
     log::info!(
         "limits: half-open {} global, {} per source, {} per /{} (v4) or /{} (v6), {} per port; \
          {} SYN/s per source (burst {}); attack mode ({}) at {} half-open or {} SYN/s; timeouts: {}",
@@ -1065,7 +1072,7 @@ impl Control {
     /// let go `SYSCTL_GRACE` after it stops.
     fn steer_cookies(&mut self, config: &GuardConfig) -> Result<()> {
         let attack = self.instance.attack()?;
-        if attack.active == 0 || config.policy() != Policy::SynCookie {
+        if attack.active == 0 || config.policy() != Policy::SynCookie || config.monitors(Rule::Attack) {
             if self.sysctls_held {
                 let ended = *self.cookies_ended.get_or_insert_with(Instant::now);
                 if ended.elapsed() >= SYSCTL_GRACE {

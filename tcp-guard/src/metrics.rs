@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use tcp_guard_common::{
     flow::TcpState,
     maps,
+    policy::Rule,
     stats::{Counter, Stats},
 };
 use tokio::{
@@ -33,6 +34,7 @@ fn family(counter: Counter) -> (&'static str, Option<(&'static str, &'static str
     let name = counter.as_str();
     let labelled = [
         ("drop_", "tcp_guard_drops_total", "reason"),
+        ("would_drop_", "tcp_guard_would_drop_total", "reason"),
         ("malformed_", "tcp_guard_malformed_total", "reason"),
         ("invalid_", "tcp_guard_invalid_segments_total", "reason"),
         ("to_", "tcp_guard_flow_transitions_total", "to"),
@@ -66,6 +68,14 @@ const HELP: &[(&str, &str)] = &[
         "Frames by what they are (one class each).",
     ),
     ("tcp_guard_drops_total", "Packets dropped, by reason."),
+    (
+        "tcp_guard_would_drop_total",
+        "Packets a rule in monitor mode would have dropped, by reason (passed).",
+    ),
+    (
+        "tcp_guard_would_answer_with_cookie_total",
+        "SYNs the attack policy in monitor mode would have answered with a cookie (passed).",
+    ),
     (
         "tcp_guard_malformed_total",
         "Frames the parser gave up on, by reason (passed).",
@@ -266,6 +276,19 @@ pub fn render(iface: &str, figures: &Figures) -> Result<String> {
         "tcp_guard_attack_mode{{iface=\"{iface}\"}} {}",
         u8::from(enforcement.attack.active != 0)
     )?;
+    gauge(
+        &mut out,
+        "tcp_guard_monitor",
+        "1 for each rule in monitor mode (monitor.*): it counts what it would drop and drops nothing.",
+    )?;
+    for rule in Rule::ALL.iter().filter(|r| **r != Rule::All) {
+        writeln!(
+            out,
+            "tcp_guard_monitor{{iface=\"{iface}\",rule=\"{}\"}} {}",
+            rule.as_str(),
+            u8::from(enforcement.config.monitors(*rule))
+        )?;
+    }
     gauge(
         &mut out,
         "tcp_guard_blocked_sources",

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use tcp_guard_common::{
     config::TableSizes,
     flow::TcpState,
-    policy::{GuardConfig, Policy},
+    policy::{GuardConfig, Policy, Rule},
 };
 
 use crate::control::Cidr;
@@ -45,7 +45,7 @@ pub const MAX_AUTOMATIC_BLOCKS: u32 = 65_536 - MAX_OPERATOR_BLOCKS as u32;
 /// Most entries of `lists.allow`: the allow list holds 16,384.
 pub const MAX_CONFIG_ALLOWS: usize = 16_384;
 
-const SECTIONS: &str = "sections are limits, attack, blocking, timeouts, tables, lists";
+const SECTIONS: &str = "sections are limits, attack, blocking, monitor, timeouts, tables, lists";
 
 /// Largest flow table: 16 Mi flows, about 2.5 GiB of kernel memory.
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
@@ -113,6 +113,26 @@ macro_rules! live_switch {
             help: $help,
             get: |s| s.live.$field as u64,
             set: |s, v| s.live.$field = v as u8,
+            restart: false,
+        }
+    };
+}
+
+/// `monitor.<rule>`: one bit of `GuardConfig::monitor`.
+macro_rules! monitor_switch {
+    ($name:literal, $rule:expr, $help:literal) => {
+        Key {
+            name: $name,
+            kind: Kind::Switch,
+            help: $help,
+            get: |s| u64::from(s.live.monitor & $rule as u8 != 0),
+            set: |s, v| {
+                if v != 0 {
+                    s.live.monitor |= $rule as u8;
+                } else {
+                    s.live.monitor &= !($rule as u8);
+                }
+            },
             restart: false,
         }
     };
@@ -318,6 +338,36 @@ static KEYS: &[Key] = &[
         1000,
         365 * DAY_MS,
         "how long an automatic block lasts"
+    ),
+    monitor_switch!(
+        "monitor.all",
+        Rule::All,
+        "monitor mode for every rule: count what each would drop (the would_drop_* counters) and drop nothing; to tune limits on real traffic first"
+    ),
+    monitor_switch!(
+        "monitor.block_list",
+        Rule::BlockList,
+        "monitor mode for the block list (the operator's entries and the automatic ones): counted as would_drop_blocked, passed"
+    ),
+    monitor_switch!(
+        "monitor.syn_rate",
+        Rule::SynRate,
+        "monitor mode for limits.syn_rate: SYNs over their source's rate counted as would_drop_syn_rate, passed"
+    ),
+    monitor_switch!(
+        "monitor.half_open",
+        Rule::HalfOpen,
+        "monitor mode for the half-open limits and a full half-open table: counted as would_drop_*_half_open and would_drop_table_full, admitted"
+    ),
+    monitor_switch!(
+        "monitor.attack",
+        Rule::Attack,
+        "monitor mode for attack.policy: SYNs it would drop counted as would_drop_unverified or would_drop_challenge, those it would answer with a cookie as would_answer_with_cookie; all passed to the listener (attack mode itself still starts and ends, and the kernel settings for cookies are left alone)"
+    ),
+    monitor_switch!(
+        "monitor.unparsed_tcp",
+        Rule::UnparsedTcp,
+        "monitor mode for attack.drop_unparsed_tcp: counted as would_drop_unparsed_tcp, passed"
     ),
     timeout!("timeouts.syn_sent", TcpState::SynSent),
     timeout!("timeouts.syn_rcvd", TcpState::SynRcvd),
@@ -890,6 +940,29 @@ mod tests {
                 .contains("\"lists.block\" is a list, read from the config file's [lists] only"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn every_monitor_key_sets_its_rule_alone() {
+        for rule in Rule::ALL {
+            let mut settings = Settings::default();
+            settings
+                .set(&format!("monitor.{}", rule.as_str()), "true")
+                .expect("a monitor key per rule");
+            for other in Rule::ALL {
+                assert_eq!(
+                    settings.live.monitors(other),
+                    rule == Rule::All || other == rule,
+                    "monitor.{} = true: {}",
+                    rule.as_str(),
+                    other.as_str()
+                );
+            }
+            settings
+                .set(&format!("monitor.{}", rule.as_str()), "false")
+                .expect("and off again");
+            assert_eq!(settings.live.monitor, 0);
+        }
     }
 
     #[test]

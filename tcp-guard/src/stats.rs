@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use serde_json::{Map as JsonMap, Value, json};
 use tcp_guard_common::{
-    policy::{AttackState, GuardConfig},
+    policy::{AttackState, GuardConfig, Rule},
     stats::{Counter, Stats},
 };
 
@@ -60,6 +60,18 @@ pub fn to_text(iface: &str, stats: &Stats) -> String {
     out
 }
 
+/// The rules in monitor mode (`monitor.*`), by name; `all` alone when all are.
+pub fn monitored_rules(config: &GuardConfig) -> Vec<&'static str> {
+    if config.monitors(Rule::All) {
+        return vec![Rule::All.as_str()];
+    }
+    Rule::ALL
+        .iter()
+        .filter(|rule| config.monitors(**rule))
+        .map(|rule| rule.as_str())
+        .collect()
+}
+
 /// Attack mode and the half-open count against its limit.
 pub struct Enforcement {
     pub attack: AttackState,
@@ -82,7 +94,7 @@ impl Enforcement {
         (self.attack.active != 0).then(|| self.now_ns.saturating_sub(self.attack.since_ns) as f64 / 1e9)
     }
 
-    /// `{"attack": {"active", "for_secs", "policy"}, "half_open": {"count", "limit"}}`
+    /// `{"attack": {"active", "for_secs", "policy"}, "half_open": {"count", "limit"}, "monitor": [rules]}`
     pub fn to_json(&self) -> Value {
         json!({
             "attack": {
@@ -91,6 +103,7 @@ impl Enforcement {
                 "policy": self.config.policy().as_str(),
             },
             "half_open": { "count": self.half_open, "limit": self.config.global_half_open },
+            "monitor": monitored_rules(&self.config),
         })
     }
 
@@ -99,8 +112,17 @@ impl Enforcement {
             Some(secs) => format!("ON for {secs:.0}s"),
             None => "off".to_string(),
         };
+        let monitored = monitored_rules(&self.config);
+        let monitor = if monitored.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "monitor      {} (counted as would_drop_*, not dropped)\n",
+                monitored.join(", ")
+            )
+        };
         format!(
-            "attack mode  {attack} (policy {})\nhalf-open    {} of {}\n",
+            "attack mode  {attack} (policy {})\nhalf-open    {} of {}\n{monitor}",
             self.config.policy().as_str(),
             self.half_open,
             self.config.global_half_open

@@ -181,10 +181,12 @@ fn title_line(v: &View) -> Line<'static> {
     } else {
         "attack mode: off".green()
     };
+    // Which rules: `stats` says; the line has no room.
+    let monitor = if e.config.monitor != 0 { " · MONITOR" } else { "" };
     Line::from(vec![
         format!("tcp-guard top · {} · ", v.iface).bold(),
         attack,
-        format!(" · {} · q quits", e.config.policy().as_str()).into(),
+        format!(" · {}{monitor} · q quits", e.config.policy().as_str()).into(),
     ])
 }
 
@@ -279,22 +281,29 @@ fn draw_sparkline(frame: &mut Frame, v: &View, area: Rect) {
     );
 }
 
+/// The drops, and what rules in monitor mode would drop ("would ...").
 fn drops_panel(v: &View, width: usize) -> Paragraph<'static> {
+    let name = |c: Counter| match c.as_str().strip_prefix("would_drop_") {
+        Some(reason) => format!("would {reason}"),
+        None if c == Counter::WouldAnswerWithCookie => "would cookie".to_string(),
+        None => c.as_str()["drop_".len()..].to_string(),
+    };
     let mut lines: Vec<Line> = Counter::ALL
         .iter()
-        .filter(|c| c.is_drop() && (v.rates.get(**c) > 0 || v.stats.get(**c) > 0))
-        .map(|c| {
-            spread(
-                &c.as_str()["drop_".len()..],
-                &format!("{}/s", v.rates.get(*c)),
-                width,
-            )
-        })
+        .filter(|c| c.is_drop() || c.is_would_drop() || **c == Counter::WouldAnswerWithCookie)
+        .filter(|c| v.rates.get(**c) > 0 || v.stats.get(**c) > 0)
+        .map(|c| spread(&name(*c), &format!("{}/s", v.rates.get(*c)), width))
         .collect();
     if lines.is_empty() {
         lines.push(Line::from("none"));
     }
-    Paragraph::new(lines).block(Block::bordered().title(" drops "))
+    // Which rules are monitored is in `stats`; the lines say what they hold back.
+    let title = if v.enforcement.config.monitor != 0 {
+        " drops · monitor "
+    } else {
+        " drops "
+    };
+    Paragraph::new(lines).block(Block::bordered().title(title))
 }
 
 fn sources_panel(v: &View, width: usize) -> Paragraph<'static> {

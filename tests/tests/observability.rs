@@ -11,11 +11,13 @@ use std::{
 };
 
 use tcp_guard_tests::{
-    daemon::{Daemon, tcp_guard, tcp_guard_bin},
+    daemon::{Daemon, counter, stats_json, tcp_guard, tcp_guard_bin},
     flood::{FloodSpec, Sources, flood},
     inject::Injector,
     lab::{Lab, listen, run},
-    scenario::{ATTACK_AT_4_HALF_OPEN, SYN_RCVD_4S, wait_for},
+    scenario::{
+        ATTACK_AT_4_HALF_OPEN, FreshAddresses, SYN_RCVD_4S, Server, connects, timed_connect, wait_for,
+    },
 };
 
 const PORT: u16 = 8080;
@@ -385,4 +387,138 @@ fn scrapes_serve_the_figures_the_control_loop_gathered() {
     );
     assert!(age(&fresh) < 2.0, "{fresh}");
     assert!(age(&stale) >= 2.0, "the figures say they are old: {stale}");
+}
+
+/// Monitor mode (`monitor.*`): a rule counts what it would drop, in stats,
+/// metrics and `top`, and drops nothing; switched off, the same traffic is
+/// dropped again. Rule by rule: the SYN rate, the block list, the attack
+/// policy during a flood.
+#[test]
+fn monitor_mode_counts_what_a_rule_would_drop_and_drops_nothing() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let mut args = vec![
+        "--metrics",
+        METRICS,
+        "--set",
+        "limits.syn_rate=1",
+        "--set",
+        "limits.syn_burst=1",
+        "--set",
+        "blocking.block_after_drops=0",
+        "--set",
+        "monitor.syn_rate=true",
+    ];
+    args.extend(attack_settings());
+    let daemon = Daemon::start(&lab.server, &iface, &args).expect("start");
+    daemon.wait_for_line("serving Prometheus metrics", Duration::from_secs(5));
+    daemon.wait_for_line("monitor mode for syn_rate", Duration::from_secs(1));
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _server = Server::start(listen(&lab.server, addr, 64).expect("listen"));
+    let set = |setting: &str| {
+        let out = tcp_guard(&["limits", "set", "--iface", &iface, setting]);
+        assert!(
+            out.status.success(),
+            "{setting}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let count = |name: &str| counter(&stats_json(&iface), name);
+    // Connects that must not wait for a retransmitted SYN (1 s).
+    let quick = |n: usize| connects(&lab, addr, n, 1, Duration::from_millis(900));
+
+    // One token a second: five of six SYNs in a row are over the rate.
+    assert_eq!(
+        quick(6),
+        6,
+        "monitored, the rate holds back no SYN: {}",
+        stats_json(&iface)
+    );
+    assert_eq!(count("drop_syn_rate"), 0);
+    let would_rate = count("would_drop_syn_rate");
+    assert!(
+        would_rate >= 4,
+        "the SYNs over the rate are counted: {would_rate}"
+    );
+
+    set("monitor.block_list=true");
+    let client = lab.client_addr(false).to_string();
+    let out = tcp_guard(&["block", "add", "--iface", &iface, &client]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(quick(2), 2, "monitored, the block list holds back nothing");
+    assert_eq!(count("drop_blocked"), 0);
+    assert!(count("would_drop_blocked") >= 2);
+
+    // Visible where operators look: metrics and top.
+    let stats = stats_json(&iface);
+    assert_eq!(
+        stats["monitor"],
+        serde_json::json!(["block_list", "syn_rate"]),
+        "{stats}"
+    );
+    wait_for("metrics to show the stats", Duration::from_secs(5), || {
+        let metrics = get(&lab, "/metrics");
+        sample(&metrics, "tcp_guard_would_drop_total", "reason=\"syn_rate\"") == count("would_drop_syn_rate")
+            && sample(&metrics, "tcp_guard_monitor", "rule=\"block_list\"") == 1
+            && sample(&metrics, "tcp_guard_monitor", "rule=\"half_open\"") == 0
+    });
+    let session = Tmux(format!("tg-mon-{iface}"));
+    let command = format!("{} top --iface {iface}", tcp_guard_bin().display());
+    run(Command::new("tmux").args([
+        "new-session",
+        "-d",
+        "-s",
+        &session.0,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &command,
+    ]))
+    .expect("start top in tmux");
+    let shows = |screen: &str| {
+        screen.contains("MONITOR") && screen.contains("drops · monitor") && screen.contains("would syn_rate")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut screen = session.capture();
+    while !shows(&screen) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        screen = session.capture();
+    }
+    assert!(shows(&screen), "top shows what would be dropped:\n{screen}");
+
+    // In force again: the same traffic is dropped.
+    set("monitor.block_list=false");
+    assert_eq!(quick(1), 0, "blocked again");
+    assert!(count("drop_blocked") > 0);
+    let out = tcp_guard(&["block", "del", "--iface", &iface, &client]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    set("monitor.syn_rate=false");
+    assert!(quick(6) < 6, "the rate holds back SYNs again");
+    assert!(count("drop_syn_rate") > 0);
+
+    // The attack policy: a flood starts attack mode; new clients meet no
+    // challenge, which counts what it would have dropped.
+    set("limits.syn_rate=0");
+    set("monitor.attack=true");
+    let mut fresh = FreshAddresses::new(false);
+    let clients: Vec<IpAddr> = (0..4).map(|_| fresh.take(&lab)).collect();
+    let challenged = count("drop_challenge");
+    std::thread::scope(|scope| {
+        scope.spawn(|| flood_for(&lab, &[(spoofed().0, 300)], 4));
+        wait_for("attack mode", Duration::from_secs(3), || {
+            stats_json(&iface)["attack"]["active"] == true
+        });
+        let before = count("would_drop_challenge");
+        for local in &clients {
+            let (_stream, took) = timed_connect(&lab, *local, addr);
+            assert!(took < Duration::from_millis(900), "{local} waited {took:?}");
+        }
+        assert!(count("would_drop_challenge") >= before + clients.len() as u64);
+    });
+    assert_eq!(
+        count("drop_challenge"),
+        challenged,
+        "the challenge dropped nothing"
+    );
 }
