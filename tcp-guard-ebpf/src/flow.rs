@@ -177,6 +177,8 @@ fn track(
     let old_prefix_len = old.map_or(0, |f| f.prefix_len);
     let generation = old.map_or(0, |f| f.generation);
     let was_syn_rcvd = old.is_some_and(|o| o.state() == Some(TcpState::SynRcvd));
+    // A limit in monitor mode already counted what it would drop.
+    let mut held = false;
     match transition(old, &Seg::new(segment, direction, window_scale), now, flow) {
         Step::Store(event) => {
             let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
@@ -196,7 +198,7 @@ fn track(
                         if monitored
                             && let Some(reason) = guard::half_open_limit_reached(key, prefix_len, config)
                         {
-                            guard::monitor_holds(counters, config, reason);
+                            held = guard::monitor_holds(counters, config, reason);
                         }
                         flow.flags |= Flow::COUNTED;
                         flow.prefix_len = prefix_len;
@@ -235,6 +237,7 @@ fn track(
                     // then decides.
                     if opening
                         && !guard::leaving_floods_to_the_kernel(config, now)
+                        && !held
                         && !guard::monitor_holds(counters, config, DropReason::TableFull)
                     {
                         return drop_syn(counters, key, DropReason::TableFull);

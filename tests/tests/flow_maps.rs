@@ -276,3 +276,49 @@ fn other_policies_enforce_the_global_limit() {
     assert_eq!(passed, 2);
     assert_eq!(t.stats().get(Counter::DropGlobalHalfOpen), 8);
 }
+
+/// Monitor mode for the half-open limits: the SYNs over a limit are
+/// admitted, tracked where there is room, and counted as what the limit
+/// would drop; a full table is monitored too, for SYNs within the limits.
+#[test]
+fn monitored_half_open_limits_admit_and_count_what_they_would_drop() {
+    let monitored = |global: u32, per_source: u32, table: u32| {
+        let mut settings = Settings::default();
+        settings.live.global_half_open = global;
+        settings.live.per_source_half_open = per_source;
+        settings.live.attack_enter_half_open = 0;
+        settings.live.monitor = tcp_guard_common::policy::Rule::HalfOpen as u8;
+        settings.tables.half_open = table;
+        Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"))
+    };
+    // Three SYNs from each of four sources, 12 flows, into a table of 8.
+    let mut t = monitored(0, 2, 8);
+    for i in 0..12u8 {
+        let mut syn = from_peer(false, SYN, u32::from(i), 0);
+        syn.src = IpAddr::from([198, 19, 4, i / 3]);
+        syn.src_port = 40_000 + u16::from(i);
+        assert_eq!(t.verdict(&syn), XDP_PASS, "SYN {i} passes");
+    }
+    let s = t.stats();
+    assert_eq!(
+        s.get(Counter::DropSourceHalfOpen) + s.get(Counter::DropTableFull),
+        0
+    );
+    // The first three sources' third SYNs are over their limit (counted
+    // once, though the third one finds the table full too); the fourth
+    // source's SYNs find it full (and so are never counted against it).
+    assert_eq!(s.get(Counter::WouldDropSourceHalfOpen), 3);
+    assert_eq!(s.get(Counter::WouldDropTableFull), 3);
+    assert_eq!(t.table(maps::HALF_OPEN).len(), 8);
+
+    let mut t = monitored(2, 0, 64);
+    for i in 0..5u8 {
+        let mut syn = from_peer(false, SYN, u32::from(i), 0);
+        syn.src = IpAddr::from([198, 19, 5, i]);
+        assert_eq!(t.verdict(&syn), XDP_PASS, "SYN {i} passes");
+    }
+    let s = t.stats();
+    assert_eq!(s.get(Counter::DropGlobalHalfOpen), 0);
+    assert_eq!(s.get(Counter::WouldDropGlobalHalfOpen), 3);
+    assert_eq!(t.table(maps::HALF_OPEN).len(), 5, "all tracked");
+}

@@ -13,7 +13,7 @@ use tcp_guard::{program, stats};
 use tcp_guard_common::{
     maps,
     packet::{self, Outcome, TcpClass},
-    policy::{AttackState, GuardConfig, Policy},
+    policy::{AttackState, GuardConfig, Policy, Rule},
     stats::{Counter, Stats},
     syncookie::cookie_ts_decode,
 };
@@ -83,6 +83,20 @@ impl Loaded {
 
     fn attack_off(&mut self) {
         self.change_attack(|_| AttackState::default());
+    }
+
+    /// Puts `rules` in monitor mode, as `limits set monitor.*` would.
+    fn monitor(&mut self, rules: &[Rule]) {
+        let mut map: Array<_, GuardConfig> = self
+            .0
+            .map_mut(maps::CONFIG)
+            .expect("CONFIG")
+            .try_into()
+            .expect("array");
+        let config = map.get(&0, 0).expect("CONFIG");
+        let monitor = rules.iter().fold(0, |bits, rule| bits | *rule as u8);
+        map.set(0, GuardConfig { monitor, ..config }, 0)
+            .expect("set CONFIG");
     }
 
     /// Rewrites ATTACK as the daemon would.
@@ -511,4 +525,41 @@ fn checksums_are_checked_before_a_syn_is_answered_or_a_cookie_accepted() {
         assert_eq!(moved.by(Counter::CookieAckValid), 1);
         assert_eq!(moved.by(Counter::ToEstablished), 1);
     }
+}
+
+/// Monitor mode for the attack policy and for unparsed TCP: in attack mode
+/// a new source's SYN goes to the listener instead of getting a cookie, an
+/// ACK for no flow goes there unchecked, a fragment carrying a SYN passes;
+/// each counted as what would have been done.
+#[test]
+fn monitored_attack_policy_and_unparsed_tcp_pass_what_they_would_stop() {
+    let mut prog = Loaded::in_attack_mode();
+    prog.monitor(&[Rule::Attack, Rule::UnparsedTcp]);
+    let (verdict, _, moved) = prog.run(&syn(false, 1000).frame());
+    assert_eq!(verdict, XDP_PASS, "{:?}", moved.names());
+    assert_eq!(moved.by(Counter::WouldAnswerWithCookie), 1);
+    assert_eq!(moved.by(Counter::SynCookieSent), 0);
+
+    let mut stray = syn(false, 5000);
+    stray.src_port = 40_001;
+    stray.flags = ACK;
+    stray.ack = 12345;
+    let (verdict, _, moved) = prog.run(&stray.frame());
+    assert_eq!(verdict, XDP_PASS, "{:?}", moved.names());
+    assert_eq!(moved.by(Counter::DropBadCookie), 0);
+
+    let mut fragment = syn(false, 8000).ip_packet();
+    fragment[6] = 0x20; // more fragments
+    let (verdict, _, moved) = prog.run(&ethernet(0x0800, None, &fragment));
+    assert_eq!(verdict, XDP_PASS, "{:?}", moved.names());
+    assert_eq!(moved.by(Counter::WouldDropUnparsedTcp), 1);
+    assert_eq!(moved.by(Counter::DropUnparsedTcp), 0);
+
+    // Back in force (the listener first gets a SYN of its own).
+    prog.monitor(&[]);
+    refresh_listener(&mut prog, false);
+    let (verdict, _, moved) = prog.run(&syn(false, 2000).frame());
+    assert_eq!(verdict, XDP_TX, "{:?}", moved.names());
+    let (verdict, _, _) = prog.run(&ethernet(0x0800, None, &fragment));
+    assert_eq!(verdict, XDP_DROP);
 }
