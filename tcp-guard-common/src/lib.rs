@@ -53,6 +53,13 @@ pub mod maps {
     /// [`crate::policy::ListenerLimit`] per local port (65,536 entries),
     /// written by the controller from the listeners' real queues.
     pub const LISTENER_LIMITS: &str = "LISTENER_LIMITS";
+    /// Per local port (65,536 entries, u8): 0, the port follows `CONFIG`;
+    /// n, it follows `PORT_CONFIGS[n]` (the config's `[[ports]]` policies).
+    pub const PORT_POLICY: &str = "PORT_POLICY";
+    /// [`crate::policy::GuardConfig`]s of the per-port policies
+    /// ([`crate::policy::MAX_PORT_POLICIES`] entries; entry 0 unused): `CONFIG`
+    /// with the policy's settings, kept so by the daemon.
+    pub const PORT_CONFIGS: &str = "PORT_CONFIGS";
     /// CLOCK_MONOTONIC ns of the daemon's last heartbeat (one entry; 0:
     /// none yet): see [`crate::policy::CONTROLLER_STALE_NS`].
     pub const HEARTBEAT: &str = "HEARTBEAT";

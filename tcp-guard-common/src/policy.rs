@@ -207,6 +207,10 @@ impl Rule {
     }
 }
 
+/// Entries of `PORT_CONFIGS`: at most one less per-port policies (entry 0
+/// stands for `CONFIG`).
+pub const MAX_PORT_POLICIES: u32 = 64;
+
 /// What the controller tells the programs about attack mode: one entry of
 /// the `ATTACK` array map, written only by the controller.
 #[repr(C)]

@@ -11,7 +11,7 @@ use tcp_guard_common::{
 
 use crate::{
     guard::{self, Gate},
-    maps::{CONFIG, Counters, FLOWS, HALF_OPEN, SCRATCH},
+    maps::{CONFIG, Counters, FLOWS, HALF_OPEN, PORT_CONFIGS, PORT_POLICY, SCRATCH},
 };
 
 /// What to do with the packet.
@@ -125,7 +125,7 @@ fn track(
     direction: Direction,
     window_scale: Option<u8>,
     now: u64,
-    config: &GuardConfig,
+    config: &'static GuardConfig,
 ) -> Verdict {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Verdict::Pass;
@@ -134,6 +134,7 @@ fn track(
     let scratch = unsafe { &mut *scratch };
     scratch.key = FlowKey::new(segment, direction);
     let (key, flow) = (&scratch.key, &mut scratch.flow);
+    let config = port_config(key.local_port, config);
     let syn_in = direction == Direction::Ingress && segment.flags.class() == TcpClass::Syn;
     let allowlisted = syn_in && guard::allowed(key.family, key.remote_addr);
     if syn_in {
@@ -281,6 +282,15 @@ fn track(
         Step::Invalid(reason) => counters.bump(reason.counter()),
     }
     Verdict::Pass
+}
+
+/// The configuration `port` follows: its `[[ports]]` policy's, or the global one.
+#[inline(always)]
+fn port_config(port: u16, global: &'static GuardConfig) -> &'static GuardConfig {
+    match PORT_POLICY.get(u32::from(port)) {
+        Some(&policy) if policy != 0 => PORT_CONFIGS.get(u32::from(policy)).unwrap_or(global),
+        _ => global,
+    }
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@ use tcp_guard_common::{
     packet::Dissection,
     policy::{
         AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, ListenerKey,
-        ListenerLimit, LpmAddr, SourceKey, TokenBucket,
+        ListenerLimit, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket,
     },
     stats::{Counter, Stats},
     syncookie::{REPLY_MAX_LEN, SynAck},
@@ -89,6 +89,14 @@ pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
 /// What each local port's listeners hold, by port: see `policy::ListenerLimit`.
 #[map]
 pub static LISTENER_LIMITS: Array<ListenerLimit> = Array::with_max_entries(65_536, 0);
+
+/// Which configuration each local port follows: 0, `CONFIG`; n, `PORT_CONFIGS[n]`.
+#[map]
+pub static PORT_POLICY: Array<u8> = Array::with_max_entries(65_536, 0);
+
+/// The per-port policies' configurations (see `PORT_POLICY`).
+#[map]
+pub static PORT_CONFIGS: Array<GuardConfig> = Array::with_max_entries(MAX_PORT_POLICIES, 0);
 
 /// Working space of the programs, kept off the 512-byte stack.
 pub struct Scratch {

@@ -23,7 +23,12 @@ use tcp_guard_common::{
     },
 };
 
-use crate::{attach::Mode, flows::monotonic_now_ns, instance, settings::Lists};
+use crate::{
+    attach::Mode,
+    flows::monotonic_now_ns,
+    instance,
+    settings::{Lists, PortPolicy},
+};
 
 /// What the daemon records about itself, for `reload`, `status` and the
 /// next daemon (which adopts the state only from the same layout).
@@ -66,6 +71,18 @@ pub struct Instance {
 fn open(dir: &Path, name: &str) -> Result<MapData> {
     let path = dir.join(name);
     MapData::from_pin(&path).with_context(|| format!("cannot open pinned map {}", path.display()))
+}
+
+/// Ascending ports as inclusive ranges.
+fn ranges(ports: impl Iterator<Item = u16>) -> Vec<(u16, u16)> {
+    let mut ranges: Vec<(u16, u16)> = Vec::new();
+    for port in ports {
+        match ranges.last_mut() {
+            Some((_, last)) if u32::from(*last) + 1 == u32::from(port) => *last = port,
+            _ => ranges.push((port, port)),
+        }
+    }
+    ranges
 }
 
 fn array<V: aya::Pod>(dir: &Path, name: &str) -> Result<Array<MapData, V>> {
@@ -113,6 +130,70 @@ impl Instance {
         array::<GuardConfig>(&self.dir, maps::CONFIG)?
             .set(0, *config, 0)
             .context("cannot write CONFIG")
+    }
+
+    /// Writes the `[[ports]]` policies' configurations (`configs[i]` is
+    /// `ports[i]`'s, entry `i + 1`), then, for each port whose policy
+    /// changed from `was` to `index`, which one it follows: a port never
+    /// points at a configuration not yet written.
+    pub fn set_port_policies(&self, configs: &[GuardConfig], was: &[u8], index: &[u8]) -> Result<()> {
+        self.set_port_configs(configs, &[])?;
+        let mut map = array::<u8>(&self.dir, maps::PORT_POLICY)?;
+        for (port, (old, new)) in was.iter().zip(index).enumerate() {
+            if old != new {
+                map.set(port as u32, *new, 0)
+                    .with_context(|| format!("cannot write PORT_POLICY[{port}]"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the policies' configurations that differ from `written`.
+    pub fn set_port_configs(&self, configs: &[GuardConfig], written: &[GuardConfig]) -> Result<()> {
+        let mut map = array::<GuardConfig>(&self.dir, maps::PORT_CONFIGS)?;
+        for (i, config) in configs.iter().enumerate() {
+            if written.get(i) != Some(config) {
+                map.set(i as u32 + 1, *config, 0)
+                    .with_context(|| format!("cannot write PORT_CONFIGS[{}]", i + 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Which policy each port follows (0: none), as `PORT_POLICY` holds it.
+    pub fn port_index(&self) -> Result<Vec<u8>> {
+        let map = array::<u8>(&self.dir, maps::PORT_POLICY)?;
+        (0..=u16::MAX as u32)
+            .map(|port| {
+                map.get(&port, 0)
+                    .with_context(|| format!("cannot read PORT_POLICY[{port}]"))
+            })
+            .collect()
+    }
+
+    /// The `[[ports]]` policies in force: from the maps, each policy's
+    /// ports and the settings in which it differs from `global`.
+    pub fn port_policies(&self, global: &GuardConfig) -> Result<Vec<PortPolicy>> {
+        let index = self.port_index()?;
+        let configs = array::<GuardConfig>(&self.dir, maps::PORT_CONFIGS)?;
+        let mut policies = Vec::new();
+        for n in 1..=index.iter().copied().max().unwrap_or(0) {
+            let ports = ranges(
+                index
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| **p == n)
+                    .map(|(port, _)| port as u16),
+            );
+            if ports.is_empty() {
+                continue;
+            }
+            let config = configs
+                .get(&u32::from(n), 0)
+                .with_context(|| format!("cannot read PORT_CONFIGS[{n}]"))?;
+            policies.push(PortPolicy::in_force(ports, &config, global));
+        }
+        Ok(policies)
     }
 
     /// Tells the fast path the daemon is alive (see `CONTROLLER_STALE_NS`).

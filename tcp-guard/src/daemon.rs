@@ -40,7 +40,7 @@ use crate::{
     pidfd::DaemonProcess,
     program,
     sd_notify::Notifier,
-    settings::{self, Lists, Settings},
+    settings::{self, Lists, PortPolicy, Settings},
     stats, sysctls,
 };
 
@@ -137,6 +137,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     if let Some(chosen) = cookies::prepare(&mut settings.live, iface)? {
         log::info!("{chosen}");
     }
+    port_configs(&settings.ports, &settings.live, iface)?;
     // What may fail is done before a running daemon is asked to hand over
     // and before anything is attached: a start that fails leaves the
     // interface as it found it.
@@ -394,6 +395,9 @@ fn start(
     let iface = options.iface.as_str();
     let instance = Instance::new(instance::dir(iface));
     program::write_config(&mut ebpf, &settings.live)?;
+    let port_configs = port_configs(&settings.ports, &settings.live, iface)?;
+    let port_index = settings::port_index(&settings.ports);
+    instance.set_port_policies(&port_configs, &instance.port_index()?, &port_index)?;
     let logger = EbpfLogger::init(&mut ebpf).context("cannot read the eBPF programs' log ring")?;
     let events: RingBuf<MapData> = ebpf
         .take_map(maps::EVENTS)
@@ -501,8 +505,29 @@ fn start(
         overflows: None,
         over_limit_logged: 0,
         over_limit_unlogged: 0,
+        ports: settings.ports.clone(),
+        port_index,
+        port_configs,
     };
     Ok((ebpf, logger, control))
+}
+
+/// The configurations of the `[[ports]]` policies: `config` (the global
+/// one, its policy resolved) with each policy's settings. A policy of its
+/// own is checked as the global one is.
+fn port_configs(ports: &[PortPolicy], config: &GuardConfig, iface: &str) -> Result<Vec<GuardConfig>> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, policy)| {
+            let ours = policy.apply(config);
+            if ours.policy != config.policy {
+                cookies::prepare(&mut ours.clone(), iface)
+                    .with_context(|| format!("ports[{i}] (ports {})", policy.ports_text()))?;
+            }
+            Ok(ours)
+        })
+        .collect()
 }
 
 /// Puts the config's `[lists]` on the allow and block lists, marked as from
@@ -571,6 +596,13 @@ fn log_settings(settings: &Settings) {
         }
     }
     let c = &settings.live;
+    for policy in &settings.ports {
+        log::info!(
+            "ports {}: {} (the rest as for every port)",
+            policy.ports_text(),
+            policy.settings_text()
+        );
+    }
     let monitored = stats::monitored_rules(c);
     if !monitored.is_empty() {
         log::warn!(
@@ -768,6 +800,11 @@ struct Control {
     /// Sources over their limits logged one by one this second, and not.
     over_limit_logged: u32,
     over_limit_unlogged: u64,
+    /// The config's `[[ports]]` policies, which port follows which
+    /// (`PORT_POLICY`), and their configurations as last written.
+    ports: Vec<PortPolicy>,
+    port_index: Vec<u8>,
+    port_configs: Vec<GuardConfig>,
 }
 
 /// Sources over their limits logged one by one a second: a spoofed flood
@@ -844,6 +881,7 @@ impl Control {
         let filling_queues = self.update_listener_limits(&config)?;
         self.detect_attack(&config, now, filling_queues)?;
         self.drain_events();
+        self.follow_port_configs(&config)?;
         self.steer_cookies(&config)?;
         if self.ticks.is_multiple_of(2) {
             let expire = program::expire_program(ebpf)?;
@@ -1066,13 +1104,25 @@ impl Control {
         attack_entered
     }
 
+    /// The `[[ports]]` policies follow the global configuration in all
+    /// they do not set, as `limits set` and the daemon itself change it.
+    fn follow_port_configs(&mut self, config: &GuardConfig) -> Result<()> {
+        let configs: Vec<GuardConfig> = self.ports.iter().map(|policy| policy.apply(config)).collect();
+        if configs != self.port_configs {
+            self.instance.set_port_configs(&configs, &self.port_configs)?;
+            self.port_configs = configs;
+        }
+        Ok(())
+    }
+
     /// While attack mode answers SYNs with cookies, the kernel settings they
     /// need are held in place (where the daemon may), and the fast path
     /// answers only while they are: `AttackState::cookies_ready`. They are
     /// let go `SYSCTL_GRACE` after it stops.
     fn steer_cookies(&mut self, config: &GuardConfig) -> Result<()> {
         let attack = self.instance.attack()?;
-        if attack.active == 0 || config.policy() != Policy::SynCookie || config.monitors(Rule::Attack) {
+        let answers = |c: &GuardConfig| c.policy() == Policy::SynCookie && !c.monitors(Rule::Attack);
+        if attack.active == 0 || !(answers(config) || self.port_configs.iter().any(answers)) {
             if self.sysctls_held {
                 let ended = *self.cookies_ended.get_or_insert_with(Instant::now);
                 if ended.elapsed() >= SYSCTL_GRACE {
@@ -1320,8 +1370,15 @@ impl Control {
             if settings.tables != self.running_tables {
                 bail!("tables.* cannot change while running (restart tcp-guard to resize the flow tables)");
             }
+            let port_configs = port_configs(&settings.ports, &settings.live, &self.iface)?;
             apply_lists(&self.iface, &self.instance, &settings.lists)?;
             self.instance.set_config(&settings.live)?;
+            let port_index = settings::port_index(&settings.ports);
+            self.instance
+                .set_port_policies(&port_configs, &self.port_index, &port_index)?;
+            self.ports = settings.ports.clone();
+            self.port_index = port_index;
+            self.port_configs = port_configs;
             Ok(settings)
         });
         // The note comes before the count: `tcp-guard reload` reads it once the count moves.

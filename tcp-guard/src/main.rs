@@ -16,7 +16,7 @@ use tcp_guard::{
     flows::{self, FlowTables, monotonic_now_ns},
     instance::{Claim, InstanceLock},
     pidfd::DaemonProcess,
-    settings::{self, MAX_TABLE_SIZE, Settings},
+    settings::{self, MAX_TABLE_SIZE, PortPolicy, Settings},
     stats,
 };
 use tcp_guard_common::{
@@ -460,7 +460,7 @@ fn check(args: CheckArgs) -> Result<()> {
     match checked {
         Ok(()) if args.json => println!(
             "{}",
-            serde_json::json!({ "config": path, "valid": true, "settings": settings.to_json(), "error": null })
+            serde_json::json!({ "config": path, "valid": true, "settings": settings_json(&settings), "error": null })
         ),
         Ok(()) => println!("{path}: valid"),
         Err(e) => {
@@ -530,6 +530,7 @@ fn running_settings(instance: &Instance) -> Result<Settings> {
             flows: gauges.flow_max,
         },
         lists: instance.config_lists()?,
+        ports: instance.port_policies(&instance.config()?)?,
     })
 }
 
@@ -539,9 +540,12 @@ fn limits(action: LimitsAction) -> Result<()> {
             let (_, instance) = Instance::resolve(target.iface.as_deref())?;
             let settings = running_settings(&instance)?;
             if json {
-                println!("{}", settings.to_json());
+                println!("{}", settings_json(&settings));
             } else {
                 print!("{}", settings.to_text());
+                for policy in &settings.ports {
+                    println!("ports {}: {}", policy.ports_text(), policy.settings_text());
+                }
             }
         }
         LimitsAction::Set { target, assignments } => {
@@ -607,8 +611,16 @@ fn list(map: &str, action: ListAction) -> Result<()> {
     Ok(())
 }
 
+/// Every setting as `limits show --json` prints it, and under "ports" the
+/// `[[ports]]` policies: `[{"ports": ["22"], "settings": {"limits.syn_rate": 20}}]`.
+fn settings_json(settings: &Settings) -> serde_json::Value {
+    let mut json = settings.to_json();
+    json["ports"] = settings.ports.iter().map(|p| p.to_json()).collect();
+    json
+}
+
 /// Settings whose values differ: {"KEY": {"from", "to"}}; the lists as
-/// arrays of CIDRs.
+/// arrays of CIDRs; the `[[ports]]` policies as a whole.
 fn changed_settings(before: &Settings, after: &Settings) -> serde_json::Map<String, serde_json::Value> {
     let after_json = after.to_json();
     let mut changed = serde_json::Map::new();
@@ -631,6 +643,13 @@ fn changed_settings(before: &Settings, after: &Settings) -> serde_json::Map<Stri
                 serde_json::json!({ "from": cidrs(from), "to": cidrs(to) }),
             );
         }
+    }
+    if before.ports != after.ports {
+        let policies = |ports: &[PortPolicy]| ports.iter().map(|p| p.to_json()).collect::<Vec<_>>();
+        changed.insert(
+            "ports".to_string(),
+            serde_json::json!({ "from": policies(&before.ports), "to": policies(&after.ports) }),
+        );
     }
     changed
 }

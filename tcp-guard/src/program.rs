@@ -44,6 +44,8 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::LISTENERS,
     maps::LISTENER_LIMITS,
     maps::HEARTBEAT,
+    maps::PORT_POLICY,
+    maps::PORT_CONFIGS,
     maps::EVENTS,
 ];
 

@@ -3,7 +3,8 @@
 //! and `tcp-guard limits set`. Table sizes are fixed at start; everything
 //! else lives in the pinned `CONFIG` map and can change while running.
 //! The `[lists]` section is apart: lists of sources, read from the file
-//! only, which the daemon puts on its allow and block lists.
+//! only, which the daemon puts on its allow and block lists. So are the
+//! `[[ports]]` policies: settings that differ for some local ports.
 
 use std::{collections::HashSet, path::Path, time::Duration};
 
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use tcp_guard_common::{
     config::TableSizes,
     flow::TcpState,
-    policy::{GuardConfig, Policy, Rule},
+    policy::{GuardConfig, MAX_PORT_POLICIES, Policy, Rule},
 };
 
 use crate::control::Cidr;
@@ -22,7 +23,38 @@ pub struct Settings {
     pub live: GuardConfig,
     pub tables: TableSizes,
     pub lists: Lists,
+    pub ports: Vec<PortPolicy>,
 }
+
+/// One of the config's `[[ports]]`: for SYNs to these local ports, these
+/// settings instead of the global ones (the rest follow the global ones,
+/// also as `limits set` changes them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// Inclusive ranges.
+    pub ports: Vec<(u16, u16)>,
+    /// Keys (of [`PORT_KEYS`]) and their values, as given.
+    pub settings: Vec<(&'static str, u64)>,
+}
+
+/// What a `[[ports]]` policy may set: what the fast path decides per SYN.
+/// (Attack mode, the tables and the timeouts are the interface's.)
+pub const PORT_KEYS: &[&str] = &[
+    "limits.per_source_half_open",
+    "limits.per_prefix_half_open",
+    "limits.per_port_half_open",
+    "limits.syn_rate",
+    "limits.syn_burst",
+    "attack.policy",
+    "attack.challenge_window",
+    "monitor.all",
+    "monitor.syn_rate",
+    "monitor.half_open",
+    "monitor.attack",
+];
+
+/// Most `[[ports]]` policies (`PORT_CONFIGS` has one more entry, for none).
+pub const MAX_PORTS_POLICIES: usize = MAX_PORT_POLICIES as usize - 1;
 
 /// The config file's `[lists]`: sources the daemon keeps on its allow and
 /// block lists, marked as from the config, at start and on every reload.
@@ -45,7 +77,7 @@ pub const MAX_AUTOMATIC_BLOCKS: u32 = 65_536 - MAX_OPERATOR_BLOCKS as u32;
 /// Most entries of `lists.allow`: the allow list holds 16,384.
 pub const MAX_CONFIG_ALLOWS: usize = 16_384;
 
-const SECTIONS: &str = "sections are limits, attack, blocking, monitor, timeouts, tables, lists";
+const SECTIONS: &str = "sections are limits, attack, blocking, monitor, timeouts, tables, lists, [[ports]]";
 
 /// Largest flow table: 16 Mi flows, about 2.5 GiB of kernel memory.
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
@@ -537,6 +569,16 @@ fn parse_value(key: &Key, text: &str) -> Result<u64> {
     }
 }
 
+/// A value as `limits show --json` gives it: counts and switches as JSON
+/// numbers and booleans, the rest in the text form `limits set` takes.
+fn json_value(key: &Key, value: u64) -> serde_json::Value {
+    match key.kind {
+        Kind::Count { .. } => serde_json::Value::from(value),
+        Kind::Switch => serde_json::Value::Bool(value != 0),
+        _ => serde_json::Value::String(format_value(key, value)),
+    }
+}
+
 fn format_value(key: &Key, value: u64) -> String {
     match key.kind {
         Kind::Count { .. } => format_count(value),
@@ -593,6 +635,178 @@ impl Lists {
     }
 }
 
+impl PortPolicy {
+    /// `ports[index]` of the config file.
+    fn from_toml(index: usize, table: &toml::Table) -> Result<PortPolicy> {
+        let at = format!("ports[{index}]");
+        let mut policy = PortPolicy {
+            ports: Vec::new(),
+            settings: Vec::new(),
+        };
+        for (name, value) in table {
+            if name == "ports" {
+                let entries = match value {
+                    toml::Value::Array(entries) => entries.clone(),
+                    single => vec![single.clone()],
+                };
+                for entry in &entries {
+                    policy
+                        .ports
+                        .push(parse_port_range(entry).with_context(|| format!("{at}.ports"))?);
+                }
+                continue;
+            }
+            let section = value.as_table().ok_or_else(|| {
+                anyhow!("{at}.{name}: expected `ports = ...` or a section of settings, e.g. [ports.limits] syn_rate = 20")
+            })?;
+            for (key, value) in section {
+                let full = format!("{name}.{key}");
+                let Some(key) = PORT_KEYS.iter().find(|k| **k == full) else {
+                    bail!(
+                        "{at}: {full} is not set per port; a [[ports]] policy may set {}",
+                        PORT_KEYS.join(", ")
+                    );
+                };
+                let parsed = parse_value(
+                    find(key)?,
+                    &toml_text(value).with_context(|| format!("{at}.{full}"))?,
+                )
+                .with_context(|| format!("{at}.{full}"))?;
+                policy.settings.push((key, parsed));
+            }
+        }
+        if policy.ports.is_empty() {
+            bail!("{at}: no ports; add e.g. ports = \"22\" or ports = [\"8000-8099\", \"8443\"]");
+        }
+        if policy.settings.is_empty() {
+            bail!("{at}: sets nothing; add e.g. [ports.limits] syn_rate = 20");
+        }
+        Ok(policy)
+    }
+
+    /// `base` (the running global configuration) with this policy's settings.
+    /// `auto` keeps the policy the daemon resolved for `base`.
+    pub fn apply(&self, base: &GuardConfig) -> GuardConfig {
+        let mut settings = Settings {
+            live: *base,
+            ..Settings::default()
+        };
+        for (name, value) in &self.settings {
+            let key = find(name).expect("PORT_KEYS are keys");
+            if matches!(key.kind, Kind::Policy) && *value == Policy::Auto as u64 {
+                continue;
+            }
+            (key.set)(&mut settings, *value);
+        }
+        settings.live
+    }
+
+    /// A policy as the maps hold it: `ports` follow `config`, which differs
+    /// from `global` in the settings returned.
+    pub fn in_force(ports: Vec<(u16, u16)>, config: &GuardConfig, global: &GuardConfig) -> PortPolicy {
+        let (ours, theirs) = (
+            Settings {
+                live: *config,
+                ..Settings::default()
+            },
+            Settings {
+                live: *global,
+                ..Settings::default()
+            },
+        );
+        let settings = PORT_KEYS
+            .iter()
+            .map(|name| (*name, find(name).expect("PORT_KEYS are keys")))
+            .filter(|(_, key)| (key.get)(&ours) != (key.get)(&theirs))
+            .map(|(name, key)| (name, (key.get)(&ours)))
+            .collect();
+        PortPolicy { ports, settings }
+    }
+
+    /// `22, 8000-8099`
+    pub fn ports_text(&self) -> String {
+        self.ports
+            .iter()
+            .map(|(first, last)| {
+                if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `limits.syn_rate=20 attack.policy=verified-only`
+    pub fn settings_text(&self) -> String {
+        self.settings
+            .iter()
+            .map(|(name, value)| format!("{name}={}", format_value(find(name).expect("a key"), *value)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// `{"ports": ["22"], "settings": {"limits.syn_rate": 20}}`
+    pub fn to_json(&self) -> serde_json::Value {
+        let settings: serde_json::Map<String, serde_json::Value> = self
+            .settings
+            .iter()
+            .map(|(name, value)| (name.to_string(), json_value(find(name).expect("a key"), *value)))
+            .collect();
+        serde_json::json!({
+            "ports": self.ports_text().split(", ").collect::<Vec<_>>(),
+            "settings": settings,
+        })
+    }
+}
+
+/// `"22"`, `22` or `"8000-8099"`.
+fn parse_port_range(value: &toml::Value) -> Result<(u16, u16)> {
+    let text = match value {
+        toml::Value::String(s) => s.trim().to_string(),
+        toml::Value::Integer(i) => i.to_string(),
+        other => bail!("{other}: expected a port or a range, e.g. \"22\" or \"8000-8099\""),
+    };
+    let port = |part: &str| -> Result<u16> {
+        match part.trim().parse::<u16>() {
+            Ok(port) if port != 0 => Ok(port),
+            _ => bail!("{text:?}: ports are 1 to 65535, a range is \"FIRST-LAST\""),
+        }
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((first, last)) => (port(first)?, port(last)?),
+        None => (port(&text)?, port(&text)?),
+    };
+    if first > last {
+        bail!("{text:?}: the range runs backwards; write it \"{last}-{first}\"");
+    }
+    Ok((first, last))
+}
+
+/// A TOML value in the text form the settings parse.
+fn toml_text(value: &toml::Value) -> Result<String> {
+    Ok(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => bail!("{other}: expected a whole number, a string or true/false"),
+    })
+}
+
+/// What each port follows: 0, the global settings; n, `ports[n - 1]`.
+pub fn port_index(ports: &[PortPolicy]) -> Vec<u8> {
+    let mut index = vec![0u8; 65_536];
+    for (n, policy) in ports.iter().enumerate() {
+        for (first, last) in &policy.ports {
+            for port in *first..=*last {
+                index[usize::from(port)] = n as u8 + 1;
+            }
+        }
+    }
+    index
+}
+
 impl Settings {
     /// Sets `name` from its text form, validating the value on its own.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
@@ -636,6 +850,23 @@ impl Settings {
                 c.attack_enter_syn_rate
             );
         }
+        if self.ports.len() > MAX_PORTS_POLICIES {
+            bail!(
+                "{} [[ports]] policies, more than the {MAX_PORTS_POLICIES} the fast path holds; give policies with the same settings one entry with several ports",
+                self.ports.len()
+            );
+        }
+        let mut claimed: Vec<(u16, u16, usize)> = Vec::new();
+        for (i, policy) in self.ports.iter().enumerate() {
+            for &(first, last) in &policy.ports {
+                if let Some((_, _, other)) = claimed.iter().find(|(f, l, _)| first <= *l && *f <= last) {
+                    bail!(
+                        "ports[{i}] and ports[{other}] both claim ports in {first}-{last}; a port follows one policy"
+                    );
+                }
+                claimed.push((first, last, i));
+            }
+        }
         if c.global_half_open != 0 && c.global_half_open > self.tables.half_open {
             bail!(
                 "limits.global_half_open ({}) exceeds tables.max_half_open ({}): the table would fill first",
@@ -661,6 +892,26 @@ impl Settings {
             .parse()
             .with_context(|| format!("{} is not valid TOML", path.display()))?;
         for (section, entries) in &table {
+            if section == "ports" {
+                let policies = entries.as_array().ok_or_else(|| {
+                    anyhow!(
+                        "{}: ports must be [[ports]] tables, one per policy",
+                        path.display()
+                    )
+                })?;
+                self.ports = policies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, policy)| {
+                        policy
+                            .as_table()
+                            .ok_or_else(|| anyhow!("ports[{i}] must be a [[ports]] table"))
+                            .and_then(|table| PortPolicy::from_toml(i, table))
+                    })
+                    .collect::<Result<_>>()
+                    .with_context(|| format!("in {}", path.display()))?;
+                continue;
+            }
             let entries = entries
                 .as_table()
                 .ok_or_else(|| anyhow!("{}: {section} must be a [section] of settings", path.display()))?;
@@ -678,15 +929,7 @@ impl Settings {
             for (name, value) in entries {
                 let key = format!("{section}.{name}");
                 find(&key).with_context(|| format!("in {}", path.display()))?;
-                let text = match value {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(i) => i.to_string(),
-                    toml::Value::Boolean(b) => b.to_string(),
-                    other => bail!(
-                        "{}: {key} = {other}: expected a whole number, a string or true/false",
-                        path.display()
-                    ),
-                };
+                let text = toml_text(value).with_context(|| format!("{}: {key}", path.display()))?;
                 self.set(&key, &text)
                     .with_context(|| format!("in {}", path.display()))?;
             }
@@ -713,15 +956,7 @@ impl Settings {
     /// in the form `limits set` takes back (counts as numbers).
     pub fn to_json(&self) -> serde_json::Value {
         KEYS.iter()
-            .map(|k| {
-                let value = (k.get)(self);
-                let json = match k.kind {
-                    Kind::Count { .. } => serde_json::Value::from(value),
-                    Kind::Switch => serde_json::Value::Bool(value != 0),
-                    _ => serde_json::Value::String(format_value(k, value)),
-                };
-                (k.name.to_string(), json)
-            })
+            .map(|k| (k.name.to_string(), json_value(k, (k.get)(self))))
             .collect::<serde_json::Map<_, _>>()
             .into()
     }
