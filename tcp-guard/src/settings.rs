@@ -667,11 +667,8 @@ impl PortPolicy {
                         PORT_KEYS.join(", ")
                     );
                 };
-                let parsed = parse_value(
-                    find(key)?,
-                    &toml_text(value).with_context(|| format!("{at}.{full}"))?,
-                )
-                .with_context(|| format!("{at}.{full}"))?;
+                let parsed = parse_value(find(key)?, &toml_text(&format!("{at}.{full}"), value)?)
+                    .with_context(|| format!("{at}.{full}"))?;
                 policy.settings.push((key, parsed));
             }
         }
@@ -681,6 +678,10 @@ impl PortPolicy {
         if policy.settings.is_empty() {
             bail!("{at}: sets nothing; add e.g. [ports.limits] syn_rate = 20");
         }
+        // In PORT_KEYS order, as `in_force` reads them back.
+        policy
+            .settings
+            .sort_by_key(|(name, _)| PORT_KEYS.iter().position(|k| k == name));
         Ok(policy)
     }
 
@@ -784,13 +785,13 @@ fn parse_port_range(value: &toml::Value) -> Result<(u16, u16)> {
     Ok((first, last))
 }
 
-/// A TOML value in the text form the settings parse.
-fn toml_text(value: &toml::Value) -> Result<String> {
+/// The TOML value of `key` in the text form the settings parse.
+fn toml_text(key: &str, value: &toml::Value) -> Result<String> {
     Ok(match value {
         toml::Value::String(s) => s.clone(),
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
-        other => bail!("{other}: expected a whole number, a string or true/false"),
+        other => bail!("{key} = {other}: expected a whole number, a string or true/false"),
     })
 }
 
@@ -929,7 +930,7 @@ impl Settings {
             for (name, value) in entries {
                 let key = format!("{section}.{name}");
                 find(&key).with_context(|| format!("in {}", path.display()))?;
-                let text = toml_text(value).with_context(|| format!("{}: {key}", path.display()))?;
+                let text = toml_text(&key, value).with_context(|| format!("in {}", path.display()))?;
                 self.set(&key, &text)
                     .with_context(|| format!("in {}", path.display()))?;
             }
@@ -1175,6 +1176,72 @@ mod tests {
                 .contains("\"lists.block\" is a list, read from the config file's [lists] only"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn ports_policies_set_their_keys_for_their_ports_only() {
+        let settings = load(
+            "[limits]\nsyn_rate = 100\n\n\
+             [[ports]]\nports = \"22\"\n[ports.limits]\nsyn_rate = 5\nper_source_half_open = 2\n\
+             [ports.attack]\npolicy = \"verified-only\"\n\n\
+             [[ports]]\nports = [\"8000-8002\", 8443]\n[ports.monitor]\nall = true\n",
+        )
+        .expect("valid");
+        assert_eq!(settings.ports.len(), 2);
+        assert_eq!(settings.ports[0].ports_text(), "22");
+        assert_eq!(settings.ports[1].ports_text(), "8000-8002, 8443");
+        let ssh = settings.ports[0].apply(&settings.live);
+        assert_eq!((ssh.syn_rate, ssh.per_source_half_open), (5, 2));
+        assert_eq!(ssh.policy(), Policy::VerifiedOnly);
+        assert_eq!(
+            ssh.syn_burst, settings.live.syn_burst,
+            "the rest as for every port"
+        );
+        let web = settings.ports[1].apply(&settings.live);
+        assert!(web.monitors(Rule::SynRate) && web.syn_rate == 100);
+        let index = port_index(&settings.ports);
+        assert_eq!((index[22], index[8001], index[8443], index[80]), (1, 2, 2, 0));
+        // What the maps hold reads back as the policy.
+        let back = PortPolicy::in_force(vec![(22, 22)], &ssh, &settings.live);
+        assert_eq!(back.settings_text(), settings.ports[0].settings_text());
+    }
+
+    #[test]
+    fn bad_ports_policies_are_named_with_the_fix() {
+        for (text, expected) in [
+            ("[[ports]]\n[ports.limits]\nsyn_rate = 5\n", "ports[0]: no ports"),
+            ("[[ports]]\nports = \"22\"\n", "ports[0]: sets nothing"),
+            (
+                "[[ports]]\nports = \"0\"\n[ports.limits]\nsyn_rate = 5\n",
+                "ports are 1 to 65535",
+            ),
+            (
+                "[[ports]]\nports = \"90-80\"\n[ports.limits]\nsyn_rate = 5\n",
+                "write it \"80-90\"",
+            ),
+            (
+                "[[ports]]\nports = \"22\"\n[ports.limits]\nglobal_half_open = 5\n",
+                "limits.global_half_open is not set per port",
+            ),
+            (
+                "[[ports]]\nports = \"20-30\"\n[ports.limits]\nsyn_rate = 5\n\
+                 [[ports]]\nports = \"22\"\n[ports.limits]\nsyn_rate = 6\n",
+                "ports[1] and ports[0] both claim ports in 22-22",
+            ),
+            ("[ports]\nlimits = 1\n", "ports must be [[ports]] tables"),
+            (
+                "[[ports]]\nports = \"22\"\n[ports.limits]\nsyn_rate = \"fast\"\n",
+                "ports[0].limits.syn_rate",
+            ),
+        ] {
+            let error = format!("{:#}", load(text).expect_err(text));
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+        let many: String = (1..=MAX_PORTS_POLICIES + 1)
+            .map(|port| format!("[[ports]]\nports = {port}\n[ports.limits]\nsyn_rate = 5\n"))
+            .collect();
+        let error = format!("{:#}", load(&many).expect_err("too many"));
+        assert!(error.contains("more than the 63"), "{error}");
     }
 
     #[test]
