@@ -31,7 +31,7 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -437,9 +437,10 @@ pub fn remove(iface: &str) -> Result<()> {
 
 /// The last walk of a `T` and when it was made: a reader gets it while it
 /// is younger than [`WALK_EVERY`]; otherwise it is walked again, one walk
-/// at a time, whoever asks.
+/// at a time, whoever asks, and never sooner than that after the last.
+/// Kept only while a reader holds it (a million flows take megabytes).
 struct Walked<T> {
-    last: tokio::sync::Mutex<Option<(Instant, Arc<T>)>>,
+    last: tokio::sync::Mutex<Option<(Instant, Weak<T>)>>,
 }
 
 impl<T: Send + Sync + 'static> Walked<T> {
@@ -455,15 +456,21 @@ impl<T: Send + Sync + 'static> Walked<T> {
         if let Some((at, value)) = &*last
             && at.elapsed() < WALK_EVERY
         {
-            return Ok((value.clone(), at.elapsed()));
+            if let Some(value) = value.upgrade() {
+                return Ok((value, at.elapsed()));
+            }
+            tokio::time::sleep(WALK_EVERY.saturating_sub(at.elapsed())).await;
         }
-        let value = Arc::new(
-            tokio::task::spawn_blocking(walk)
-                .await
-                .context("the walk of the maps failed")??,
-        );
-        *last = Some((Instant::now(), value.clone()));
-        Ok((value, Duration::ZERO))
+        let walked = tokio::task::spawn_blocking(walk)
+            .await
+            .context("the walk of the maps failed")
+            .and_then(|walked| walked.map(Arc::new));
+        // A failed walk counts too: a reader asking in a loop gets no more of them.
+        *last = Some((
+            Instant::now(),
+            walked.as_ref().map_or_else(|_| Weak::new(), Arc::downgrade),
+        ));
+        Ok((walked?, Duration::ZERO))
     }
 }
 
