@@ -733,6 +733,7 @@ fn detach(iface: &str) -> Result<()> {
             }
             lock.remove_all()?;
             tcp_guard::instance::clear_reload_error(iface)?;
+            tcp_guard::monitor::remove(iface)?;
             println!("{iface}: detached (no daemon was running) and removed the pinned state");
             // A daemon killed during attack mode leaves them changed.
             match tcp_guard::sysctls::Manager::for_this_netns(iface)?.release()? {
