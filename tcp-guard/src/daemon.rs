@@ -36,7 +36,7 @@ use crate::{
     cookies,
     flows::{FlowTables, monotonic_now_ns},
     instance::{self, Claim, InstanceLock},
-    listeners, metrics,
+    listeners, metrics, monitor,
     pidfd::DaemonProcess,
     program,
     sd_notify::Notifier,
@@ -155,17 +155,33 @@ pub fn run(options: RunOptions) -> Result<()> {
             .transpose()?
     };
     let Claimed { lock, ebpf, adopting } = claim(iface, &settings, options.replace)?;
-    let started = start(
-        &lock,
-        ebpf,
-        &settings,
-        &options,
-        adopting,
-        metrics_listener.is_some(),
-    );
-    let (mut ebpf, logger, mut control) = match started {
+    // The socket once the instance is this daemon's: a stale one is replaced.
+    let readers = match monitor::bind(iface) {
+        Ok(readers) => readers,
+        Err(e) => {
+            if !adopting {
+                abandon(lock);
+            }
+            return Err(e);
+        }
+    };
+    let started = monitor::grant(iface, &settings.access.monitor_group).and_then(|granted| {
+        let started = start(
+            &lock,
+            ebpf,
+            &settings,
+            &options,
+            adopting,
+            metrics_listener.is_some(),
+        )?;
+        Ok((granted, started))
+    });
+    let (granted, (mut ebpf, logger, mut control)) = match started {
         Ok(started) => started,
         Err(e) => {
+            if let Err(e) = monitor::remove(iface) {
+                log::warn!("{e:#}");
+            }
             // A fresh start that failed leaves nothing behind.
             if !adopting {
                 abandon(lock);
@@ -175,13 +191,26 @@ pub fn run(options: RunOptions) -> Result<()> {
     };
     signals.release()?;
     let exit = runtime.block_on(async {
-        if let (Some(listener), Some(figures), Some(addr)) =
-            (metrics_listener, &control.figures, options.metrics)
-        {
+        let readers = tokio::net::UnixListener::from_std(readers).with_context(|| {
+            format!(
+                "cannot serve readers at {}",
+                monitor::socket_path(iface).display()
+            )
+        })?;
+        tokio::spawn(monitor::serve(
+            readers,
+            iface.to_string(),
+            control.instance.dir().to_path_buf(),
+            control.figures.sender.subscribe(),
+            control.figures.demand.clone(),
+        ));
+        control.readers = granted.describe(iface);
+        log::info!("{}", control.readers);
+        if let (Some(listener), Some(addr)) = (metrics_listener, options.metrics) {
             tokio::spawn(metrics::serve(
                 listener,
                 iface.to_string(),
-                figures.sender.subscribe(),
+                control.figures.sender.subscribe(),
             ));
             log::info!("serving Prometheus metrics at http://{addr}/metrics");
         }
@@ -204,8 +233,10 @@ pub fn run(options: RunOptions) -> Result<()> {
             }
             drop(ebpf);
             control.release_sysctls()?;
-            if let Err(e) = instance::clear_reload_error(iface) {
-                log::warn!("{e:#}");
+            for cleared in [instance::clear_reload_error(iface), monitor::remove(iface)] {
+                if let Err(e) = cleared {
+                    log::warn!("{e:#}");
+                }
             }
             lock.remove_all()
         }
@@ -383,7 +414,8 @@ fn take_over(iface: &str, settings: &Settings) -> Result<Claimed> {
 }
 
 /// Writes the configuration, attaches (adopting pinned links) and prepares
-/// the control loop; with `metrics`, it gathers the figures a scrape serves.
+/// the control loop, which gathers the figures a scrape (with `metrics`)
+/// and the monitoring socket serve.
 fn start(
     lock: &InstanceLock,
     mut ebpf: Ebpf,
@@ -472,23 +504,23 @@ fn start(
             sysctls.read()?
         );
     }
-    let figures = if metrics {
+    let figures = {
         let programs = program::attached_ids(&ebpf, options.egress)?;
         let bpf_stats_held = options.bpf_stats;
         let first = metrics::Figures::gather(&instance, &tables, &programs, bpf_stats_held)?;
-        Some(FiguresOut {
+        FiguresOut {
             sender: watch::channel(Arc::new(first)).0,
             programs,
             bpf_stats_held,
-        })
-    } else {
-        None
+            demand: Arc::new(monitor::Demand::new(metrics)),
+        }
     };
     let control = Control {
         iface: iface.to_string(),
         ifindex: Some(ifindex),
         mode,
         figures,
+        readers: String::new(),
         tables,
         instance,
         events,
@@ -603,7 +635,7 @@ fn log_settings(settings: &Settings) {
             policy.settings_text()
         );
     }
-    let monitored = stats::monitored_rules(c);
+    let monitored = stats::monitored_rules(c.monitor);
     if !monitored.is_empty() {
         log::warn!(
             "monitor mode for {}: what they would drop is counted (would_drop_* in stats and metrics) and passed",
@@ -757,13 +789,17 @@ impl std::os::fd::AsRawFd for RawFdOf {
     }
 }
 
-/// Where the control loop puts the figures the metrics endpoint serves.
+/// Where the control loop puts the figures the metrics endpoint and the
+/// monitoring socket serve.
 struct FiguresOut {
     sender: watch::Sender<Arc<metrics::Figures>>,
     /// Kernel ids of the attached programs, for their run times.
     programs: Vec<(&'static str, u32)>,
     /// Whether `--bpf-stats` has the kernel count run time.
     bpf_stats_held: bool,
+    /// Whether they are gathered: always with `--metrics`, else while the
+    /// monitoring socket's readers ask.
+    demand: Arc<monitor::Demand>,
 }
 
 struct Control {
@@ -772,8 +808,9 @@ struct Control {
     ifindex: Option<u32>,
     /// The XDP mode in use.
     mode: Mode,
-    /// With `--metrics`.
-    figures: Option<FiguresOut>,
+    figures: FiguresOut,
+    /// Who may read through the monitoring socket, as last logged.
+    readers: String,
     instance: Instance,
     tables: FlowTables,
     events: RingBuf<MapData>,
@@ -961,12 +998,14 @@ impl Control {
         Ok(())
     }
 
-    /// Gathers the figures a scrape serves: once a second, since the flow
-    /// gauges walk both tables, and never for a scrape, which anyone who
-    /// reaches the address may send as often as they like. Last in the
-    /// round: a failure here holds up nothing the fast path needs.
+    /// Gathers the figures a scrape or `stats` through the monitoring
+    /// socket serves: once a second, since the flow gauges walk both tables,
+    /// and never for a reader, who may ask as often as they like; without
+    /// `--metrics` only while readers ask. Last in the round: a failure here
+    /// holds up nothing the fast path needs.
     fn publish_figures(&self) -> Result<()> {
-        if let Some(out) = &self.figures {
+        let out = &self.figures;
+        if out.demand.wanted() {
             let figures =
                 metrics::Figures::gather(&self.instance, &self.tables, &out.programs, out.bpf_stats_held)?;
             out.sender.send_replace(Arc::new(figures));
@@ -1386,6 +1425,17 @@ impl Control {
             Ok(settings) => {
                 if let Err(e) = instance::clear_reload_error(&self.iface) {
                     log::warn!("{e:#}");
+                }
+                // A group created since the start counts from now on.
+                match monitor::grant(&self.iface, &settings.access.monitor_group) {
+                    Ok(readers) => {
+                        let readers = readers.describe(&self.iface);
+                        if readers != self.readers {
+                            log::info!("{readers}");
+                            self.readers = readers;
+                        }
+                    }
+                    Err(e) => log::error!("{e:#}"),
                 }
                 self.instance.note_reload(true);
                 log::info!("reloaded the configuration from {}", source.describe());

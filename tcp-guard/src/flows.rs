@@ -36,7 +36,7 @@ pub struct FlowRow {
 }
 
 /// Flows per state, plus table fill.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Gauges {
     /// Indexed by `TcpState as usize - 1`.
     pub per_state: [u64; 10],

@@ -67,8 +67,12 @@ pub fn reload_error(iface: &str) -> Result<Option<String>> {
 
 /// Forgets the last refusal (an accepted reload, a stop, a detach).
 pub fn clear_reload_error(iface: &str) -> Result<()> {
-    let path = reload_error_path(iface);
-    match fs::remove_file(&path) {
+    remove_if_present(&reload_error_path(iface))
+}
+
+/// Removes the file at `path`, if there is one.
+pub fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("cannot remove {}", path.display()))
         }

@@ -2,6 +2,7 @@
 //! what they count. The binary's subcommands are thin layers over this.
 
 pub mod attach;
+pub mod connections;
 pub mod control;
 pub mod cookies;
 pub mod daemon;
@@ -10,6 +11,7 @@ pub mod instance;
 pub mod journald;
 pub mod listeners;
 pub mod metrics;
+pub mod monitor;
 pub mod mount_ns;
 pub mod pidfd;
 pub mod program;

@@ -15,6 +15,7 @@ use tcp_guard::{
     daemon::{self, RunOptions, SettingsSource},
     flows::{self, FlowTables, monotonic_now_ns},
     instance::{Claim, InstanceLock},
+    monitor::Reader,
     pidfd::DaemonProcess,
     settings::{self, MAX_TABLE_SIZE, PortPolicy, Settings},
     stats,
@@ -40,8 +41,10 @@ const LONG_VERSION: &str = concat!(
 ///
 /// A running instance keeps its state in pinned BPF maps under
 /// /sys/fs/bpf/tcp-guard/<IFACE>/; every other command reads or changes
-/// that state directly. Exit codes: 0 success, 1 error, 2 bad command line,
-/// 3 invalid configuration (`check`).
+/// that state directly, as root. `stats`, `flows` and `top` also run as a
+/// member of the monitoring group (`access.monitor_group`,
+/// tcp-guard-monitor by default): they ask the daemon. Exit codes: 0
+/// success, 1 error, 2 bad command line, 3 invalid configuration (`check`).
 #[derive(Parser)]
 #[command(version, long_version = LONG_VERSION, propagate_version = true)]
 struct Cli {
@@ -66,9 +69,12 @@ struct Target {
 enum Command {
     /// Load the programs, attach them to an interface and enforce until
     /// SIGINT or SIGTERM, then detach and remove the pinned state. SIGHUP
-    /// reloads the configuration. Needs root.
+    /// reloads the configuration. Serves `stats`, `flows` and `top` to the
+    /// monitoring group at /run/tcp-guard-monitor/<IFACE>.sock. Needs root.
     Run(RunArgs),
-    /// Print the counters, flows per state, attack mode and table fill.
+    /// Print the counters, flows per state, attack mode and table fill. Root
+    /// reads the pinned maps; a member of the monitoring group gets the same
+    /// from the daemon, as it gathered them at most about a second before.
     Stats {
         #[command(flatten)]
         target: Target,
@@ -77,6 +83,7 @@ enum Command {
         json: bool,
     },
     /// List tracked flows, like `ss -tan`: state, local and peer address, age.
+    /// Root or a member of the monitoring group (see `stats`).
     Flows {
         #[command(flatten)]
         target: Target,
@@ -141,6 +148,7 @@ enum Command {
     },
     /// A live view: rates, half-open count, flows, attack mode, top sources,
     /// blocks, drops. Plain terminal, 80x24 is enough; q or Ctrl-C quits.
+    /// Root or a member of the monitoring group (see `stats`).
     Top {
         #[command(flatten)]
         target: Target,
@@ -243,6 +251,11 @@ struct RunArgs {
     /// Set one setting, overriding the config file, e.g. --set limits.syn_rate=50; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// The group whose members may run `stats`, `flows` and `top` without
+    /// root, through the daemon's socket; "" for root alone. Default:
+    /// tcp-guard-monitor, if it exists [= access.monitor_group].
+    #[arg(long, value_name = "GROUP", value_parser = parse_monitor_group)]
+    monitor_group: Option<String>,
     /// Capacity of the half-open flow table (SYN-SENT, SYN-RECV), e.g. 64Ki
     /// [= tables.max_half_open].
     #[arg(long, value_name = "COUNT", value_parser = parse_table_size)]
@@ -316,6 +329,15 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// `--monitor-group NAME` as the setting `access.monitor_group=NAME`.
+fn parse_monitor_group(group: &str) -> Result<String, String> {
+    let assignment = format!("access.monitor_group={group}");
+    Settings::default()
+        .apply(std::slice::from_ref(&assignment), false)
+        .map_err(|e| e.to_string())?;
+    Ok(assignment)
+}
+
 /// `syn_rcvd=30s` (or `SYN-RECV=30s`) as the setting `timeouts.syn_rcvd=30s`.
 fn parse_timeout(value: &str) -> Result<String, String> {
     let (state, duration) = value
@@ -381,7 +403,10 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Reload { target, json } => reload(target.iface.as_deref(), json),
         Command::Detach { iface } => detach(&iface),
         Command::Status { json } => status(json),
-        Command::Top { target } => tcp_guard::top::run(target.iface.as_deref()),
+        Command::Top { target } => {
+            let (iface, reader) = Reader::open("tcp-guard top", target.iface.as_deref())?;
+            tcp_guard::top::run(&iface, &reader)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "tcp-guard", &mut std::io::stdout());
             Ok(())
@@ -430,6 +455,7 @@ fn run(args: RunArgs) -> Result<()> {
         overrides.push(format!("tables.max_flows={n}"));
     }
     overrides.extend(args.timeouts);
+    overrides.extend(args.monitor_group);
     overrides.extend(args.sets);
     if let Some(path) = &args.config
         && !path.exists()
@@ -477,39 +503,20 @@ fn check(args: CheckArgs) -> Result<()> {
 }
 
 fn print_stats(iface: Option<&str>, json: bool) -> Result<()> {
-    let (iface, instance) = Instance::resolve(iface)?;
-    let dir = instance.dir();
-    let counters = stats::read_pinned(&dir.join(maps::STATS))?;
-    let gauges = FlowTables::open(dir)?.gauges()?;
-    let enforcement = stats::Enforcement::read(&instance)?;
+    let (iface, reader) = Reader::open("tcp-guard stats", iface)?;
+    let sample = reader.stats()?;
     let mut out = std::io::stdout().lock();
     if json {
-        let mut value = stats::to_json(&iface, &counters);
-        if let Some(all) = value.as_object_mut() {
-            for extra in [flows::gauges_to_json(&gauges), enforcement.to_json()] {
-                if let serde_json::Value::Object(extra) = extra {
-                    all.extend(extra);
-                }
-            }
-        }
-        writeln!(out, "{value}")?;
+        writeln!(out, "{}", sample.to_json(&iface))?;
     } else {
-        write!(
-            out,
-            "{}{}{}",
-            stats::to_text(&iface, &counters),
-            flows::gauges_to_text(&gauges),
-            enforcement.to_text()
-        )?;
+        write!(out, "{}", sample.to_text(&iface))?;
     }
     Ok(())
 }
 
 fn print_flows(iface: Option<&str>, state: Option<TcpState>, limit: Option<usize>, json: bool) -> Result<()> {
-    let (iface, instance) = Instance::resolve(iface)?;
-    let mut rows = FlowTables::open(instance.dir())?.rows(monotonic_now_ns())?;
-    rows.retain(|r| state.is_none_or(|s| r.state == s));
-    rows.truncate(limit.unwrap_or(usize::MAX));
+    let (iface, reader) = Reader::open("tcp-guard flows", iface)?;
+    let rows = reader.flows(state, limit)?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", flows::rows_to_json(&iface, &rows))?;
@@ -531,6 +538,8 @@ fn running_settings(instance: &Instance) -> Result<Settings> {
         },
         lists: instance.config_lists()?,
         ports: instance.port_policies(&instance.config()?)?,
+        // The daemon's alone, in no map: nothing shown from here names it.
+        access: Default::default(),
     })
 }
 
@@ -743,6 +752,7 @@ fn detach(iface: &str) -> Result<()> {
             }
             lock.remove_all()?;
             tcp_guard::instance::clear_reload_error(iface)?;
+            tcp_guard::monitor::remove(iface)?;
             println!("{iface}: detached (no daemon was running) and removed the pinned state");
             // A daemon killed during attack mode leaves them changed.
             match tcp_guard::sysctls::Manager::for_this_netns(iface)?.release()? {

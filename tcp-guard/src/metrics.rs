@@ -4,10 +4,9 @@
 //! dimension (drops by reason, packets by class, ...) become labels.
 
 use std::{
-    collections::VecDeque,
     fmt::Write as _,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,12 +17,10 @@ use tcp_guard_common::{
     policy::Rule,
     stats::{Counter, Stats},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::watch,
-};
+use tokio::{io::AsyncWriteExt, sync::watch};
 
 use crate::{
+    connections::{AcceptFailures, Admission, read_request},
     control::Instance,
     flows::{FlowTables, Gauges},
     stats::{self, Enforcement},
@@ -268,7 +265,7 @@ pub fn render(iface: &str, figures: &Figures) -> Result<String> {
     writeln!(
         out,
         "tcp_guard_half_open_limit{{iface=\"{iface}\"}} {}",
-        enforcement.config.global_half_open
+        enforcement.half_open_limit
     )?;
     gauge(&mut out, "tcp_guard_attack_mode", "1 while in attack mode.")?;
     writeln!(
@@ -286,7 +283,7 @@ pub fn render(iface: &str, figures: &Figures) -> Result<String> {
             out,
             "tcp_guard_monitor{{iface=\"{iface}\",rule=\"{}\"}} {}",
             rule.as_str(),
-            u8::from(enforcement.config.monitors(*rule))
+            u8::from(enforcement.monitor & (*rule as u8 | Rule::All as u8) != 0)
         )?;
     }
     gauge(
@@ -392,56 +389,24 @@ pub fn bind(addr: SocketAddr, replacing: bool) -> Result<tokio::net::TcpListener
 /// the daemon's descriptors), each for at most `READ_TIMEOUT`. Errors go to
 /// the log, not to the client.
 pub async fn serve(listener: tokio::net::TcpListener, iface: String, figures: watch::Receiver<Arc<Figures>>) {
-    // Connections still waiting for their request line, oldest first.
-    let waiting: Arc<Mutex<VecDeque<(u64, tokio::task::AbortHandle)>>> = Arc::default();
-    let mut next_id = 0u64;
-    let mut failed_accepts = 0u32;
+    let mut waiting = Admission::new(WAITING);
+    let mut failures = AcceptFailures::default();
     loop {
-        let mut socket = match listener.accept().await {
-            Ok((socket, _)) => {
-                failed_accepts = 0;
-                socket
-            }
-            Err(e) => {
-                // Out of descriptors, say: wait a little rather than spin.
-                failed_accepts += 1;
-                if failed_accepts.is_power_of_two() {
-                    log::warn!("metrics: accept failed ({failed_accepts} in a row): {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let Some(mut socket) = failures.take("metrics", listener.accept().await).await else {
+            continue;
         };
-        let id = next_id;
-        next_id += 1;
         let iface = iface.clone();
         let figures = figures.clone();
-        let done_waiting = waiting.clone();
-        let task = tokio::spawn(async move {
-            // Read until the request line is complete (it may come in pieces).
-            let mut request = Vec::with_capacity(256);
-            let mut chunk = [0u8; 512];
-            let read = tokio::time::timeout(READ_TIMEOUT, async {
-                while !request.windows(2).any(|w| w == b"\r\n") && request.len() < 4096 {
-                    match socket.read(&mut chunk).await? {
-                        0 => break,
-                        n => request.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
-            if let Ok(mut waiting) = done_waiting.lock() {
-                waiting.retain(|(other, _)| *other != id);
-            }
-            match read {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+        waiting.spawn(|place| async move {
+            let read = read_request(&mut socket, b"\r\n", 4096, READ_TIMEOUT).await;
+            drop(place);
+            let request = match read {
+                Ok(request) => request,
+                Err(e) => {
                     log::debug!("metrics: cannot read a request: {e}");
                     return;
                 }
-                Err(_) => return,
-            }
+            };
             let (status, body) = if request.starts_with(b"GET /metrics ") {
                 let latest = figures.borrow().clone();
                 match render(&iface, &latest) {
@@ -466,13 +431,5 @@ pub async fn serve(listener: tokio::net::TcpListener, iface: String, figures: wa
                 log::warn!("metrics: cannot answer: {e}");
             }
         });
-        if let Ok(mut waiting) = waiting.lock() {
-            waiting.push_back((id, task.abort_handle()));
-            while waiting.len() > WAITING {
-                if let Some((_, oldest)) = waiting.pop_front() {
-                    oldest.abort();
-                }
-            }
-        }
     }
 }

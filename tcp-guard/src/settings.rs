@@ -4,7 +4,9 @@
 //! else lives in the pinned `CONFIG` map and can change while running.
 //! The `[lists]` section is apart: lists of sources, read from the file
 //! only, which the daemon puts on its allow and block lists. So are the
-//! `[[ports]]` policies: settings that differ for some local ports.
+//! `[[ports]]` policies: settings that differ for some local ports. So is
+//! `[access]`: who besides root may read the daemon's figures, which the
+//! daemon applies to its monitoring socket, not to the fast path.
 
 use std::{collections::HashSet, path::Path, time::Duration};
 
@@ -24,6 +26,28 @@ pub struct Settings {
     pub tables: TableSizes,
     pub lists: Lists,
     pub ports: Vec<PortPolicy>,
+    pub access: Access,
+}
+
+/// The config file's `[access]`: read at start and on every reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The group whose members may run `stats`, `flows` and `top` through
+    /// the daemon's socket; empty: root only.
+    pub monitor_group: String,
+}
+
+/// The group `access.monitor_group` names unless told otherwise.
+pub const DEFAULT_MONITOR_GROUP: &str = "tcp-guard-monitor";
+
+const MONITOR_GROUP: &str = "access.monitor_group";
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            monitor_group: DEFAULT_MONITOR_GROUP.to_string(),
+        }
+    }
 }
 
 /// One of the config's `[[ports]]`: for SYNs to these local ports, these
@@ -77,7 +101,8 @@ pub const MAX_AUTOMATIC_BLOCKS: u32 = 65_536 - MAX_OPERATOR_BLOCKS as u32;
 /// Most entries of `lists.allow`: the allow list holds 16,384.
 pub const MAX_CONFIG_ALLOWS: usize = 16_384;
 
-const SECTIONS: &str = "sections are limits, attack, blocking, monitor, timeouts, tables, lists, [[ports]]";
+const SECTIONS: &str =
+    "sections are limits, attack, blocking, monitor, timeouts, tables, lists, access, [[ports]]";
 
 /// Largest flow table: 16 Mi flows, about 2.5 GiB of kernel memory.
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
@@ -439,6 +464,9 @@ static KEYS: &[Key] = &[
 fn find(name: &str) -> Result<&'static Key> {
     KEYS.iter().find(|k| k.name == name).ok_or_else(|| {
         let section = name.split('.').next().unwrap_or_default();
+        if section == "access" {
+            return anyhow!("unknown setting {name:?}; access has: {MONITOR_GROUP}");
+        }
         if section == "lists" {
             return anyhow!(
                 "{name:?} is a list, read from the config file's [lists] only (then `tcp-guard reload`); \
@@ -808,9 +836,51 @@ pub fn port_index(ports: &[PortPolicy]) -> Vec<u8> {
     index
 }
 
+impl Access {
+    /// `monitor_group = "tcp-guard-monitor"`.
+    fn from_toml(table: &toml::Table) -> Result<Access> {
+        let mut access = Access::default();
+        for (name, value) in table {
+            if format!("access.{name}") != MONITOR_GROUP {
+                bail!("unknown setting \"access.{name}\"; access has: {MONITOR_GROUP}");
+            }
+            let text = value.as_str().ok_or_else(|| {
+                anyhow!(
+                    "{MONITOR_GROUP} = {value}: expected a group name in quotes, e.g. \
+                     monitor_group = \"{DEFAULT_MONITOR_GROUP}\" (\"\": root only)"
+                )
+            })?;
+            access.monitor_group = parse_group(text)?;
+        }
+        Ok(access)
+    }
+}
+
+/// A group name as `groupadd` takes it, or "" (root only).
+fn parse_group(text: &str) -> Result<String> {
+    let all_digits = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit());
+    let valid = text.len() <= 32
+        && !text.starts_with('-')
+        && !all_digits
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if !valid {
+        bail!(
+            "{MONITOR_GROUP} = {text:?}: not a group name: up to 32 letters, digits, '_', '-' or '.', not \
+             starting with '-' and not all digits (as `groupadd` takes them); \"\" lets root alone read"
+        );
+    }
+    Ok(text.to_string())
+}
+
 impl Settings {
     /// Sets `name` from its text form, validating the value on its own.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        if name == MONITOR_GROUP {
+            self.access.monitor_group = parse_group(value.trim().trim_matches('"'))?;
+            return Ok(());
+        }
         let key = find(name)?;
         let value = parse_value(key, value)?;
         (key.set)(self, value);
@@ -824,6 +894,12 @@ impl Settings {
                 anyhow!("expected KEY=VALUE (e.g. limits.syn_rate=100), got {assignment:?}")
             })?;
             let name = name.trim();
+            if live_only && name == MONITOR_GROUP {
+                bail!(
+                    "{name} is the daemon's, not the fast path's: set it in the config file (or with \
+                     `run --monitor-group`), then `tcp-guard reload`"
+                );
+            }
             if live_only && find(name)?.restart {
                 bail!(
                     "{name} is fixed while running: set it in the config file (or with `run --set`) and restart"
@@ -918,6 +994,10 @@ impl Settings {
                 .ok_or_else(|| anyhow!("{}: {section} must be a [section] of settings", path.display()))?;
             if section == "lists" {
                 self.lists = Lists::from_toml(entries).with_context(|| format!("in {}", path.display()))?;
+                continue;
+            }
+            if section == "access" {
+                self.access = Access::from_toml(entries).with_context(|| format!("in {}", path.display()))?;
                 continue;
             }
             // A misspelt section with nothing in it would otherwise pass unseen.
@@ -1129,6 +1209,18 @@ mod tests {
                 "[lists]\nblocked = []\n",
                 "unknown setting \"lists.blocked\"; lists has: lists.allow, lists.block",
             ),
+            (
+                "[access]\nmonitor_group = \"-x\"\n",
+                "access.monitor_group = \"-x\": not a group name",
+            ),
+            (
+                "[access]\nmonitor_group = 1000\n",
+                "access.monitor_group = 1000: expected a group name in quotes",
+            ),
+            (
+                "[access]\ngroup = \"adm\"\n",
+                "unknown setting \"access.group\"; access has: access.monitor_group",
+            ),
         ];
         for (text, expected) in cases {
             let error = format!("{:#}", load(text).expect_err(text));
@@ -1162,6 +1254,31 @@ mod tests {
         let error = load(&format!("[lists]\nblock = [{}]\n", too_many.join(", "))).expect_err("too many");
         assert!(
             format!("{error:#}").contains("lists.block has 1025 entries, more than the 1024 it may hold"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn the_monitoring_group_is_read_from_the_file_and_run_but_not_changed_live() {
+        let settings = load("[access]\nmonitor_group = \"ops.read-1\"\n").expect("access");
+        assert_eq!(settings.access.monitor_group, "ops.read-1");
+        assert_eq!(Settings::default().access.monitor_group, DEFAULT_MONITOR_GROUP);
+        let mut settings = Settings::default();
+        settings
+            .apply(&["access.monitor_group=\"\"".to_string()], false)
+            .expect("empty: root only");
+        assert_eq!(settings.access.monitor_group, "");
+        for bad in ["a b", "1000", "x/y", &"g".repeat(33)] {
+            assert!(
+                Settings::default().set(MONITOR_GROUP, bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        let error = Settings::default()
+            .apply(&["access.monitor_group=adm".to_string()], true)
+            .expect_err("not through limits set");
+        assert!(
+            format!("{error:#}").contains("set it in the config file"),
             "{error:#}"
         );
     }

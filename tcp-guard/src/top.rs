@@ -1,6 +1,7 @@
 //! `tcp-guard top`: a live view of one instance, redrawn every second from
-//! its pinned maps. Plain terminal (80x24 is enough); q, Esc or Ctrl-C quits
-//! and restores the terminal.
+//! its pinned maps, or from what its daemon answers a reader without root.
+//! Plain terminal (80x24 is enough); q, Esc or Ctrl-C quits and restores
+//! the terminal.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -20,13 +21,14 @@ use ratatui::{
 use tcp_guard_common::{
     flow::TcpState,
     maps,
-    policy::SYN_SAMPLE_EVERY,
+    policy::{BlockEntry, SYN_SAMPLE_EVERY},
     stats::{Counter, Stats},
 };
 
 use crate::{
     control::{Cidr, Instance, time_left},
     flows::{FlowTables, Gauges, monotonic_now_ns},
+    monitor::Reader,
     settings::format_count,
     stats::{self as stats_file, Enforcement},
 };
@@ -34,47 +36,67 @@ use crate::{
 /// Seconds of SYN rate the sparkline shows.
 const HISTORY: usize = 60;
 
+/// What one frame is made from, as read at `taken_ns`.
+pub struct TopSample {
+    pub stats: Stats,
+    pub gauges: Gauges,
+    pub enforcement: Enforcement,
+    pub blocks: Vec<(Cidr, BlockEntry)>,
+    /// Sources with the most half-open flows, most first.
+    pub top_half_open: Vec<(IpAddr, u64)>,
+    /// Sampled SYNs per source so far: rates come from two samples.
+    pub sampled_syns: HashMap<IpAddr, u64>,
+    /// CLOCK_MONOTONIC ns when read: rates are over the time between two samples.
+    pub taken_ns: u64,
+}
+
+impl TopSample {
+    /// Reads it from the instance's pins (it walks the flow tables, the
+    /// block list and the sampled SYN sources).
+    pub fn read(instance: &Instance) -> Result<TopSample> {
+        Ok(TopSample {
+            stats: stats_file::read_pinned(&instance.dir().join(maps::STATS))?,
+            gauges: FlowTables::open(instance.dir())?.gauges()?,
+            enforcement: Enforcement::read(instance)?,
+            blocks: instance.blocks()?,
+            top_half_open: instance.top_half_open_sources(5)?,
+            sampled_syns: instance.sampled_syns()?,
+            taken_ns: monotonic_now_ns(),
+        })
+    }
+}
+
 /// Everything one frame shows.
 struct View {
     iface: String,
-    stats: Stats,
-    /// Counters' change per second since the previous view.
+    sample: TopSample,
+    /// Counters' change per second since the previous sample.
     rates: Stats,
-    gauges: Gauges,
-    enforcement: Enforcement,
-    blocks: Vec<(Cidr, Option<Duration>)>,
-    top_half_open: Vec<(IpAddr, u64)>,
-    /// Sampled SYNs per source so far, and the estimated SYN/s of the
-    /// busiest since the previous view.
-    sampled_syns: HashMap<IpAddr, u64>,
+    /// The estimated SYN/s of the busiest sources since the previous sample.
     top_syn_rate: Vec<(IpAddr, u64)>,
     syn_history: VecDeque<u64>,
 }
 
-fn read(
-    instance: &Instance,
-    iface: &str,
-    previous: Option<(&View, Instant)>,
-    history: &mut VecDeque<u64>,
-) -> Result<View> {
-    let stats = stats_file::read_pinned(&instance.dir().join(maps::STATS))?;
-    let sampled_syns = instance.sampled_syns()?;
+fn view(iface: &str, sample: TopSample, previous: Option<&View>, history: &mut VecDeque<u64>) -> View {
     let mut rates = Stats::default();
     let mut top_syn_rate = Vec::new();
-    if let Some((before, then)) = previous {
-        let secs = then.elapsed().as_secs_f64().max(0.001);
+    if let Some(before) = previous {
+        let secs = (sample.taken_ns.saturating_sub(before.sample.taken_ns) as f64 / 1e9).max(0.001);
         let per_second = |now: u64, was: u64| (now.saturating_sub(was) as f64 / secs).round() as u64;
-        for (rate, (now, was)) in rates
-            .counters
-            .iter_mut()
-            .zip(stats.counters.iter().zip(before.stats.counters.iter()))
-        {
+        for (rate, (now, was)) in rates.counters.iter_mut().zip(
+            sample
+                .stats
+                .counters
+                .iter()
+                .zip(before.sample.stats.counters.iter()),
+        ) {
             *rate = per_second(*now, *was);
         }
-        top_syn_rate = sampled_syns
+        top_syn_rate = sample
+            .sampled_syns
             .iter()
             .map(|(addr, syns)| {
-                let was = before.sampled_syns.get(addr).copied().unwrap_or(0);
+                let was = before.sample.sampled_syns.get(addr).copied().unwrap_or(0);
                 (*addr, per_second(*syns, was) * SYN_SAMPLE_EVERY as u64)
             })
             .filter(|(_, rate)| *rate > 0)
@@ -86,35 +108,25 @@ fn read(
             history.pop_front();
         }
     }
-    let now = monotonic_now_ns();
-    Ok(View {
+    View {
         iface: iface.to_string(),
-        stats,
+        sample,
         rates,
-        gauges: FlowTables::open(instance.dir())?.gauges()?,
-        enforcement: Enforcement::read(instance)?,
-        blocks: instance
-            .blocks()?
-            .into_iter()
-            .map(|(c, e)| (c, time_left(&e, now)))
-            .collect(),
-        top_half_open: instance.top_half_open_sources(5)?,
-        sampled_syns,
         top_syn_rate,
         syn_history: history.clone(),
-    })
+    }
 }
 
-pub fn run(iface: Option<&str>) -> Result<()> {
-    let (iface, instance) = Instance::resolve(iface)?;
+/// Runs the live view; `reader` reads the pins, or asks the daemon.
+pub fn run(iface: &str, reader: &Reader) -> Result<()> {
     let mut history = VecDeque::with_capacity(HISTORY);
-    let mut previous = read(&instance, &iface, None, &mut history)?;
-    let mut taken = Instant::now();
+    let mut previous = view(iface, reader.top()?, None, &mut history);
+    let mut asked = Instant::now();
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let result = (|| -> Result<()> {
         loop {
             terminal.draw(|frame| draw(frame, &previous))?;
-            let deadline = taken + Duration::from_secs(1);
+            let deadline = asked + Duration::from_secs(1);
             while Instant::now() < deadline {
                 if event::poll(deadline.saturating_duration_since(Instant::now()))?
                     && let Event::Key(key) = event::read()?
@@ -125,9 +137,13 @@ pub fn run(iface: Option<&str>) -> Result<()> {
                     return Ok(());
                 }
             }
-            let view = read(&instance, &iface, Some((&previous, taken)), &mut history)?;
-            taken = Instant::now();
-            previous = view;
+            let sample = reader.top()?;
+            asked = Instant::now();
+            // The daemon answers from a walk at most about a second old: the
+            // same one twice gives no rates.
+            if sample.taken_ns != previous.sample.taken_ns {
+                previous = view(iface, sample, Some(&previous), &mut history);
+            }
         }
     })();
     ratatui::try_restore().context("cannot restore the terminal")?;
@@ -172,7 +188,7 @@ fn spread(left: &str, right: &str, width: usize) -> Line<'static> {
 }
 
 fn title_line(v: &View) -> Line<'static> {
-    let e = &v.enforcement;
+    let e = &v.sample.enforcement;
     let attack = if e.attack.active != 0 {
         let secs = monotonic_now_ns().saturating_sub(e.attack.since_ns) / 1_000_000_000;
         format!("attack mode: ON ({}) {secs}s", e.attack.trigger_name())
@@ -182,11 +198,11 @@ fn title_line(v: &View) -> Line<'static> {
         "attack mode: off".green()
     };
     // Which rules: `stats` says; the line has no room.
-    let monitor = if e.config.monitor != 0 { " · MONITOR" } else { "" };
+    let monitor = if e.monitor != 0 { " · MONITOR" } else { "" };
     Line::from(vec![
         format!("tcp-guard top · {} · ", v.iface).bold(),
         attack,
-        format!(" · {}{monitor} · q quits", e.config.policy().as_str()).into(),
+        format!(" · {}{monitor} · q quits", e.policy.as_str()).into(),
     ])
 }
 
@@ -222,8 +238,8 @@ fn rates_panel(v: &View) -> Paragraph<'static> {
 }
 
 fn state_panel(v: &View) -> Paragraph<'static> {
-    let e = &v.enforcement;
-    let limit = e.config.global_half_open;
+    let e = &v.sample.enforcement;
+    let limit = e.half_open_limit;
     let filled = if limit == 0 {
         0
     } else {
@@ -255,16 +271,22 @@ fn state_panel(v: &View) -> Paragraph<'static> {
         TcpState::FinWait2,
     ];
     for pair in states.chunks(2) {
-        let cell = |s: &TcpState| format!("{:<11}{:>8}", s.ss_name(), v.gauges.per_state[*s as usize - 1]);
+        let cell = |s: &TcpState| {
+            format!(
+                "{:<11}{:>8}",
+                s.ss_name(),
+                v.sample.gauges.per_state[*s as usize - 1]
+            )
+        };
         let text = pair.iter().map(cell).collect::<Vec<_>>().join("   ");
         lines.push(Line::from(text));
     }
     lines.push(Line::from(format!(
         "tables  half-open {}/{}  flows {}/{}",
-        v.gauges.half_open_entries,
-        format_count(v.gauges.half_open_max.into()),
-        v.gauges.flow_entries,
-        format_count(v.gauges.flow_max.into())
+        v.sample.gauges.half_open_entries,
+        format_count(v.sample.gauges.half_open_max.into()),
+        v.sample.gauges.flow_entries,
+        format_count(v.sample.gauges.flow_max.into())
     )));
     Paragraph::new(lines).block(Block::bordered().title(" now "))
 }
@@ -291,14 +313,14 @@ fn drops_panel(v: &View, width: usize) -> Paragraph<'static> {
     let mut lines: Vec<Line> = Counter::ALL
         .iter()
         .filter(|c| c.is_drop() || c.is_would_drop() || **c == Counter::WouldAnswerWithCookie)
-        .filter(|c| v.rates.get(**c) > 0 || v.stats.get(**c) > 0)
+        .filter(|c| v.rates.get(**c) > 0 || v.sample.stats.get(**c) > 0)
         .map(|c| spread(&name(*c), &format!("{}/s", v.rates.get(*c)), width))
         .collect();
     if lines.is_empty() {
         lines.push(Line::from("none"));
     }
     // Which rules are monitored is in `stats`; the lines say what they hold back.
-    let title = if v.enforcement.config.monitor != 0 {
+    let title = if v.sample.enforcement.monitor != 0 {
         " drops · monitor "
     } else {
         " drops "
@@ -309,7 +331,8 @@ fn drops_panel(v: &View, width: usize) -> Paragraph<'static> {
 fn sources_panel(v: &View, width: usize) -> Paragraph<'static> {
     let mut lines = vec![Line::from("by half-open flows").bold()];
     lines.extend(
-        v.top_half_open
+        v.sample
+            .top_half_open
             .iter()
             .take(3)
             .map(|(a, n)| spread(&a.to_string(), &n.to_string(), width)),
@@ -325,16 +348,18 @@ fn sources_panel(v: &View, width: usize) -> Paragraph<'static> {
 }
 
 fn blocked_panel(v: &View, width: usize) -> Paragraph<'static> {
+    let now = monotonic_now_ns();
     let mut lines: Vec<Line> = v
+        .sample
         .blocks
         .iter()
-        .map(|(cidr, left)| {
-            let left = left.map_or("never".to_string(), |d| format!("{}s", d.as_secs()));
+        .map(|(cidr, entry)| {
+            let left = time_left(entry, now).map_or("never".to_string(), |d| format!("{}s", d.as_secs()));
             spread(&cidr.to_string(), &left, width)
         })
         .collect();
     if lines.is_empty() {
         lines.push(Line::from("none"));
     }
-    Paragraph::new(lines).block(Block::bordered().title(format!(" blocked ({}) ", v.blocks.len())))
+    Paragraph::new(lines).block(Block::bordered().title(format!(" blocked ({}) ", v.sample.blocks.len())))
 }

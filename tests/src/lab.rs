@@ -340,6 +340,13 @@ impl Drop for PinCleanup {
         {
             eprintln!("lab cleanup: cannot remove {}: {e}", dir.display());
         }
+        // A daemon killed with -9 leaves its monitoring socket too.
+        let socket = Path::new(MONITOR_SOCKETS).join(format!("{}.sock", self.0));
+        if let Err(e) = fs::remove_file(&socket)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            eprintln!("lab cleanup: cannot remove {}: {e}", socket.display());
+        }
         // A daemon killed with -9 while it held the kernel settings leaves
         // its namespace's record (a successor or `detach` would restore
         // them); the namespace goes with the lab, so the record does too.
@@ -367,6 +374,9 @@ impl Drop for PinCleanup {
 const SYSCTL_RECORDS: &str = "/run/tcp-guard";
 
 const PIN_ROOT: &str = "/sys/fs/bpf/tcp-guard";
+
+/// Where the daemons' monitoring sockets are.
+const MONITOR_SOCKETS: &str = "/run/tcp-guard-monitor";
 
 /// Deletes namespaces and pin directories of lab runs whose process is gone.
 pub fn sweep_leftovers() -> Result<()> {

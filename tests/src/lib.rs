@@ -3,6 +3,7 @@
 //! Rules: ../shared/test-network.md (own namespaces, benchmarking address
 //! ranges, bounded traffic, cleanup even on failure).
 
+pub mod accounts;
 pub mod daemon;
 pub mod flood;
 pub mod flood_bench;

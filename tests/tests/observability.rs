@@ -1,17 +1,19 @@
 //! Seeing what it sees: Prometheus metrics scraped while traffic runs, the
-//! live view driven in a real 80x24 terminal (tmux) during a flood, shell
-//! completions and the man page. Needs root.
+//! live view driven in a real 80x24 terminal (tmux) during a flood, what
+//! members of the monitoring group read without root, shell completions and
+//! the man page. Needs root.
 
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    process::Command,
+    process::{Command, Output},
     sync::atomic::AtomicBool,
     time::{Duration, Instant},
 };
 
 use tcp_guard_tests::{
-    daemon::{Daemon, counter, stats_json, tcp_guard, tcp_guard_bin},
+    accounts::Account,
+    daemon::{Daemon, counter, flows, stats_json, tcp_guard, tcp_guard_bin},
     flood::{FloodSpec, Sources, flood},
     inject::Injector,
     lab::{Lab, listen, run},
@@ -191,6 +193,34 @@ fn metrics_move_with_the_traffic() {
 struct Tmux(String);
 
 impl Tmux {
+    /// Runs `command` in a new 80x24 session named `name`.
+    fn start(name: String, command: &str) -> Tmux {
+        let session = Tmux(name);
+        run(Command::new("tmux").args([
+            "new-session",
+            "-d",
+            "-s",
+            &session.0,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            command,
+        ]))
+        .expect("start tmux");
+        session
+    }
+
+    /// Types q, which must end the program (and the session) within 5 s.
+    fn quit(&self) {
+        run(Command::new("tmux").args(["send-keys", "-t", &self.0, "q"])).expect("q");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.alive() {
+            assert!(Instant::now() < deadline, "it did not quit on q");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn capture(&self) -> String {
         let out = run(Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0])).expect("capture");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -220,20 +250,10 @@ fn top_shows_a_flood_in_an_80x24_terminal_and_quits_on_q() {
     let _daemon = Daemon::start(&lab.server, &lab.server_iface, &attack_settings()).expect("start");
     let addr = SocketAddr::new(lab.server_addr(false), PORT);
     let _listener = listen(&lab.server, addr, 64).expect("listen");
-    let session = Tmux(format!("tg-top-{}", lab.server_iface));
-    let command = format!("{} top --iface {}", tcp_guard_bin().display(), lab.server_iface);
-    run(Command::new("tmux").args([
-        "new-session",
-        "-d",
-        "-s",
-        &session.0,
-        "-x",
-        "80",
-        "-y",
-        "24",
-        &command,
-    ]))
-    .expect("start top in tmux");
+    let session = Tmux::start(
+        format!("tg-top-{}", lab.server_iface),
+        &format!("{} top --iface {}", tcp_guard_bin().display(), lab.server_iface),
+    );
     // Read the screen while the floods run: rates fall to zero after.
     let heavy: IpAddr = "198.19.255.7".parse().unwrap();
     let heavy_tops_the_rate_list = |screen: &str| {
@@ -281,12 +301,211 @@ fn top_shows_a_flood_in_an_80x24_terminal_and_quits_on_q() {
     if let Some(path) = std::env::var_os("TOP_CAPTURE") {
         std::fs::write(path, &screen).expect("write TOP_CAPTURE");
     }
-    run(Command::new("tmux").args(["send-keys", "-t", &session.0, "q"])).expect("q");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while session.alive() {
-        assert!(Instant::now() < deadline, "top did not quit on q");
-        std::thread::sleep(Duration::from_millis(100));
+    session.quit();
+}
+
+/// `tcp-guard ARGS` run with `setpriv IDS`, as another user.
+fn tcp_guard_as(ids: &[String], args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(ids)
+        .arg("--")
+        .arg(tcp_guard_bin())
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
+/// Every key path of a JSON value (objects' keys, arrays' elements' keys).
+fn shape(value: &serde_json::Value, at: &str, paths: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                let path = format!("{at}.{key}");
+                paths.push(path.clone());
+                shape(inner, &path, paths);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                shape(item, &format!("{at}[]"), paths);
+            }
+        }
+        _ => {}
     }
+}
+
+fn paths(value: &serde_json::Value) -> Vec<String> {
+    let mut paths = Vec::new();
+    shape(value, "", &mut paths);
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// A plain-text output with its numbers (counts, ages) taken out.
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| match w.trim_end_matches('s').parse::<f64>() {
+            Ok(_) => "N".to_string(),
+            Err(_) => w.to_string(),
+        })
+        .collect()
+}
+
+/// A member of the monitoring group runs `stats`, `flows` and `top` as
+/// root does, through the daemon's socket, and is refused every change; a
+/// user outside the group is told which group would let them read.
+#[test]
+fn members_of_the_monitoring_group_read_what_root_reads_and_change_nothing() {
+    let lab = Lab::new().expect("lab");
+    let account = Account::create().expect("a group and a user");
+    let daemon = Daemon::start(
+        &lab.server,
+        &lab.server_iface,
+        &["--monitor-group", &account.group],
+    )
+    .expect("start");
+    daemon.wait_for_line(
+        &format!("root and members of group {} may read", account.group),
+        Duration::from_secs(5),
+    );
+    let iface = lab.server_iface.clone();
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let listener = listen(&lab.server, addr, 16).expect("listen");
+    let _held: Vec<_> = (0..3)
+        .map(|_| lab.connect_pair(&listener, addr).expect("connect"))
+        .collect();
+    let member = account.setpriv();
+    let read = |args: &[&str]| {
+        let out = tcp_guard_as(&member, args);
+        assert!(
+            out.status.success(),
+            "{args:?} as a member: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+
+    // stats: the daemon's figures are at most about a second old; the
+    // connections are quiet by now, so the TCP figures are root's.
+    let theirs: serde_json::Value =
+        serde_json::from_str(&read(&["stats", "--iface", &iface, "--json"])).expect("JSON");
+    let roots = stats_json(&iface);
+    assert_eq!(paths(&theirs), paths(&roots), "{theirs}\n{roots}");
+    for counter in ["syn", "syn_ack", "to_established"] {
+        assert_eq!(
+            theirs["counters"][counter], roots["counters"][counter],
+            "{counter}: {theirs}\n{roots}"
+        );
+    }
+    assert_eq!(theirs["counters"]["to_established"], 3, "{theirs}");
+    for same in ["iface", "flows", "tables", "attack", "half_open"] {
+        assert_eq!(theirs[same], roots[same], "{same}: {theirs}\n{roots}");
+    }
+    let text = read(&["stats", "--iface", &iface]);
+    let root_text = String::from_utf8(tcp_guard(&["stats", "--iface", &iface]).stdout).expect("UTF-8");
+    assert_eq!(words(&text), words(&root_text), "{text}\n{root_text}");
+
+    // flows: the same flows, in the same order and form.
+    let theirs: serde_json::Value =
+        serde_json::from_str(&read(&["flows", "--iface", &iface, "--json"])).expect("JSON");
+    let listed: Vec<(String, String, String)> = theirs["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .map(|f| {
+            let field = |k: &str| f[k].as_str().expect("string").to_string();
+            (field("state"), field("local"), field("peer"))
+        })
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    let roots: Vec<(String, String, String)> = flows(&iface)
+        .into_iter()
+        .map(|(state, local, peer)| (state, local.to_string(), peer.to_string()))
+        .collect();
+    assert_eq!(sorted, roots);
+    assert_eq!(roots.len(), 3, "{roots:?}");
+    assert_eq!(
+        paths(&theirs),
+        paths(
+            &serde_json::from_slice(&tcp_guard(&["flows", "--iface", &iface, "--json"]).stdout)
+                .expect("JSON")
+        )
+    );
+    let one = read(&["flows", "--iface", &iface, "--state", "ESTAB", "-n", "1"]);
+    assert_eq!(one.lines().count(), 2, "a header and one flow:\n{one}");
+    assert_eq!(
+        words(&one),
+        words(&String::from_utf8_lossy(
+            &tcp_guard(&["flows", "--iface", &iface, "--state", "ESTAB", "-n", "1"]).stdout
+        )),
+    );
+
+    // top, in a real terminal.
+    let session = Tmux::start(
+        format!("tg-top-{iface}"),
+        &format!(
+            "setpriv {} -- {} top --iface {iface}",
+            member.join(" "),
+            tcp_guard_bin().display()
+        ),
+    );
+    let estab = |screen: &str| {
+        screen
+            .split("ESTAB")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let screen = loop {
+        let screen = session.capture();
+        if estab(&screen).is_some() || Instant::now() > deadline {
+            break screen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(estab(&screen), Some(3), "{screen}");
+    for expected in [
+        "tcp-guard top",
+        "attack mode: off",
+        "per second",
+        "top sources",
+        "blocked (0)",
+    ] {
+        assert!(screen.contains(expected), "{expected:?} missing from:\n{screen}");
+    }
+    session.quit();
+
+    // Changes stay root's.
+    for args in [
+        vec!["block", "add", "--iface", &iface, "198.19.0.0/16"],
+        vec!["limits", "set", "--iface", &iface, "limits.syn_rate=1"],
+        vec!["detach", "--iface", &iface],
+    ] {
+        let out = tcp_guard_as(&member, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("root"), "{args:?} must say it needs root: {err}");
+    }
+    let limits = tcp_guard(&["limits", "show", "--iface", &iface, "--json"]);
+    let limits: serde_json::Value = serde_json::from_slice(&limits.stdout).expect("JSON");
+    assert_eq!(limits["limits.syn_rate"], 200, "nothing changed");
+    let blocks = tcp_guard(&["block", "list", "--iface", &iface, "--json"]);
+    let blocks: serde_json::Value = serde_json::from_slice(&blocks.stdout).expect("JSON");
+    assert_eq!(blocks["blocked"].as_array().map(Vec::len), Some(0), "{blocks}");
+    assert_eq!(flows(&iface).len(), 3, "still attached, still tracking");
+
+    // Outside the group: told which group would do.
+    let outsider = ["--reuid=65534", "--regid=65534", "--clear-groups"].map(str::to_string);
+    let out = tcp_guard_as(&outsider, &["stats", "--iface", &iface]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("root") && err.contains(&format!("membership of group {}", account.group)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -462,20 +681,10 @@ fn monitor_mode_counts_what_a_rule_would_drop_and_drops_nothing() {
             && sample(&metrics, "tcp_guard_monitor", "rule=\"block_list\"") == 1
             && sample(&metrics, "tcp_guard_monitor", "rule=\"half_open\"") == 0
     });
-    let session = Tmux(format!("tg-mon-{iface}"));
-    let command = format!("{} top --iface {iface}", tcp_guard_bin().display());
-    run(Command::new("tmux").args([
-        "new-session",
-        "-d",
-        "-s",
-        &session.0,
-        "-x",
-        "80",
-        "-y",
-        "24",
-        &command,
-    ]))
-    .expect("start top in tmux");
+    let session = Tmux::start(
+        format!("tg-mon-{iface}"),
+        &format!("{} top --iface {iface}", tcp_guard_bin().display()),
+    );
     let shows = |screen: &str| {
         screen.contains("MONITOR") && screen.contains("drops · monitor") && screen.contains("would syn_rate")
     };

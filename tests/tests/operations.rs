@@ -554,6 +554,12 @@ fn assert_nothing_left(lab: &Lab, what: &str) {
             .exists(),
         "{what}: pins are left"
     );
+    assert!(
+        !Path::new("/run/tcp-guard-monitor")
+            .join(format!("{}.sock", lab.server_iface))
+            .exists(),
+        "{what}: the monitoring socket is left"
+    );
 }
 
 /// The pinned INFO array of the lab's instance, writable.

@@ -434,6 +434,19 @@ fn expect_load(text: &str) -> Option<Result<Settings, Refusal>> {
             }
             continue;
         }
+        if section == "access" {
+            for (name, value) in entries {
+                let key = format!("access.{name}");
+                let valid = name == "monitor_group"
+                    && value
+                        .as_str()
+                        .is_some_and(|group| settings.set(&key, group).is_ok());
+                if !valid {
+                    bad.push(key);
+                }
+            }
+            continue;
+        }
         if !KEYS.iter().any(|k| k.name.starts_with(&format!("{section}."))) {
             bad.push(format!("[{section}]"));
             continue;
@@ -474,8 +487,11 @@ fn check_load(text: &str) {
             assert_eq!(settings, expected);
             check_valid(&settings);
             let document: toml::Table = text.parse().expect("TOML");
-            // The lists are compared whole above.
-            for (section, entries) in document.iter().filter(|(section, _)| *section != "lists") {
+            // The lists and the access group are compared whole above.
+            for (section, entries) in document
+                .iter()
+                .filter(|(section, _)| !["lists", "access"].contains(&section.as_str()))
+            {
                 for (name, value) in entries.as_table().expect("sections") {
                     let key = KEYS
                         .iter()
