@@ -467,6 +467,17 @@ impl SourceKey {
             _pad: [0; 3],
         }
     }
+
+    /// A `RATE` key: the source's bucket for the port policy `policy` (0:
+    /// the global settings), so that a port's own rate counts the SYNs to
+    /// its ports only, and the SYNs to them count against no other rate.
+    pub const fn with_policy(family: u8, addr: [u8; 16], policy: u8) -> SourceKey {
+        SourceKey {
+            addr,
+            family,
+            _pad: [policy, 0, 0],
+        }
+    }
 }
 
 /// A per-source SYN token bucket (value of the `RATE` map). Tokens are kept

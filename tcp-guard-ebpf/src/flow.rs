@@ -5,7 +5,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use tcp_guard_common::{
     flow::{Direction, Event, Flow, FlowKey, Invalid, Seg, Step, TcpState, transition},
     packet::{TcpClass, TcpSegment},
-    policy::{DropReason, GuardConfig, Policy, Rule, SourceKey},
+    policy::{DropReason, GuardConfig, Policy, Rule},
     stats::{Counter, Stats},
 };
 
@@ -134,7 +134,7 @@ fn track(
     let scratch = unsafe { &mut *scratch };
     scratch.key = FlowKey::new(segment, direction);
     let (key, flow) = (&scratch.key, &mut scratch.flow);
-    let config = port_config(key.local_port, config);
+    let (policy, config) = port_config(key.local_port, config);
     let syn_in = direction == Direction::Ingress && segment.flags.class() == TcpClass::Syn;
     let allowlisted = syn_in && guard::allowed(key.family, key.remote_addr);
     if syn_in {
@@ -153,7 +153,7 @@ fn track(
                     return Verdict::Pass;
                 }
             }
-            if !guard::within_rate(&SourceKey::new(key.family, key.remote_addr), config, now)
+            if !guard::within_rate(key, policy, config, now)
                 && !guard::over_rate_passes(counters, key, segment.seq, now, config)
                 && !guard::monitor_holds(counters, config, DropReason::SynRate)
             {
@@ -284,12 +284,16 @@ fn track(
     Verdict::Pass
 }
 
-/// The configuration `port` follows: its `[[ports]]` policy's, or the global one.
+/// The `[[ports]]` policy `port` follows (0: none) and its configuration,
+/// or the global one.
 #[inline(always)]
-fn port_config(port: u16, global: &'static GuardConfig) -> &'static GuardConfig {
+fn port_config(port: u16, global: &'static GuardConfig) -> (u8, &'static GuardConfig) {
     match PORT_POLICY.get(u32::from(port)) {
-        Some(&policy) if policy != 0 => PORT_CONFIGS.get(u32::from(policy)).unwrap_or(global),
-        _ => global,
+        Some(&policy) if policy != 0 => match PORT_CONFIGS.get(u32::from(policy)) {
+            Some(config) => (policy, config),
+            None => (0, global),
+        },
+        _ => (0, global),
     }
 }
 

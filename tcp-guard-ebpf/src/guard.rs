@@ -63,13 +63,15 @@ pub fn allowed(family: u8, addr: [u8; 16]) -> bool {
     ALLOW.get(Key::new(128, LpmAddr::new(family, addr))).is_some()
 }
 
-/// Takes a token from the source's bucket; false when it is empty.
-/// (Its own BPF function: keeps its locals out of the tracker's frame.)
+/// Takes a token from the bucket of `key`'s source for the port policy
+/// `policy`; false when it is empty. (Its own BPF function, the bucket's
+/// key included: keeps its locals out of the tracker's frame.)
 #[inline(never)]
-pub fn within_rate(source: &SourceKey, config: &GuardConfig, now: u64) -> bool {
+pub fn within_rate(key: &FlowKey, policy: u8, config: &GuardConfig, now: u64) -> bool {
     if config.syn_rate == 0 {
         return true;
     }
+    let source = &SourceKey::with_policy(key.family, key.remote_addr, policy);
     match RATE.get_ptr_mut(source) {
         // SAFETY: a live map value; a racing CPU may lose a token update.
         Some(bucket) => unsafe { (*bucket).take(config.syn_rate, config.syn_burst, now) },

@@ -778,3 +778,63 @@ fn automatic_blocks_are_capped_and_the_oldest_goes_first() {
     );
     daemon.wait_for_line("source=198.19.9.1/32 reason=evicted", Duration::from_secs(2));
 }
+
+/// A `[[ports]]` policy: a stricter SYN rate for one port leaves the
+/// others alone, follows what `limits set` changes in the rest, shows in
+/// `limits show`, and goes with a reload of a file without it.
+#[test]
+fn a_port_policy_holds_its_ports_to_its_own_limits() {
+    const STRICT: u16 = 2222;
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let config = std::env::temp_dir().join(format!("tcp-guard-ports-{iface}.toml"));
+    let strict = "[[ports]]\nports = \"2222\"\n[ports.limits]\nsyn_rate = 1\nsyn_burst = 1\n";
+    std::fs::write(&config, strict).expect("config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut args = vec!["--config", config_arg.as_str()];
+    args.extend(NO_ATTACK_MODE);
+    args.extend(["--set", "blocking.block_after_drops=0"]);
+    let _daemon = Daemon::start(&lab.server, &iface, &args).expect("start");
+    let open = SocketAddr::new(lab.server_addr(false), PORT);
+    let strict = SocketAddr::new(lab.server_addr(false), STRICT);
+    let _servers =
+        [open, strict].map(|addr| Server::start(listen(&lab.server, addr, BACKLOG).expect("listen")));
+    // Connects that must not wait for a retransmitted SYN (1 s).
+    let quick = |addr: SocketAddr| connects(&lab, addr, 6, 1, Duration::from_millis(900));
+    let count = |name: &str| counter(&stats_json(&iface), name);
+
+    assert_eq!(quick(open), 6, "the global rate (200/s) holds back none");
+    assert!(quick(strict) < 6, "one SYN a second to :{STRICT}");
+    let dropped = count("drop_syn_rate");
+    assert!(dropped > 0);
+    let shown = tcp_guard(&["limits", "show", "--iface", &iface, "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+    assert_eq!(
+        shown["ports"],
+        serde_json::json!([{"ports": ["2222"], "settings": {"limits.syn_rate": 1, "limits.syn_burst": 1}}]),
+        "{shown}"
+    );
+    assert_eq!(shown["limits.syn_rate"], 200);
+
+    // What the policy does not set follows the global settings.
+    let out = tcp_guard(&["limits", "set", "--iface", &iface, "monitor.syn_rate=true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(quick(strict), 6, "monitored there too");
+    assert_eq!(count("drop_syn_rate"), dropped);
+    let out = tcp_guard(&["limits", "set", "--iface", &iface, "monitor.syn_rate=false"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    std::fs::write(&config, "").expect("config");
+    let reload = tcp_guard(&["reload", "--iface", &iface, "--json"]);
+    let reload: serde_json::Value = serde_json::from_slice(&reload.stdout).expect("JSON");
+    assert_eq!(reload["reloaded"], true, "{reload}");
+    assert_eq!(
+        reload["changed"]["ports"]["to"],
+        serde_json::json!([]),
+        "{reload}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(quick(strict), 6, "the global rate again");
+    std::fs::remove_file(&config).expect("remove the config");
+}
