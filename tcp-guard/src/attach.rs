@@ -98,10 +98,23 @@ fn is_errno(error: &ProgramError, codes: &[i32]) -> bool {
 
 fn explain(error: ProgramError, iface: &str, mode: Mode) -> anyhow::Error {
     let hint = match errno(&error) {
-        Some(libc::EBUSY | libc::EEXIST) => format!(
-            "another XDP program is already attached to {iface} (see `ip link show {iface}`); \
-             detach it first (`ip link set dev {iface} xdp off`) or stop the tcp-guard that owns it"
-        ),
+        Some(libc::EBUSY | libc::EEXIST) => match attached_program(iface) {
+            Some((name, id)) if name == LIBXDP_DISPATCHER => format!(
+                "{iface} has libxdp's multi-program dispatcher (program {name}, id {id}: xdp-loader, \
+                 xdp-filter): tcp-guard does not take part in it and keeps one interface to itself; \
+                 unload the others first (`xdp-loader unload {iface} --all`), see docs/operations.md, \
+                 \"Beside other XDP programs\""
+            ),
+            Some((name, id)) => format!(
+                "another XDP program is already attached to {iface} ({name}, id {id}); tcp-guard keeps one \
+                 interface to itself: detach it first (`ip link set dev {iface} xdp off`, or \
+                 `xdp-loader unload {iface} --all` if xdp-loader put it there) or stop the tcp-guard that owns it"
+            ),
+            None => format!(
+                "another XDP program is already attached to {iface} (see `ip link show {iface}`); \
+                 detach it first (`ip link set dev {iface} xdp off`) or stop the tcp-guard that owns it"
+            ),
+        },
         Some(libc::EOPNOTSUPP | libc::EINVAL) if mode == Mode::Native => {
             format!("the driver of {iface} does not support native XDP; try --mode skb")
         }
@@ -111,6 +124,21 @@ fn explain(error: ProgramError, iface: &str, mode: Mode) -> anyhow::Error {
         _ => format!("failed to attach XDP in {mode} mode to {iface}"),
     };
     anyhow::Error::new(error).context(hint)
+}
+
+/// The program name of libxdp's dispatcher (xdp-loader, xdp-filter).
+const LIBXDP_DISPATCHER: &str = "xdp_dispatcher";
+
+/// The name and id of the XDP program attached to `iface`, as `ip` reports
+/// it; None if it cannot tell (for an error message only).
+fn attached_program(iface: &str) -> Option<(String, u64)> {
+    let out = std::process::Command::new("ip")
+        .args(["-details", "-json", "link", "show", "dev", iface])
+        .output()
+        .ok()?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let prog = &links.get(0)?["xdp"]["prog"];
+    Some((prog["name"].as_str()?.to_string(), prog["id"].as_u64()?))
 }
 
 /// Pin names of the links that keep the programs attached without the daemon.

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use tcp_guard::{attach, program};
 use tcp_guard_tests::{
-    daemon::{Daemon, tcp_guard, tcp_guard_bin},
+    daemon::{Daemon, counter, stats_json, tcp_guard, tcp_guard_bin},
     lab::Lab,
 };
 
@@ -57,6 +57,129 @@ fn foreign_xdp_program_is_reported_with_the_fix() {
     );
     assert!(err.contains("another XDP program is already attached"), "{err}");
     assert!(err.contains(&format!("ip link set dev {iface} xdp off")), "{err}");
+}
+
+/// Debian's xdp-tools beside tcp-guard, both ways round: whichever comes
+/// second is refused with a message that says why, and the first keeps
+/// working. (libxdp's multi-program dispatcher needs freplace programs,
+/// which the kernel of the project's machines refuses: xdp-filter falls
+/// back to a program of its own here, and tcp-guard keeps the interface to
+/// itself anyway; see docs/operations.md, "Beside other XDP programs".)
+#[test]
+fn beside_xdp_tools_the_second_is_refused_and_the_first_keeps_working() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let filter = XdpFilter::new(&lab, &iface);
+    filter.load().expect("xdp-filter load");
+    let err = format!(
+        "{:#}",
+        Daemon::start(&lab.server, &iface, &[]).err().expect("must fail")
+    );
+    assert!(
+        err.contains("xdpfilt_") && err.contains(&format!("xdp-loader unload {iface} --all")),
+        "names the program and the fix: {err}"
+    );
+    assert!(
+        xdp_prog_name(&lab, &iface).starts_with("xdpfilt_"),
+        "xdp-filter stays attached"
+    );
+    filter.unload();
+
+    let _daemon = Daemon::start(&lab.server, &iface, &[]).expect("start");
+    let refused = filter.load().expect_err("xdp-filter must not replace tcp-guard");
+    assert!(!refused.is_empty());
+    assert_eq!(
+        xdp_prog_name(&lab, &iface),
+        "tcp_guard_xdp",
+        "tcp-guard stays attached"
+    );
+    let before = counter(&stats_json(&iface), "packets");
+    // A SYN to a closed port, which the kernel answers with a reset.
+    let to = std::net::SocketAddr::new(lab.server_addr(false), 9);
+    let _refused = lab
+        .client
+        .enter(move || std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(300)))
+        .expect("enter");
+    assert!(
+        counter(&stats_json(&iface), "packets") > before,
+        "and still sees the traffic"
+    );
+}
+
+/// The name of the XDP program attached to `iface`, as `ip` reports it.
+fn xdp_prog_name(lab: &Lab, iface: &str) -> String {
+    let out = lab
+        .server
+        .ip(&["-details", "-json", "link", "show", "dev", iface])
+        .expect("ip");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    links[0]["xdp"]["prog"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// xdp-filter on one interface of the lab; unloaded on drop, with the pins
+/// and directories it made under /sys/fs/bpf (shared with the host).
+struct XdpFilter<'a> {
+    lab: &'a Lab,
+    iface: String,
+    made: Vec<&'static str>,
+}
+
+impl<'a> XdpFilter<'a> {
+    fn new(lab: &'a Lab, iface: &str) -> Self {
+        let made = ["/sys/fs/bpf/xdp", "/sys/fs/bpf/xdp-filter"]
+            .into_iter()
+            .filter(|dir| !std::path::Path::new(dir).exists())
+            .collect();
+        XdpFilter {
+            lab,
+            iface: iface.to_string(),
+            made,
+        }
+    }
+
+    /// Its stderr if it fails.
+    fn load(&self) -> Result<(), String> {
+        let out = self
+            .lab
+            .server
+            .command("xdp-filter")
+            .args(["load", &self.iface, "--mode", "native"])
+            .output()
+            .expect("xdp-filter (cargo xtask setup installs xdp-tools)");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn unload(&self) {
+        let out = self
+            .lab
+            .server
+            .command("xdp-filter")
+            .args(["unload", &self.iface])
+            .output()
+            .expect("xdp-filter");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for XdpFilter<'_> {
+    fn drop(&mut self) {
+        let _unloaded = self
+            .lab
+            .server
+            .command("xdp-filter")
+            .args(["unload", &self.iface])
+            .output();
+        for dir in &self.made {
+            let _removed = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 #[test]
@@ -253,7 +376,7 @@ fn check_names_what_is_wrong_and_exits_3_for_an_invalid_configuration() {
             "section.toml",
             "[limit]\nsyn_rate = 5\n",
             &[][..],
-            "unknown section [limit]; sections are limits, attack, blocking, timeouts, tables",
+            "unknown section [limit]; sections are limits, attack, blocking, monitor, timeouts, tables",
         ),
         (
             "key.toml",

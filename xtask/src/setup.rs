@@ -43,6 +43,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "vmlinux.h for the bench's peer, and loads it (aya cannot: kfunc calls)",
     ),
+    (
+        "xdp-tools",
+        "xdp-filter, the libxdp program an interface may hold beside which tcp-guard is tested",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
