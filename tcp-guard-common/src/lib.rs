@@ -53,6 +53,9 @@ pub mod maps {
     /// [`crate::policy::ListenerLimit`] per local port (65,536 entries),
     /// written by the controller from the listeners' real queues.
     pub const LISTENER_LIMITS: &str = "LISTENER_LIMITS";
+    /// A bitmap of the sources in `VERIFIED`
+    /// ([`crate::policy::VERIFIED_BITS_WORDS`] u64 words).
+    pub const VERIFIED_BITS: &str = "VERIFIED_BITS";
     /// Per local port (65,536 entries, u8): 0, the port follows `CONFIG`;
     /// n, it follows `PORT_CONFIGS[n]` (the config's `[[ports]]` policies).
     pub const PORT_POLICY: &str = "PORT_POLICY";

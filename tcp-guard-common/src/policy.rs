@@ -312,6 +312,19 @@ pub const COUNT_PORT_BASE: u32 = 1;
 /// First hashed slot: the source region, then the prefix region.
 pub const COUNT_HASHED_BASE: u32 = COUNT_PORT_BASE + 65_536;
 
+/// Words of the `VERIFIED_BITS` bitmap: 2^20 bits, 128 KiB. A source that
+/// completes a handshake sets its bit (see [`CountHash::verified_bit`]); a
+/// SYN whose source's bit is clear was never verified, and skips the
+/// `VERIFIED` lookup, a cache miss on a flood's random key. A set bit may
+/// be another source's: the lookup decides. The daemon clears the bits of
+/// sources `VERIFIED` no longer holds every `VERIFIED_BITS_REBUILD`.
+pub const VERIFIED_BITS_WORDS: u32 = 1 << 14;
+
+/// How often the daemon rebuilds `VERIFIED_BITS` from `VERIFIED`, in seconds.
+pub const VERIFIED_BITS_REBUILD_SECS: u64 = 600;
+
+const VERIFIED_SALT: u32 = 0x5645_5249;
+
 /// How sources and prefixes map to `COUNTS` slots: one entry of the
 /// `COUNT_HASH` array, written once when `COUNTS` is created (a daemon
 /// adopting pinned counts keeps it: the counts were taken with it).
@@ -355,6 +368,15 @@ impl CountHash {
             i += 1;
         }
         h.wrapping_mul(0xc2b2_ae35) ^ (h >> 13)
+    }
+
+    /// Where a source is marked in `VERIFIED_BITS` once it completes a
+    /// handshake: the word, and the bit in it.
+    #[inline(always)]
+    pub fn verified_bit(&self, family: u8, addr: &[u8; 16]) -> (u32, u64) {
+        // A salt no count slot uses (theirs are 0 to 129).
+        let h = self.hash(family, addr, VERIFIED_SALT);
+        ((h >> 6) & (VERIFIED_BITS_WORDS - 1), 1 << (h & 63))
     }
 
     /// The slot a half-open flow of `key` is counted in for `kind`.
@@ -798,6 +820,24 @@ mod tests {
             family: 6,
             _pad: [0; 3],
         }
+    }
+
+    #[test]
+    fn a_verified_source_marks_one_bit_in_the_bitmap() {
+        let hash = CountHash {
+            seed: 0x1234_5678,
+            mask: 65_535,
+        };
+        let mut words = std::collections::HashSet::new();
+        for i in 0u32..4_096 {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&i.to_be_bytes());
+            let (word, bit) = hash.verified_bit(4, &addr);
+            assert!(word < VERIFIED_BITS_WORDS && bit.count_ones() == 1);
+            assert_eq!(hash.verified_bit(4, &addr), (word, bit), "the same each time");
+            words.insert(word);
+        }
+        assert!(words.len() > 3_000, "spread over the words: {}", words.len());
     }
 
     #[test]

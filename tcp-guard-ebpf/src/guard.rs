@@ -15,7 +15,7 @@ use tcp_guard_common::{
 
 use crate::maps::{
     ALLOW, ATTACK, BLOCK, CHALLENGE, CONFIG, COUNT_HASH, COUNTS, Counters, EVENTS, HEARTBEAT,
-    LISTENER_LIMITS, LISTENERS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED, atomic_add,
+    LISTENER_LIMITS, LISTENERS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED, VERIFIED_BITS, atomic_add, atomic_or,
 };
 
 /// Whether a segment from `addr` is dropped for the block list: every
@@ -36,8 +36,22 @@ pub fn blocked(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
     if entry.reason != BlockEntry::AUTOMATIC {
         return true;
     }
+    syn && !verified(family, &addr, now)
+}
+
+/// Whether the source completed a handshake within `attack.verified_ttl`.
+/// Its bit in `VERIFIED_BITS` first: a flood's sources, never verified,
+/// find it clear and skip the `VERIFIED` lookup.
+#[inline(always)]
+fn verified(family: u8, addr: &[u8; 16], now: u64) -> bool {
+    if let Some(hash) = COUNT_HASH.get(0) {
+        let (word, bit) = hash.verified_bit(family, addr);
+        if VERIFIED_BITS.get(word).is_some_and(|bits| *bits & bit == 0) {
+            return false;
+        }
+    }
     // SAFETY: the value is copied out at once; LRU maps may recycle entries.
-    syn && unsafe { VERIFIED.get(SourceKey::new(family, addr)) }.is_none_or(|until| now >= *until)
+    unsafe { VERIFIED.get(SourceKey::new(family, *addr)) }.is_some_and(|until| now < *until)
 }
 
 /// Counts a sampled SYN against its source, for the controller's "top
@@ -213,9 +227,7 @@ pub fn attack_gate(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, c
     if policy == Policy::Pass {
         return Gate::Open;
     }
-    let source = SourceKey::new(key.family, key.remote_addr);
-    // SAFETY: the value is copied out at once; LRU maps may recycle entries.
-    if unsafe { VERIFIED.get(source) }.is_some_and(|until| now < *until) {
+    if verified(key.family, &key.remote_addr, now) {
         counters.bump(Counter::SynVerified);
         return Gate::Open;
     }
@@ -504,4 +516,14 @@ pub fn verify(key: &FlowKey, now: u64, config: &GuardConfig) {
     let until = now + config.verified_ttl_secs as u64 * 1_000_000_000;
     // A full LRU map evicts its oldest source: no error to handle.
     let _inserted = VERIFIED.insert(SourceKey::new(key.family, key.remote_addr), until, 0);
+    if let Some(hash) = COUNT_HASH.get(0) {
+        let (word, bit) = hash.verified_bit(key.family, &key.remote_addr);
+        // A returning source's bit is set already: no locked write then.
+        if let Some(bits) = VERIFIED_BITS.get_ptr_mut(word)
+            // SAFETY: a live array slot, read once.
+            && unsafe { *bits } & bit == 0
+        {
+            atomic_or(bits, bit);
+        }
+    }
 }

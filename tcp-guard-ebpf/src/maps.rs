@@ -10,7 +10,7 @@ use tcp_guard_common::{
     packet::Dissection,
     policy::{
         AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, ListenerKey,
-        ListenerLimit, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket,
+        ListenerLimit, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket, VERIFIED_BITS_WORDS,
     },
     stats::{Counter, Stats},
     syncookie::{REPLY_MAX_LEN, SynAck},
@@ -63,6 +63,10 @@ pub static BLOCK: LpmTrie<LpmAddr, BlockEntry> = LpmTrie::with_max_entries(65_53
 /// Sources that completed a handshake: CLOCK_MONOTONIC ns until which they count as verified.
 #[map]
 pub static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Which sources may be in `VERIFIED`: see `policy::VERIFIED_BITS_WORDS`.
+#[map]
+pub static VERIFIED_BITS: Array<u64> = Array::with_max_entries(VERIFIED_BITS_WORDS, 0);
 
 /// First SYNs of unknown sources in attack mode, awaiting their
 /// retransmission: direct-mapped, see `policy::Challenge`.
@@ -181,6 +185,15 @@ impl Counters {
 /// `core::sync::atomic` has no read-modify-write ops on this target
 /// (atomic-cas is off), hence the intrinsic. SeqCst, not Relaxed: LLVM 22
 /// lowers a relaxed fetch-add to the non-fetching `lock +=`, returning garbage.
+#[inline(always)]
+pub fn atomic_or(value: *mut u64, bits: u64) {
+    // SAFETY: `value` points into a live map value; map values are 8-byte aligned.
+    unsafe {
+        core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(value, bits);
+    }
+}
+
+/// Atomic fetch-and-add on a map value; returns the value before.
 #[inline(always)]
 pub fn atomic_add(value: *mut u64, delta: u64) -> u64 {
     // SAFETY: `value` points into a live map value; map values are 8-byte aligned.

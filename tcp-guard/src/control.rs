@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use tcp_guard_common::{
     maps,
     policy::{
-        ALLOW_BY_CONFIG, AttackState, BlockEntry, COUNT_GLOBAL_SLOT, GuardConfig, ListenerLimit, LpmAddr,
-        SourceKey,
+        ALLOW_BY_CONFIG, AttackState, BlockEntry, COUNT_GLOBAL_SLOT, CountHash, GuardConfig, ListenerLimit,
+        LpmAddr, SourceKey, VERIFIED_BITS_WORDS,
     },
 };
 
@@ -225,6 +225,41 @@ impl Instance {
     /// Sources with the most half-open flows now, most first.
     pub fn top_half_open_sources(&self, n: usize) -> Result<Vec<(IpAddr, u64)>> {
         crate::flows::FlowTables::open(&self.dir)?.half_open_sources(n)
+    }
+
+    /// Rebuilds `VERIFIED_BITS` from the sources `VERIFIED` holds now, so
+    /// that the bits of those it dropped do not fill it over time (see
+    /// `policy::VERIFIED_BITS_WORDS`). A source verified while this runs
+    /// may lose its bit until its next handshake: it then meets attack
+    /// mode as an unknown source would, once. Returns the words changed.
+    pub fn rebuild_verified_bits(&self) -> Result<usize> {
+        let hash = array::<CountHash>(&self.dir, maps::COUNT_HASH)?
+            .get(&0, 0)
+            .context("cannot read COUNT_HASH")?;
+        let verified: HashMap<MapData, SourceKey, u64> =
+            HashMap::try_from(Map::LruHashMap(open(&self.dir, maps::VERIFIED)?))
+                .context("VERIFIED is not an LRU hash map")?;
+        let mut wanted = vec![0u64; VERIFIED_BITS_WORDS as usize];
+        for entry in verified.iter() {
+            match entry {
+                Ok((key, _)) => {
+                    let (word, bit) = hash.verified_bit(key.family, &key.addr);
+                    wanted[word as usize] |= bit;
+                }
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("cannot read VERIFIED"),
+            }
+        }
+        let mut bits = array::<u64>(&self.dir, maps::VERIFIED_BITS)?;
+        let mut changed = 0;
+        for (word, want) in wanted.into_iter().enumerate() {
+            let word = word as u32;
+            if bits.get(&word, 0).context("cannot read VERIFIED_BITS")? != want {
+                bits.set(word, want, 0).context("cannot write VERIFIED_BITS")?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// Sampled SYNs per source so far (one SYN in

@@ -20,7 +20,7 @@ use tcp_guard_common::{
     maps,
     policy::{
         ALLOW_BY_CONFIG, AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event,
-        GuardConfig, ListenerLimit, Policy, Rule, SourceKey,
+        GuardConfig, ListenerLimit, Policy, Rule, SourceKey, VERIFIED_BITS_REBUILD_SECS,
     },
     stats::Counter,
 };
@@ -933,6 +933,13 @@ impl Control {
             self.unblock_expired(now)?;
             self.summarize_over_limit();
             self.publish_figures()?;
+        }
+        if self
+            .ticks
+            .is_multiple_of(VERIFIED_BITS_REBUILD_SECS * 1000 / TICK.as_millis() as u64)
+        {
+            let changed = self.instance.rebuild_verified_bits()?;
+            log::debug!("rebuilt VERIFIED_BITS from VERIFIED: {changed} word(s) changed");
         }
         if self.ticks.is_multiple_of(4) {
             self.follow_the_interface(ebpf)?;

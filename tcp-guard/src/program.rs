@@ -38,6 +38,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::ALLOW,
     maps::BLOCK,
     maps::VERIFIED,
+    maps::VERIFIED_BITS,
     maps::CHALLENGE,
     maps::OFFENDERS,
     maps::SYN_SOURCES,

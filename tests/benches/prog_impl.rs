@@ -22,7 +22,7 @@ use tcp_guard_common::{
     config::TableSizes,
     flow::FlowKey,
     maps,
-    policy::{AttackState, BlockEntry, GuardConfig, LpmAddr, Policy, SourceKey},
+    policy::{AttackState, BlockEntry, CountHash, GuardConfig, LpmAddr, Policy, SourceKey},
     programs,
     stats::{Counter, Stats},
 };
@@ -658,22 +658,43 @@ fn set_attack(ebpf: &mut Ebpf, on: bool) {
 }
 
 /// Marks the verified-source case's sources as having completed a
-/// handshake, as the fast path does.
+/// handshake, as the fast path does: in `VERIFIED`, and their bits.
 fn verify(ebpf: &mut Ebpf, n: usize) {
+    let hash: Array<_, CountHash> = ebpf
+        .map(maps::COUNT_HASH)
+        .expect("COUNT_HASH")
+        .try_into()
+        .expect("array");
+    let hash = hash.get(&0, 0).expect("COUNT_HASH");
+    let sources: Vec<[u8; 16]> = (0..n)
+        .map(|i| {
+            let IpAddr::V4(v4) = peer_in(64, i) else {
+                unreachable!("IPv4 sources")
+            };
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&v4.octets());
+            addr
+        })
+        .collect();
     let mut verified: HashMap<_, SourceKey, u64> = ebpf
         .map_mut(maps::VERIFIED)
         .expect("VERIFIED")
         .try_into()
         .expect("LRU hash");
-    for i in 0..n {
-        let IpAddr::V4(v4) = peer_in(64, i) else {
-            unreachable!("IPv4 sources")
-        };
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&v4.octets());
+    for addr in &sources {
         verified
-            .insert(SourceKey::new(4, addr), u64::MAX, 0)
+            .insert(SourceKey::new(4, *addr), u64::MAX, 0)
             .expect("verify");
+    }
+    let mut bits: Array<_, u64> = ebpf
+        .map_mut(maps::VERIFIED_BITS)
+        .expect("VERIFIED_BITS")
+        .try_into()
+        .expect("array");
+    for addr in &sources {
+        let (word, bit) = hash.verified_bit(4, addr);
+        let was = bits.get(&word, 0).expect("VERIFIED_BITS");
+        bits.set(word, was | bit, 0).expect("mark");
     }
 }
 

@@ -5,14 +5,15 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
     programs::{TestRun, TestRunOptions},
 };
-use tcp_guard::{program, settings::Settings, stats};
+use tcp_guard::{control::Instance, program, settings::Settings, stats};
 use tcp_guard_common::{
     config::TableSizes,
     flow::{Flow, FlowKey, TcpState},
     maps,
+    policy::{AttackState, SourceKey},
     stats::{Counter, Stats},
 };
 use tcp_guard_tests::{
@@ -321,4 +322,89 @@ fn monitored_half_open_limits_admit_and_count_what_they_would_drop() {
     assert_eq!(s.get(Counter::DropGlobalHalfOpen), 0);
     assert_eq!(s.get(Counter::WouldDropGlobalHalfOpen), 3);
     assert_eq!(t.table(maps::HALF_OPEN).len(), 5, "all tracked");
+}
+
+/// A source that completes a handshake is marked in `VERIFIED_BITS`, and
+/// its SYNs in attack mode pass as verified; once `VERIFIED` forgets it,
+/// the daemon's rebuild clears the mark, and its SYNs are challenged again.
+#[test]
+fn verified_sources_are_marked_in_the_bitmap_until_verified_forgets_them() {
+    require_root();
+    let dir = PinDir::new("verified-bits");
+    let mut settings = Settings::default();
+    settings.live.attack_enter_half_open = 0;
+    settings.live.policy = tcp_guard_common::policy::Policy::RetransmitChallenge as u8;
+    let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, Some(&dir.0)).expect("load"));
+    t.ingress(&from_peer(false, SYN, J, 0));
+    t.egress(&from_host(false, SYN | ACK, K, J.wrapping_add(1)));
+    t.ingress(&from_peer(false, ACK, J.wrapping_add(1), K + 1));
+    let instance = Instance::new(dir.0.clone());
+    assert_eq!(
+        instance.rebuild_verified_bits().expect("rebuild"),
+        0,
+        "the handshake set the source's bit"
+    );
+    let mut attack: Array<&mut MapData, AttackState> =
+        Array::try_from(t.0.map_mut(maps::ATTACK).expect("ATTACK")).expect("array");
+    attack
+        .set(
+            0,
+            AttackState {
+                active: 1,
+                trigger: AttackState::BY_SYN_RATE,
+                since_ns: 1,
+                ..AttackState::default()
+            },
+            0,
+        )
+        .expect("attack mode");
+    let second_syn = |port: u16| {
+        let mut syn = from_peer(false, SYN, 77, 0);
+        syn.src_port = port;
+        syn
+    };
+    let before = t.stats();
+    assert_eq!(t.verdict(&second_syn(41_000)), XDP_PASS);
+    assert_eq!(delta(&before, &t.stats(), Counter::SynVerified), 1);
+
+    let mut verified: HashMap<&mut MapData, SourceKey, u64> =
+        HashMap::try_from(t.0.map_mut(maps::VERIFIED).expect("VERIFIED")).expect("LRU");
+    let (peer, _) = addrs(false);
+    let IpAddr::V4(peer) = peer else { unreachable!() };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&peer.octets());
+    verified
+        .remove(&SourceKey::new(4, addr))
+        .expect("forget the source");
+    assert_eq!(
+        instance.rebuild_verified_bits().expect("rebuild"),
+        1,
+        "its word changed"
+    );
+    let before = t.stats();
+    assert_eq!(t.verdict(&second_syn(41_001)), XDP_DROP, "challenged");
+    assert_eq!(delta(&before, &t.stats(), Counter::SynVerified), 0);
+    assert_eq!(delta(&before, &t.stats(), Counter::DropChallenge), 1);
+}
+
+/// A directory of pins in bpffs for one test, removed on drop.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new(name: &str) -> Self {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/tcp-guard-test-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("pin directory");
+        PinDir(dir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+    }
 }
