@@ -23,7 +23,7 @@ use std::{
     io::{self, Write},
     os::{
         fd::AsRawFd,
-        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
+        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     },
     path::{Path, PathBuf},
 };
@@ -34,13 +34,35 @@ use serde::{Deserialize, Serialize};
 /// Where the records live.
 pub const RUN_DIR: &str = "/run/tcp-guard";
 
-/// Creates `dir` (root's alone, mode 0700) unless it exists.
+/// Makes `dir` ours alone (mode 0700): creates it, or takes group and
+/// other access away from one that exists (a directory an earlier version
+/// or another tool made open), not following a link.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .with_context(|| {
+            format!(
+                "cannot open {} as a directory (not following links)",
+                dir.display()
+            )
+        })?;
+    let mode = handle
+        .metadata()
+        .with_context(|| format!("cannot stat {}", dir.display()))?
+        .mode();
+    if mode & 0o077 != 0 {
+        handle
+            .set_permissions(fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Writes `contents` to `path` (root's alone, mode 0600), whole or not at
@@ -396,6 +418,16 @@ mod tests {
             0,
             "timestamps off stay off"
         );
+    }
+
+    #[test]
+    fn an_open_run_directory_is_made_private() {
+        let host = Host::new(1, 1);
+        let run = host.root.join("open-run");
+        fs::DirBuilder::new().mode(0o755).create(&run).unwrap();
+        fs::set_permissions(&run, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&run).unwrap();
+        assert_eq!(fs::metadata(&run).unwrap().mode() & 0o777, 0o700);
     }
 
     #[test]
