@@ -53,6 +53,17 @@ pub const QUICK_LEAVE: &[&str] = &[
     "attack.cooldown=2s",
 ];
 
+/// One SYN a second per source, and no automatic blocks: a source's
+/// second SYN in a second meets the rate limit, again and again.
+pub const ONE_SYN_A_SECOND: &[&str] = &[
+    "--set",
+    "limits.syn_rate=1",
+    "--set",
+    "limits.syn_burst=1",
+    "--set",
+    "blocking.block_after_drops=0",
+];
+
 /// A global half-open limit of 12, below the lab listener's backlog of 16.
 pub const GLOBAL_12: &[&str] = &["--set", "limits.global_half_open=12"];
 

@@ -20,8 +20,8 @@ use tcp_guard_tests::{
     lab::{Lab, connect_from, listen},
     packets::{SYN, TcpPacket},
     scenario::{
-        ATTACK_AT_4_HALF_OPEN, Flood, FreshAddresses, GLOBAL_12, PORT, QUICK_LEAVE, SYN_RCVD_4S, Server,
-        connects, random_sources, wait_for,
+        ATTACK_AT_4_HALF_OPEN, Flood, FreshAddresses, GLOBAL_12, ONE_SYN_A_SECOND, PORT, QUICK_LEAVE,
+        SYN_RCVD_4S, Server, connects, random_sources, wait_for,
     },
 };
 /// listen(16): the kernel holds at most 17 connections in SYN-RECV.
@@ -694,18 +694,7 @@ fn sources_over_their_limits_do_not_flood_the_log() {
     let daemon = Daemon::start(
         &lab.server,
         &lab.server_iface,
-        &[
-            "--set",
-            "limits.syn_rate=1",
-            "--set",
-            "limits.syn_burst=1",
-            "--set",
-            "blocking.block_after_drops=0",
-            "--set",
-            "attack.enter_half_open=0",
-            "--set",
-            "attack.enter_syn_rate=0",
-        ],
+        &[ONE_SYN_A_SECOND, NO_ATTACK_MODE].concat(),
     )
     .expect("start tcp-guard");
     // No listener: the kernel answers with resets and never overflows, so

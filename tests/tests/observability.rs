@@ -18,7 +18,8 @@ use tcp_guard_tests::{
     inject::Injector,
     lab::{Lab, listen, run},
     scenario::{
-        ATTACK_AT_4_HALF_OPEN, FreshAddresses, SYN_RCVD_4S, Server, connects, timed_connect, wait_for,
+        ATTACK_AT_4_HALF_OPEN, FreshAddresses, ONE_SYN_A_SECOND, SYN_RCVD_4S, Server, connects,
+        timed_connect, wait_for,
     },
 };
 
@@ -616,18 +617,8 @@ fn scrapes_serve_the_figures_the_control_loop_gathered() {
 fn monitor_mode_counts_what_a_rule_would_drop_and_drops_nothing() {
     let lab = Lab::new().expect("lab");
     let iface = lab.server_iface.clone();
-    let mut args = vec![
-        "--metrics",
-        METRICS,
-        "--set",
-        "limits.syn_rate=1",
-        "--set",
-        "limits.syn_burst=1",
-        "--set",
-        "blocking.block_after_drops=0",
-        "--set",
-        "monitor.syn_rate=true",
-    ];
+    let mut args = vec!["--metrics", METRICS, "--set", "monitor.syn_rate=true"];
+    args.extend(ONE_SYN_A_SECOND);
     args.extend(attack_settings());
     let daemon = Daemon::start(&lab.server, &iface, &args).expect("start");
     daemon.wait_for_line("serving Prometheus metrics", Duration::from_secs(5));
