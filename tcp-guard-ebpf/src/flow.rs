@@ -137,27 +137,35 @@ fn track(
     let (policy, config) = port_config(key.local_port, config);
     let syn_in = direction == Direction::Ingress && segment.flags.class() == TcpClass::Syn;
     let allowlisted = syn_in && guard::allowed(key.family, key.remote_addr);
+    // A rule in monitor mode counted what it would drop: the SYN is
+    // counted once, at the first check that would drop it.
+    let mut held = false;
     if syn_in {
         if allowlisted {
             counters.bump(Counter::SynAllowlisted);
         } else {
             match guard::attack_gate(counters, key, segment.seq, now, config) {
                 Gate::Open => {}
-                Gate::Drop(reason) if !guard::monitor_holds(counters, config, reason) => {
-                    return drop_syn(counters, key, reason);
+                Gate::Drop(reason) => {
+                    if !guard::monitor_holds(counters, config, reason) {
+                        return drop_syn(counters, key, reason);
+                    }
+                    held = true;
                 }
-                Gate::Drop(_) => {}
                 Gate::Cookie => return Verdict::AnswerWithCookie,
                 Gate::Refresh => {
                     counters.bump(Counter::SynCookieRefresh);
                     return Verdict::Pass;
                 }
             }
-            if !guard::within_rate(key, policy, config, now)
+            if !held
+                && !guard::within_rate(key, policy, config, now)
                 && !guard::over_rate_passes(counters, key, segment.seq, now, config)
-                && !guard::monitor_holds(counters, config, DropReason::SynRate)
             {
-                return drop_syn(counters, key, DropReason::SynRate);
+                if !guard::monitor_holds(counters, config, DropReason::SynRate) {
+                    return drop_syn(counters, key, DropReason::SynRate);
+                }
+                held = true;
             }
         }
     }
@@ -178,8 +186,6 @@ fn track(
     let old_prefix_len = old.map_or(0, |f| f.prefix_len);
     let generation = old.map_or(0, |f| f.generation);
     let was_syn_rcvd = old.is_some_and(|o| o.state() == Some(TcpState::SynRcvd));
-    // A limit in monitor mode already counted what it would drop.
-    let mut held = false;
     match transition(old, &Seg::new(segment, direction, window_scale), now, flow) {
         Step::Store(event) => {
             let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
@@ -197,6 +203,7 @@ fn track(
                             guard::listener_under_attack(counters, key.local_port, attack_at);
                         }
                         if monitored
+                            && !held
                             && let Some(reason) = guard::half_open_limit_reached(key, prefix_len, config)
                         {
                             held = guard::monitor_holds(counters, config, reason);

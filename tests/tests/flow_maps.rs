@@ -408,3 +408,51 @@ impl Drop for PinDir {
         }
     }
 }
+
+/// Monitor mode for every rule in attack mode (retransmit challenge), with
+/// a SYN rate every SYN after the first is over: each SYN is counted once,
+/// as what the first check would drop it for, and no later check sees the
+/// challenge it was just given as passed.
+#[test]
+fn a_monitored_syn_is_counted_once_at_its_first_check() {
+    require_root();
+    let mut settings = Settings::default();
+    settings.live.attack_enter_half_open = 0;
+    settings.live.policy = tcp_guard_common::policy::Policy::RetransmitChallenge as u8;
+    settings.live.syn_rate = 1;
+    settings.live.syn_burst = 1;
+    settings.live.monitor = tcp_guard_common::policy::Rule::All as u8;
+    let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
+    let mut attack: Array<&mut MapData, AttackState> =
+        Array::try_from(t.0.map_mut(maps::ATTACK).expect("ATTACK")).expect("array");
+    attack
+        .set(
+            0,
+            AttackState {
+                active: 1,
+                trigger: AttackState::BY_SYN_RATE,
+                since_ns: 1,
+                ..AttackState::default()
+            },
+            0,
+        )
+        .expect("attack mode");
+    for i in 0..3u16 {
+        let mut syn = from_peer(false, SYN, 1000 + u32::from(i), 0);
+        syn.src_port = 42_000 + i;
+        assert_eq!(t.verdict(&syn), XDP_PASS, "SYN {i}");
+    }
+    let s = t.stats();
+    assert_eq!(s.get(Counter::WouldDropChallenge), 3, "each challenged, once");
+    assert_eq!(
+        s.get(Counter::WouldDropSynRate),
+        0,
+        "and counted for nothing else"
+    );
+    assert_eq!(
+        s.get(Counter::SynChallengePassed),
+        0,
+        "no challenge passed without a retransmission"
+    );
+    assert_eq!(s.get(Counter::DropChallenge) + s.get(Counter::DropSynRate), 0);
+}
