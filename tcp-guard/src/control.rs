@@ -132,18 +132,50 @@ impl Instance {
             .context("cannot write CONFIG")
     }
 
-    /// Writes the `[[ports]]` policies' configurations (`configs[i]` is
-    /// `ports[i]`'s, entry `i + 1`), then, for each port whose policy
-    /// changed from `was` to `index`, which one it follows: a port never
-    /// points at a configuration not yet written.
+    /// Puts the `[[ports]]` policies in force: `configs[i]` is `ports[i]`'s
+    /// (entry `i + 1`), and each port whose policy changes from `was` to
+    /// `index` follows its new one. The ports that change follow the global
+    /// settings while the configurations are rewritten: no port follows
+    /// another policy's, even for a moment.
     pub fn set_port_policies(&self, configs: &[GuardConfig], was: &[u8], index: &[u8]) -> Result<()> {
-        self.set_port_configs(configs, &[])?;
         let mut map = array::<u8>(&self.dir, maps::PORT_POLICY)?;
+        let mut set = |port: usize, policy: u8| {
+            map.set(port as u32, policy, 0)
+                .with_context(|| format!("cannot write PORT_POLICY[{port}]"))
+        };
         for (port, (old, new)) in was.iter().zip(index).enumerate() {
-            if old != new {
-                map.set(port as u32, *new, 0)
-                    .with_context(|| format!("cannot write PORT_POLICY[{port}]"))?;
+            if old != new && *old != 0 {
+                set(port, 0)?;
             }
+        }
+        self.set_port_configs(configs, &[])?;
+        for (port, (old, new)) in was.iter().zip(index).enumerate() {
+            if old != new && *new != 0 {
+                set(port, *new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After `limits set` changed the global settings from `old` to `new`:
+    /// each policy's configuration follows `new` in all but its own
+    /// settings, as the daemon keeps it (this also holds while its control
+    /// loop fails). A policy's setting equal to the old global value reads
+    /// as not its own until the daemon's next round restores it.
+    pub fn follow_global(&self, old: &GuardConfig, new: &GuardConfig) -> Result<()> {
+        let index = self.port_index()?;
+        let mut configs = array::<GuardConfig>(&self.dir, maps::PORT_CONFIGS)?;
+        for n in 1..=index.iter().copied().max().unwrap_or(0) {
+            if !index.contains(&n) {
+                continue;
+            }
+            let config = configs
+                .get(&u32::from(n), 0)
+                .with_context(|| format!("cannot read PORT_CONFIGS[{n}]"))?;
+            let followed = PortPolicy::in_force(Vec::new(), &config, old).apply(new);
+            configs
+                .set(u32::from(n), followed, 0)
+                .with_context(|| format!("cannot write PORT_CONFIGS[{n}]"))?;
         }
         Ok(())
     }
@@ -229,37 +261,50 @@ impl Instance {
 
     /// Rebuilds `VERIFIED_BITS` from the sources `VERIFIED` holds now, so
     /// that the bits of those it dropped do not fill it over time (see
-    /// `policy::VERIFIED_BITS_WORDS`). A source verified while this runs
-    /// may lose its bit until its next handshake: it then meets attack
-    /// mode as an unknown source would, once. Returns the words changed.
+    /// `policy::VERIFIED_BITS_WORDS`). A second walk puts back, only adding,
+    /// the bits of sources verified while the first was written. Returns
+    /// the words changed.
     pub fn rebuild_verified_bits(&self) -> Result<usize> {
-        let hash = array::<CountHash>(&self.dir, maps::COUNT_HASH)?
-            .get(&0, 0)
-            .context("cannot read COUNT_HASH")?;
-        let verified: HashMap<MapData, SourceKey, u64> =
-            HashMap::try_from(Map::LruHashMap(open(&self.dir, maps::VERIFIED)?))
-                .context("VERIFIED is not an LRU hash map")?;
-        let mut wanted = vec![0u64; VERIFIED_BITS_WORDS as usize];
-        for entry in verified.iter() {
-            match entry {
-                Ok((key, _)) => {
-                    let (word, bit) = hash.verified_bit(key.family, &key.addr);
-                    wanted[word as usize] |= bit;
-                }
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("cannot read VERIFIED"),
-            }
-        }
         let mut bits = array::<u64>(&self.dir, maps::VERIFIED_BITS)?;
         let mut changed = 0;
-        for (word, want) in wanted.into_iter().enumerate() {
+        for (word, want) in self.verified_bits()?.into_iter().enumerate() {
             let word = word as u32;
             if bits.get(&word, 0).context("cannot read VERIFIED_BITS")? != want {
                 bits.set(word, want, 0).context("cannot write VERIFIED_BITS")?;
                 changed += 1;
             }
         }
+        for (word, want) in self.verified_bits()?.into_iter().enumerate() {
+            let word = word as u32;
+            let now = bits.get(&word, 0).context("cannot read VERIFIED_BITS")?;
+            if now & want != want {
+                bits.set(word, now | want, 0)
+                    .context("cannot write VERIFIED_BITS")?;
+            }
+        }
         Ok(changed)
+    }
+
+    /// The bitmap of the sources `VERIFIED` holds now.
+    fn verified_bits(&self) -> Result<Vec<u64>> {
+        let hash = array::<CountHash>(&self.dir, maps::COUNT_HASH)?
+            .get(&0, 0)
+            .context("cannot read COUNT_HASH")?;
+        let verified: HashMap<MapData, SourceKey, u64> =
+            HashMap::try_from(Map::LruHashMap(open(&self.dir, maps::VERIFIED)?))
+                .context("VERIFIED is not an LRU hash map")?;
+        let mut bits = vec![0u64; VERIFIED_BITS_WORDS as usize];
+        for entry in verified.iter() {
+            match entry {
+                Ok((key, _)) => {
+                    let (word, bit) = hash.verified_bit(key.family, &key.addr);
+                    bits[word as usize] |= bit;
+                }
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("cannot read VERIFIED"),
+            }
+        }
+        Ok(bits)
     }
 
     /// Sampled SYNs per source so far (one SYN in

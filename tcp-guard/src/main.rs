@@ -560,9 +560,11 @@ fn limits(action: LimitsAction) -> Result<()> {
         LimitsAction::Set { target, assignments } => {
             let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
             let mut settings = running_settings(&instance)?;
+            let old = settings.live;
             settings.apply(&assignments, true)?;
             let chosen = cookies::check_policy(&mut settings.live)?;
             instance.set_config(&settings.live)?;
+            instance.follow_global(&old, &settings.live)?;
             println!(
                 "{iface}: set {}; in force now, until the next reload or restart",
                 assignments.join(" ")
