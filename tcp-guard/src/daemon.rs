@@ -942,6 +942,7 @@ impl Control {
             log::debug!("rebuilt VERIFIED_BITS from VERIFIED: {changed} word(s) changed");
         }
         if self.ticks.is_multiple_of(4) {
+            monitor::open_dir()?;
             self.follow_the_interface(ebpf)?;
             self.follow_the_cookie_settings(&config)?;
         }

@@ -371,6 +371,24 @@ impl Readers {
 /// claimed: one a daemon that died left is replaced. Root's alone until
 /// [`grant`] says otherwise.
 pub fn bind(iface: &str) -> Result<std::os::unix::net::UnixListener> {
+    open_dir()?;
+    let path = socket_path(iface);
+    remove_if_present(&path)?;
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot serve readers at {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set {} to mode 600", path.display()))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot serve readers at {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Makes the sockets' directory, or opens it again to the sockets' groups
+/// (mode 0755): the service's `RuntimeDirectoryMode=0700` closes it each
+/// time any instance starts, so each daemon opens it at start and then
+/// every few seconds.
+pub fn open_dir() -> Result<()> {
     let dir = Path::new(DIR);
     match fs::DirBuilder::new().mode(0o755).create(dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
@@ -397,16 +415,7 @@ pub fn bind(iface: &str) -> Result<std::os::unix::net::UnixListener> {
             .set_permissions(fs::Permissions::from_mode(0o755))
             .with_context(|| format!("cannot set {DIR} to mode 755"))?;
     }
-    let path = socket_path(iface);
-    remove_if_present(&path)?;
-    let listener = std::os::unix::net::UnixListener::bind(&path)
-        .with_context(|| format!("cannot serve readers at {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot set {} to mode 600", path.display()))?;
-    listener
-        .set_nonblocking(true)
-        .with_context(|| format!("cannot serve readers at {}", path.display()))?;
-    Ok(listener)
+    Ok(())
 }
 
 /// Lets `group`'s members connect to the socket of `iface` (root:GROUP,
@@ -464,6 +473,10 @@ impl<T: Send + Sync + 'static> Walked<T> {
             }
             tokio::time::sleep(WALK_EVERY.saturating_sub(at.elapsed())).await;
         }
+        // Recorded before the walk: a reader whose connection is closed
+        // meanwhile (the cap closes the oldest) ends this task, not the
+        // walk, and the next must still wait its turn.
+        *last = Some((Instant::now(), Weak::new()));
         let walked = tokio::task::spawn_blocking(walk)
             .await
             .context("the walk of the maps failed")
