@@ -722,3 +722,47 @@ fn monitor_mode_counts_what_a_rule_would_drop_and_drops_nothing() {
         "the challenge dropped nothing"
     );
 }
+
+/// `[access] monitor_group` follows the config file through a reload: a
+/// daemon started with root alone reading lets the group's members read
+/// once the file names the group and it reloads.
+#[test]
+fn a_reload_lets_the_monitoring_group_read() {
+    let lab = Lab::new().expect("lab");
+    let iface = lab.server_iface.clone();
+    let account = Account::create().expect("a group and a user");
+    let config = std::env::temp_dir().join(format!("tcp-guard-access-{iface}.toml"));
+    std::fs::write(&config, "[access]\nmonitor_group = \"\"\n").expect("config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let daemon = Daemon::start(&lab.server, &iface, &["--config", &config_arg]).expect("start");
+    daemon.wait_for_line("only root may read", Duration::from_secs(5));
+    let member = account.setpriv();
+    let stats = |who: &[String]| tcp_guard_as(who, &["stats", "--iface", &iface, "--json"]);
+    let refused = stats(&member);
+    assert!(
+        !refused.status.success(),
+        "root alone reads: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+
+    std::fs::write(
+        &config,
+        format!("[access]\nmonitor_group = \"{}\"\n", account.group),
+    )
+    .expect("config");
+    let reload = tcp_guard(&["reload", "--iface", &iface]);
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    daemon.wait_for_line(
+        &format!("root and members of group {} may read", account.group),
+        Duration::from_secs(5),
+    );
+    let out = stats(&member);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["iface"], iface.as_str(), "{json}");
+    std::fs::remove_file(&config).expect("remove the config");
+}
