@@ -140,12 +140,15 @@ fn track(
     // A rule in monitor mode counted what it would drop: the SYN is
     // counted once, at the first check that would drop it.
     let mut held = false;
+    // The attack-mode challenge passed it as a retransmission.
+    let mut retransmitted = false;
     if syn_in {
         if allowlisted {
             counters.bump(Counter::SynAllowlisted);
         } else {
             match guard::attack_gate(counters, key, segment.seq, now, config) {
                 Gate::Open => {}
+                Gate::Retransmitted => retransmitted = true,
                 Gate::Drop(reason) => {
                     if !guard::monitor_holds(counters, config, reason) {
                         return drop_syn(counters, key, reason);
@@ -160,6 +163,7 @@ fn track(
             }
             if !held
                 && !guard::within_rate(key, policy, config, now)
+                && !retransmitted
                 && !guard::over_rate_passes(counters, key, segment.seq, now, config)
             {
                 if !guard::monitor_holds(counters, config, DropReason::SynRate) {

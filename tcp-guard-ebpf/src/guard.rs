@@ -200,6 +200,10 @@ pub fn listener_under_attack(counters: &mut Counters, port: u16, count: u32) {
 pub enum Gate {
     /// On to the rate limit, admission and tracking.
     Open,
+    /// A retransmission that passed the challenge: on to the rate limit,
+    /// admission and tracking, and over its source's rate it is not
+    /// challenged again (it has just shown what that challenge asks).
+    Retransmitted,
     Drop(DropReason),
     /// Answer it with a cookie SYN-ACK; keep nothing.
     Cookie,
@@ -276,7 +280,7 @@ pub fn over_rate_passes(
     now: u64,
     config: &GuardConfig,
 ) -> bool {
-    challenge(counters, key, seq, now, config) == Gate::Open
+    challenge(counters, key, seq, now, config) == Gate::Retransmitted
 }
 
 /// The retransmit-challenge policy: an unknown flow's first SYN is recorded
@@ -293,7 +297,7 @@ fn challenge(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, config:
     if challenge_passes(recorded, tag, seq, now, config.challenge_window_ms) {
         recorded.first_ns = 0;
         counters.bump(Counter::SynChallengePassed);
-        return Gate::Open;
+        return Gate::Retransmitted;
     }
     *recorded = Challenge {
         first_ns: now,

@@ -456,3 +456,47 @@ fn a_monitored_syn_is_counted_once_at_its_first_check() {
     );
     assert_eq!(s.get(Counter::DropChallenge) + s.get(Counter::DropSynRate), 0);
 }
+
+/// In attack mode with the retransmit challenge, a source that is also over
+/// its SYN rate: a retransmission that passed the attack-mode challenge is
+/// not challenged again for the rate (it was, and the second challenge,
+/// in the slot the first had just cleared, dropped it again and again).
+#[test]
+fn a_retransmission_that_passed_the_challenge_is_not_challenged_again_for_the_rate() {
+    require_root();
+    let mut settings = Settings::default();
+    settings.live.attack_enter_half_open = 0;
+    settings.live.policy = tcp_guard_common::policy::Policy::RetransmitChallenge as u8;
+    settings.live.syn_rate = 1;
+    settings.live.syn_burst = 1;
+    let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
+    let mut attack: Array<&mut MapData, AttackState> =
+        Array::try_from(t.0.map_mut(maps::ATTACK).expect("ATTACK")).expect("array");
+    attack
+        .set(
+            0,
+            AttackState {
+                active: 1,
+                trigger: AttackState::BY_SYN_RATE,
+                since_ns: 1,
+                ..AttackState::default()
+            },
+            0,
+        )
+        .expect("attack mode");
+    // Two connections from one source within a second: the second is over
+    // the rate (one SYN a second, burst 1).
+    for port in [43_000u16, 43_001] {
+        let mut syn = from_peer(false, SYN, u32::from(port), 0);
+        syn.src_port = port;
+        assert_eq!(
+            t.verdict(&syn),
+            XDP_DROP,
+            "the first SYN of :{port} is challenged"
+        );
+        assert_eq!(t.verdict(&syn), XDP_PASS, "its retransmission passes");
+    }
+    let s = t.stats();
+    assert_eq!(s.get(Counter::SynChallengePassed), 2);
+    assert_eq!(s.get(Counter::DropSynRate), 0);
+}
