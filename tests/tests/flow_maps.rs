@@ -82,6 +82,19 @@ impl Tracker {
         }
     }
 
+    /// Attack mode on, as the daemon turns it on.
+    fn attack_mode_on(&mut self) {
+        let mut attack: Array<&mut MapData, AttackState> =
+            Array::try_from(self.0.map_mut(maps::ATTACK).expect("ATTACK")).expect("array");
+        let on = AttackState {
+            active: 1,
+            trigger: AttackState::BY_SYN_RATE,
+            since_ns: 1,
+            ..AttackState::default()
+        };
+        attack.set(0, on, 0).expect("attack mode");
+    }
+
     fn is_empty(&self) -> bool {
         self.table(maps::HALF_OPEN).is_empty() && self.table(maps::FLOWS).is_empty()
     }
@@ -344,20 +357,7 @@ fn verified_sources_are_marked_in_the_bitmap_until_verified_forgets_them() {
         0,
         "the handshake set the source's bit"
     );
-    let mut attack: Array<&mut MapData, AttackState> =
-        Array::try_from(t.0.map_mut(maps::ATTACK).expect("ATTACK")).expect("array");
-    attack
-        .set(
-            0,
-            AttackState {
-                active: 1,
-                trigger: AttackState::BY_SYN_RATE,
-                since_ns: 1,
-                ..AttackState::default()
-            },
-            0,
-        )
-        .expect("attack mode");
+    t.attack_mode_on();
     let second_syn = |port: u16| {
         let mut syn = from_peer(false, SYN, 77, 0);
         syn.src_port = port;
@@ -423,20 +423,7 @@ fn a_monitored_syn_is_counted_once_at_its_first_check() {
     settings.live.syn_burst = 1;
     settings.live.monitor = tcp_guard_common::policy::Rule::All as u8;
     let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
-    let mut attack: Array<&mut MapData, AttackState> =
-        Array::try_from(t.0.map_mut(maps::ATTACK).expect("ATTACK")).expect("array");
-    attack
-        .set(
-            0,
-            AttackState {
-                active: 1,
-                trigger: AttackState::BY_SYN_RATE,
-                since_ns: 1,
-                ..AttackState::default()
-            },
-            0,
-        )
-        .expect("attack mode");
+    t.attack_mode_on();
     for i in 0..3u16 {
         let mut syn = from_peer(false, SYN, 1000 + u32::from(i), 0);
         syn.src_port = 42_000 + i;
@@ -470,20 +457,7 @@ fn a_retransmission_that_passed_the_challenge_is_not_challenged_again_for_the_ra
     settings.live.syn_rate = 1;
     settings.live.syn_burst = 1;
     let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
-    let mut attack: Array<&mut MapData, AttackState> =
-        Array::try_from(t.0.map_mut(maps::ATTACK).expect("ATTACK")).expect("array");
-    attack
-        .set(
-            0,
-            AttackState {
-                active: 1,
-                trigger: AttackState::BY_SYN_RATE,
-                since_ns: 1,
-                ..AttackState::default()
-            },
-            0,
-        )
-        .expect("attack mode");
+    t.attack_mode_on();
     // Two connections from one source within a second: the second is over
     // the rate (one SYN a second, burst 1).
     for port in [43_000u16, 43_001] {
