@@ -157,24 +157,28 @@ impl Instance {
         Ok(())
     }
 
-    /// After `limits set` changed the global settings from `old` to `new`:
-    /// each policy's configuration follows `new` in all but its own
-    /// settings, as the daemon keeps it (this also holds while its control
-    /// loop fails). A policy's setting equal to the old global value reads
-    /// as not its own until the daemon's next round restores it.
-    pub fn follow_global(&self, old: &GuardConfig, new: &GuardConfig) -> Result<()> {
-        let index = self.port_index()?;
+    /// After `limits set` changed the global settings to `new`: each of
+    /// `policies` (as [`Instance::port_policies`] read them against the old
+    /// global settings) follows `new` in all but its own settings, as the
+    /// daemon keeps it (this also holds while its control loop fails). A
+    /// policy's setting equal to the old global value reads as not its own
+    /// until the daemon's next round restores it.
+    pub fn follow_global(&self, policies: &[PortPolicy], new: &GuardConfig) -> Result<()> {
+        let index = array::<u8>(&self.dir, maps::PORT_POLICY)?;
         let mut configs = array::<GuardConfig>(&self.dir, maps::PORT_CONFIGS)?;
-        for n in 1..=index.iter().copied().max().unwrap_or(0) {
-            if !index.contains(&n) {
+        for policy in policies {
+            // Every port of a policy follows the same entry: its first says which.
+            let Some(&(port, _)) = policy.ports.first() else {
+                continue;
+            };
+            let n = index
+                .get(&u32::from(port), 0)
+                .with_context(|| format!("cannot read PORT_POLICY[{port}]"))?;
+            if n == 0 {
                 continue;
             }
-            let config = configs
-                .get(&u32::from(n), 0)
-                .with_context(|| format!("cannot read PORT_CONFIGS[{n}]"))?;
-            let followed = PortPolicy::in_force(Vec::new(), &config, old).apply(new);
             configs
-                .set(u32::from(n), followed, 0)
+                .set(u32::from(n), policy.apply(new), 0)
                 .with_context(|| format!("cannot write PORT_CONFIGS[{n}]"))?;
         }
         Ok(())

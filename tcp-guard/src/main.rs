@@ -530,14 +530,15 @@ fn print_flows(iface: Option<&str>, state: Option<TcpState>, limit: Option<usize
 /// entries from the config.
 fn running_settings(instance: &Instance) -> Result<Settings> {
     let gauges = FlowTables::open(instance.dir())?.gauges()?;
+    let live = instance.config()?;
     Ok(Settings {
-        live: instance.config()?,
+        live,
         tables: TableSizes {
             half_open: gauges.half_open_max,
             flows: gauges.flow_max,
         },
         lists: instance.config_lists()?,
-        ports: instance.port_policies(&instance.config()?)?,
+        ports: instance.port_policies(&live)?,
         // The daemon's alone, in no map: nothing shown from here names it.
         access: Default::default(),
     })
@@ -560,11 +561,10 @@ fn limits(action: LimitsAction) -> Result<()> {
         LimitsAction::Set { target, assignments } => {
             let (iface, instance) = Instance::resolve(target.iface.as_deref())?;
             let mut settings = running_settings(&instance)?;
-            let old = settings.live;
             settings.apply(&assignments, true)?;
             let chosen = cookies::check_policy(&mut settings.live)?;
             instance.set_config(&settings.live)?;
-            instance.follow_global(&old, &settings.live)?;
+            instance.follow_global(&settings.ports, &settings.live)?;
             println!(
                 "{iface}: set {}; in force now, until the next reload or restart",
                 assignments.join(" ")
