@@ -108,8 +108,9 @@ impl TcpState {
         }
     }
 
-    /// Half-open flows live in their own table, so a flood of them can never
-    /// push out established ones.
+    /// Half-open flows: those opened by a peer's SYN take at most their
+    /// share of the flow table (`CountHash::half_open_max`), so a flood of
+    /// them can never push out established ones.
     pub const fn is_half_open(self) -> bool {
         matches!(self, TcpState::SynSent | TcpState::SynRcvd)
     }

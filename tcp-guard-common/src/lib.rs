@@ -15,12 +15,12 @@ pub mod syncookie;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 7;
+    pub const LAYOUT_VERSION: u64 = 8;
 
     pub const STATS: &str = "STATS";
-    /// Half-open flows (SYN-SENT, SYN-RECV), keyed by [`crate::flow::FlowKey`].
-    pub const HALF_OPEN: &str = "HALF_OPEN";
-    /// Every other tracked flow.
+    /// Every tracked flow, keyed by [`crate::flow::FlowKey`]: room for
+    /// `tables.max_flows` flows and `tables.max_half_open` half-open ones
+    /// (see [`crate::policy::CountHash::half_open_max`]).
     pub const FLOWS: &str = "FLOWS";
     /// Flows the controller expired, per state (`TcpState as u32`).
     pub const EXPIRED: &str = "EXPIRED";

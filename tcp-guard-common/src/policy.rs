@@ -335,6 +335,12 @@ pub struct CountHash {
     pub seed: u32,
     /// Slots per hashed region, less one (a power of two, less one).
     pub mask: u32,
+    /// Half-open flows `FLOWS` takes (`tables.max_half_open` when `COUNTS`
+    /// was created): a SYN that would open one more is refused as if the
+    /// table were full, so a flood of them leaves the rest of the table to
+    /// other flows. 0: no such cap (a table loaded without a daemon).
+    pub half_open_max: u32,
+    pub _pad: u32,
 }
 
 impl CountHash {
@@ -827,6 +833,7 @@ mod tests {
         let hash = CountHash {
             seed: 0x1234_5678,
             mask: 65_535,
+            ..CountHash::default()
         };
         let mut words = std::collections::HashSet::new();
         for i in 0u32..4_096 {
@@ -848,6 +855,7 @@ mod tests {
             let hash = CountHash {
                 seed: 0x1234_5678,
                 mask: slots - 1,
+                ..CountHash::default()
             };
             let entries = CountHash::entries(slots);
             for i in 0u32..2_000 {
@@ -869,6 +877,7 @@ mod tests {
         let hash = CountHash {
             seed: 7,
             mask: CountHash::slots_for(65_536) - 1,
+            ..CountHash::default()
         };
         let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
         let first = hash.slot(&flow_key(a, 80), 64, CountKind::Prefix);

@@ -11,7 +11,7 @@ use tcp_guard_common::{
 
 use crate::{
     guard::{self, Gate},
-    maps::{CONFIG, Counters, FLOWS, HALF_OPEN, PORT_CONFIGS, PORT_POLICY, SCRATCH},
+    maps::{CONFIG, Counters, FLOWS, PORT_CONFIGS, PORT_POLICY, SCRATCH},
 };
 
 /// What to do with the packet.
@@ -34,38 +34,18 @@ impl Verdict {
     pub const CHECK_COOKIE: u32 = 3;
 }
 
-/// Where a flow was found.
-#[derive(Clone, Copy)]
-pub struct Found {
-    pub entry: *mut Flow,
-    pub half_open: bool,
-}
-
 #[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<Found> {
-    match FLOWS.get_ptr_mut(key) {
-        Some(entry) => Some(Found {
-            entry,
-            half_open: false,
-        }),
-        None => HALF_OPEN.get_ptr_mut(key).map(|entry| Found {
-            entry,
-            half_open: true,
-        }),
-    }
+pub fn lookup(key: &FlowKey) -> Option<*mut Flow> {
+    FLOWS.get_ptr_mut(key)
 }
 
 /// `-EEXIST`, as a map insert returns it.
 const EEXIST: i32 = 17;
 
-/// Removes a found flow; false if another CPU removed it first.
+/// Removes a flow; false if another CPU removed it first.
 #[inline(always)]
-pub fn remove(key: &FlowKey, found: Found) -> bool {
-    if found.half_open {
-        HALF_OPEN.remove(key).is_ok()
-    } else {
-        FLOWS.remove(key).is_ok()
-    }
+pub fn remove(key: &FlowKey) -> bool {
+    FLOWS.remove(key).is_ok()
 }
 
 /// Whether this flow holds half-open counts (see `Flow::COUNTED`).
@@ -177,9 +157,9 @@ fn track(
     let found = lookup(key);
     // A copy, taken once: another CPU may rewrite the entry meanwhile, and
     // the claim below tells whether it did.
-    if let Some(found) = found {
+    if let Some(entry) = found {
         // SAFETY: map values stay valid for the program run (RCU).
-        scratch.old = unsafe { *found.entry };
+        scratch.old = unsafe { *entry };
         if scratch.old.generation & 1 != 0 {
             counters.bump(Counter::FlowBusy);
             return Verdict::Pass;
@@ -226,7 +206,13 @@ fn track(
             let counts_taken = opening && flow.has(Flow::COUNTED);
             // A flow new to its table starts a fresh generation.
             flow.generation = 0;
-            match store(counters, key, flow, found, generation) {
+            let stored = if counts_taken && guard::half_open_share_taken() {
+                counters.bump(Counter::HalfOpenTableFull);
+                Stored::Full
+            } else {
+                store(counters, key, flow, found, generation)
+            };
+            match stored {
                 Stored::Yes => {
                     // The claim made this CPU the one to release them.
                     if counted && !flow.has(Flow::COUNTED) {
@@ -264,9 +250,9 @@ fn track(
             }
         }
         Step::Remove(event) => {
-            if let Some(found) = found {
-                if claim(found.entry, generation) {
-                    if remove(key, found) && counted {
+            if let Some(entry) = found {
+                if claim(entry, generation) {
+                    if remove(key) && counted {
                         guard::release(key, old_prefix_len);
                     }
                 } else {
@@ -367,54 +353,34 @@ fn publish(entry: *mut Flow, flow: &Flow, generation: u32) {
     }
 }
 
-/// Writes `flow` (read with `generation`) to the table its state belongs
-/// in, moving it if needed.
+/// Writes `flow` (read with `generation`) to its entry, or creates it.
 #[inline(always)]
 fn store(
     counters: &mut Counters,
     key: &FlowKey,
     flow: &Flow,
-    found: Option<Found>,
+    found: Option<*mut Flow>,
     generation: u32,
 ) -> Stored {
-    let half_open = flow.state().is_some_and(|s| s.is_half_open());
-    let Some(found) = found else {
-        let table = if half_open { &HALF_OPEN } else { &FLOWS };
-        return match table.insert(key, flow, BPF_NOEXIST as u64) {
+    let Some(entry) = found else {
+        return match FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
             Ok(()) => Stored::Yes,
             // Created by another CPU since the lookup.
             Err(error) if error == -EEXIST => Stored::Busy,
             Err(_) => {
-                counters.bump(full_counter(half_open));
+                let half_open = flow.state().is_some_and(|s| s.is_half_open());
+                counters.bump(if half_open {
+                    Counter::HalfOpenTableFull
+                } else {
+                    Counter::FlowTableFull
+                });
                 Stored::Full
             }
         };
     };
-    if !claim(found.entry, generation) {
+    if !claim(entry, generation) {
         return Stored::Busy;
     }
-    if found.half_open != half_open {
-        let (to, from) = if half_open {
-            (&HALF_OPEN, &FLOWS)
-        } else {
-            (&FLOWS, &HALF_OPEN)
-        };
-        if to.insert(key, flow, 0).is_ok() {
-            // Others that read the old entry fail their claim: it stays odd.
-            let _gone = from.remove(key);
-            return Stored::Yes;
-        }
-        counters.bump(full_counter(half_open));
-        // Keep it where it is, up to date, rather than lose it.
-    }
-    publish(found.entry, flow, generation);
+    publish(entry, flow, generation);
     Stored::Yes
-}
-
-fn full_counter(half_open: bool) -> Counter {
-    if half_open {
-        Counter::HalfOpenTableFull
-    } else {
-        Counter::FlowTableFull
-    }
 }

@@ -195,11 +195,11 @@ pub fn tcp_guard_expire(ctx: XdpContext) -> u32 {
     let (Some(key), Some(config)) = (bytes.read::<FlowKey>(0), CONFIG.get(0)) else {
         return xdp_action::XDP_ABORTED;
     };
-    let Some(found) = flow::lookup(&key) else {
+    let Some(entry) = flow::lookup(&key) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: a live map value, copied out.
-    let stored = unsafe { *found.entry };
+    let stored = unsafe { *entry };
     let now = now();
     // Indexed by the raw state byte through the optimisation barrier, so the
     // bounds check stays on the register the verifier sees used.
@@ -212,7 +212,7 @@ pub fn tcp_guard_expire(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     // Only the CPU whose claim succeeds removes it and releases its counts.
-    if !flow::claim(found.entry, stored.generation) || !flow::remove(&key, found) {
+    if !flow::claim(entry, stored.generation) || !flow::remove(&key) {
         return xdp_action::XDP_PASS;
     }
     if flow::holds_counts(&stored) {

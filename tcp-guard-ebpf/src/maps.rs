@@ -18,14 +18,11 @@ use tcp_guard_common::{
 
 use crate::view::opaque;
 
-/// Half-open flows.
+/// Every tracked flow, in one table: a segment finds its flow with one
+/// lookup, and a handshake completes in place. Half-open flows take at most
+/// `CountHash::half_open_max` of it, so their floods cannot displace others.
 #[map]
-pub static HALF_OPEN: HashMap<FlowKey, Flow> = HashMap::with_max_entries(65_536, 0);
-
-/// Every other tracked flow, in a table of its own so half-open floods
-/// cannot displace it.
-#[map]
-pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(262_144, 0);
+pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(262_144 + 65_536, 0);
 
 /// Flows removed for idleness, per state (`TcpState as u32`).
 #[map]

@@ -1,4 +1,4 @@
-//! The flow tables as the controller sees them: listing, gauges, expiry.
+//! The flow table as the controller sees it: listing, gauges, expiry.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 use tcp_guard_common::{
     flow::{Flow, FlowKey, TcpState},
     maps,
-    policy::GuardConfig,
+    policy::{CountHash, GuardConfig},
 };
 
-/// Open handles on an instance's flow tables.
+/// Open handles on an instance's flow table.
 pub struct FlowTables {
-    half_open: HashMap<MapData, FlowKey, Flow>,
-    half_open_max: u32,
     flows: HashMap<MapData, FlowKey, Flow>,
+    /// The half-open flows' share of the table, and the rest.
+    half_open_max: u32,
     flow_max: u32,
     expired: Array<MapData, u64>,
 }
@@ -59,7 +59,7 @@ pub fn monotonic_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A pinned flow table and its capacity.
+/// The pinned flow table and its capacity.
 fn open_hash(dir: &Path, name: &str) -> Result<(HashMap<MapData, FlowKey, Flow>, u32)> {
     let path = dir.join(name);
     let data =
@@ -78,22 +78,23 @@ impl FlowTables {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(maps::EXPIRED);
         let expired = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let (half_open, half_open_max) = open_hash(dir, maps::HALF_OPEN)?;
-        let (flows, flow_max) = open_hash(dir, maps::FLOWS)?;
+        let (flows, capacity) = open_hash(dir, maps::FLOWS)?;
+        let path = dir.join(maps::COUNT_HASH);
+        let hash = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let hash: Array<MapData, CountHash> =
+            Array::try_from(Map::Array(hash)).context("COUNT_HASH is not an array")?;
+        let half_open_max = hash.get(&0, 0).context("cannot read COUNT_HASH")?.half_open_max;
         Ok(FlowTables {
-            half_open,
-            half_open_max,
             flows,
-            flow_max,
+            half_open_max,
+            flow_max: capacity.saturating_sub(half_open_max),
             expired: Array::try_from(Map::Array(expired)).context("EXPIRED is not an array")?,
         })
     }
 
-    /// Every tracked flow, half-open ones first.
+    /// Every tracked flow.
     pub fn entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        let mut all = read_table(&self.half_open)?;
-        all.extend(read_table(&self.flows)?);
-        Ok(all)
+        read_table(&self.flows)
     }
 
     /// Half-open flows counted against the limits, per peer address, most
@@ -101,7 +102,7 @@ impl FlowTables {
     /// address; the flows themselves do.)
     pub fn half_open_sources(&self, n: usize) -> Result<Vec<(IpAddr, u64)>> {
         let mut sources = std::collections::HashMap::<IpAddr, u64>::new();
-        for (key, flow) in read_table(&self.half_open)? {
+        for (key, flow) in self.entries()? {
             if flow.has(Flow::COUNTED)
                 && flow.state() == Some(TcpState::SynRcvd)
                 && let Some(peer) = addr(&key.remote_addr, key.family)
@@ -131,15 +132,15 @@ impl FlowTables {
             flow_max: self.flow_max,
             ..Gauges::default()
         };
-        for (table, entries) in [
-            (&self.half_open, &mut g.half_open_entries),
-            (&self.flows, &mut g.flow_entries),
-        ] {
-            for (_, flow) in read_table(table)? {
-                *entries += 1;
-                if let Some(state) = flow.state() {
-                    g.per_state[state as usize - 1] += 1;
-                }
+        for (_, flow) in self.entries()? {
+            let state = flow.state();
+            if state.is_some_and(TcpState::is_half_open) {
+                g.half_open_entries += 1;
+            } else {
+                g.flow_entries += 1;
+            }
+            if let Some(state) = state {
+                g.per_state[state as usize - 1] += 1;
             }
         }
         for state in TcpState::STORED {
@@ -152,12 +153,10 @@ impl FlowTables {
     /// kernel's expire program, which checks again before removing.
     pub fn stale(&self, config: &GuardConfig, now_ns: u64) -> Result<Vec<FlowKey>> {
         let mut stale = Vec::new();
-        for table in [&self.half_open, &self.flows] {
-            for (key, flow) in read_table(table)? {
-                let limit = flow.state().map_or(0, |s| config.timeout_secs(s)) as u64 * 1_000_000_000;
-                if now_ns.saturating_sub(flow.last_ns) > limit {
-                    stale.push(key);
-                }
+        for (key, flow) in self.entries()? {
+            let limit = flow.state().map_or(0, |s| config.timeout_secs(s)) as u64 * 1_000_000_000;
+            if now_ns.saturating_sub(flow.last_ns) > limit {
+                stale.push(key);
             }
         }
         Ok(stale)

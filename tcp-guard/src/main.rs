@@ -256,11 +256,11 @@ struct RunArgs {
     /// tcp-guard-monitor, if it exists [= access.monitor_group].
     #[arg(long, value_name = "GROUP", value_parser = parse_monitor_group)]
     monitor_group: Option<String>,
-    /// Capacity of the half-open flow table (SYN-SENT, SYN-RECV), e.g. 64Ki
+    /// Half-open (SYN-RECV) flows the flow table holds, e.g. 64Ki
     /// [= tables.max_half_open].
     #[arg(long, value_name = "COUNT", value_parser = parse_table_size)]
     max_half_open: Option<u32>,
-    /// Capacity of the table of all other flows, e.g. 1Mi [= tables.max_flows].
+    /// Room for all other flows in the flow table, e.g. 1Mi [= tables.max_flows].
     /// Half-open floods never take room from it.
     #[arg(long, value_name = "COUNT", value_parser = parse_table_size)]
     max_flows: Option<u32>,

@@ -27,7 +27,6 @@ pub const EBPF_TOOLCHAIN: &str = env!("TCP_GUARD_EBPF_TOOLCHAIN");
 /// instance directory (the aya-log ring is not: it is per daemon).
 pub const PINNED_MAPS: &[&str] = &[
     maps::STATS,
-    maps::HALF_OPEN,
     maps::FLOWS,
     maps::EXPIRED,
     maps::CONFIG,
@@ -82,8 +81,7 @@ pub fn load_programs(
     }
     let mut ebpf = loader
         .override_global(aya_log::LEVEL, &level, true)
-        .map_max_entries(maps::HALF_OPEN, sizes.half_open)
-        .map_max_entries(maps::FLOWS, sizes.flows)
+        .map_max_entries(maps::FLOWS, sizes.flows.saturating_add(sizes.half_open))
         .map_max_entries(
             maps::COUNTS,
             CountHash::entries(CountHash::slots_for(sizes.half_open)),
@@ -91,7 +89,7 @@ pub fn load_programs(
         .load(OBJECT)
         .map_err(explain_load_error)
         .context("failed to load the tcp-guard eBPF object")?;
-    init_count_hash(&mut ebpf)?;
+    init_count_hash(&mut ebpf, sizes.half_open)?;
     for name in [programs::XDP, programs::EXPIRE] {
         xdp_named(&mut ebpf, name)?
             .load()
@@ -105,9 +103,10 @@ pub fn load_programs(
     Ok(ebpf)
 }
 
-/// Gives a new `COUNTS` its hash: a random seed, and regions as large as
-/// the array (which an adopted one keeps, with the hash it was filled with).
-fn init_count_hash(ebpf: &mut Ebpf) -> Result<()> {
+/// Gives a new `COUNTS` its hash: a random seed, regions as large as the
+/// array, and the half-open flows' share of `FLOWS` (an adopted one keeps
+/// its hash, with which it was filled, and the share of the adopted table).
+fn init_count_hash(ebpf: &mut Ebpf, half_open_max: u32) -> Result<()> {
     let entries = ebpf
         .map(maps::COUNTS)
         .context("map COUNTS missing from the eBPF object")?;
@@ -131,6 +130,8 @@ fn init_count_hash(ebpf: &mut Ebpf) -> Result<()> {
     let value = CountHash {
         seed: u32::from_ne_bytes(seed),
         mask: slots - 1,
+        half_open_max,
+        _pad: 0,
     };
     hash.set(0, value, 0).context("cannot write COUNT_HASH")
 }
@@ -157,7 +158,7 @@ pub fn write_config(ebpf: &mut Ebpf, config: &GuardConfig) -> Result<()> {
 
 /// Maps the loader sizes from the settings (`tables.*`): adopted ones keep
 /// the size they were made with.
-const SIZED_BY_SETTINGS: &[&str] = &[maps::HALF_OPEN, maps::FLOWS, maps::COUNTS];
+const SIZED_BY_SETTINGS: &[&str] = &[maps::FLOWS, maps::COUNTS];
 
 /// What a map holds, as the object defines it or the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -414,7 +414,7 @@ static KEYS: &[Key] = &[
     monitor_switch!(
         "monitor.half_open",
         Rule::HalfOpen,
-        "monitor mode for the half-open limits and a full half-open table: counted as would_drop_*_half_open and would_drop_table_full, admitted"
+        "monitor mode for the half-open limits and a full table: counted as would_drop_*_half_open and would_drop_table_full, admitted"
     ),
     monitor_switch!(
         "monitor.attack",
@@ -442,7 +442,7 @@ static KEYS: &[Key] = &[
             max: MAX_TABLE_SIZE,
             unit: "flows",
         },
-        help: "capacity of the half-open flow table (preallocated, ~150 bytes a flow)",
+        help: "half-open (SYN-RECV) flows the flow table holds (preallocated, ~160 bytes a flow)",
         get: |s| s.tables.half_open as u64,
         set: |s, v| s.tables.half_open = v as u32,
         restart: true,
@@ -454,7 +454,7 @@ static KEYS: &[Key] = &[
             max: MAX_TABLE_SIZE,
             unit: "flows",
         },
-        help: "capacity of the table of all other flows (preallocated, ~150 bytes a flow)",
+        help: "room for all other flows in the flow table (preallocated, ~160 bytes a flow)",
         get: |s| s.tables.flows as u64,
         set: |s, v| s.tables.flows = v as u32,
         restart: true,

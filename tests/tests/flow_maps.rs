@@ -65,20 +65,25 @@ impl Tracker {
         stats::read(self.0.map(maps::STATS).expect("STATS")).expect("read STATS")
     }
 
-    fn table(&self, name: &str) -> Vec<(FlowKey, Flow)> {
+    /// Every flow in `FLOWS`.
+    fn flows(&self) -> Vec<(FlowKey, Flow)> {
         let table: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(self.0.map(name).expect("table")).expect("hash map");
+            HashMap::try_from(self.0.map(maps::FLOWS).expect("FLOWS")).expect("hash map");
         table.iter().map(|kv| kv.expect("entry")).collect()
     }
 
-    /// The only flow, the table it is in, and its state.
-    fn only_flow(&self) -> (&'static str, TcpState, Flow) {
-        let half_open = self.table(maps::HALF_OPEN);
-        let flows = self.table(maps::FLOWS);
-        match (half_open.as_slice(), flows.as_slice()) {
-            ([(_, f)], []) => (maps::HALF_OPEN, f.state().expect("state"), *f),
-            ([], [(_, f)]) => (maps::FLOWS, f.state().expect("state"), *f),
-            _ => panic!("expected one flow, found {half_open:?} and {flows:?}"),
+    /// The flows in a half-open state.
+    fn half_open(&self) -> Vec<(FlowKey, Flow)> {
+        let mut flows = self.flows();
+        flows.retain(|(_, f)| f.state().is_some_and(TcpState::is_half_open));
+        flows
+    }
+
+    /// The only flow, and its state.
+    fn only_flow(&self) -> (TcpState, Flow) {
+        match self.flows().as_slice() {
+            [(_, f)] => (f.state().expect("state"), *f),
+            flows => panic!("expected one flow, found {flows:?}"),
         }
     }
 
@@ -96,7 +101,7 @@ impl Tracker {
     }
 
     fn is_empty(&self) -> bool {
-        self.table(maps::HALF_OPEN).is_empty() && self.table(maps::FLOWS).is_empty()
+        self.flows().is_empty()
     }
 }
 
@@ -133,38 +138,32 @@ fn delta(before: &Stats, after: &Stats, counter: Counter) -> u64 {
     after.get(counter) - before.get(counter)
 }
 
-fn handshake_is_validated_and_moves_tables(v6: bool) {
+fn handshake_is_validated_and_followed(v6: bool) {
     let mut t = Tracker::new(TableSizes::default());
     let s0 = t.stats();
     t.ingress(&from_peer(v6, SYN, J, 0));
-    assert_eq!(t.only_flow().0, maps::HALF_OPEN);
-    assert_eq!(t.only_flow().1, TcpState::SynRcvd);
+    assert_eq!(t.only_flow().0, TcpState::SynRcvd);
     t.egress(&from_host(v6, SYN | ACK, K, J.wrapping_add(1)));
-    let (_, state, flow) = t.only_flow();
+    let (state, flow) = t.only_flow();
     assert_eq!((state, flow.host_isn, flow.peer_isn), (TcpState::SynRcvd, K, J));
 
     // A spoofed final ACK that does not acknowledge K.
     t.ingress(&from_peer(v6, ACK, J.wrapping_add(1), K + 5));
-    assert_eq!(t.only_flow().1, TcpState::SynRcvd);
+    assert_eq!(t.only_flow().0, TcpState::SynRcvd);
     assert_eq!(delta(&s0, &t.stats(), Counter::InvalidBadHandshakeAck), 1);
 
     t.ingress(&from_peer(v6, ACK, J.wrapping_add(1), K + 1));
-    assert_eq!(
-        t.only_flow().0,
-        maps::FLOWS,
-        "established flows leave the half-open table"
-    );
-    assert_eq!(t.only_flow().1, TcpState::Established);
+    assert_eq!(t.only_flow().0, TcpState::Established);
 
     // Acknowledging bytes the host never sent; an RST far out of window.
     t.ingress(&from_peer(v6, ACK, J.wrapping_add(1), K + 1000));
     t.ingress(&from_peer(v6, RST, J.wrapping_add(1_000_000), 0));
-    assert_eq!(t.only_flow().1, TcpState::Established);
+    assert_eq!(t.only_flow().0, TcpState::Established);
     // The peer's FIN, the host's FIN, the peer's last ACK.
     t.ingress(&from_peer(v6, FIN | ACK, J.wrapping_add(1), K + 1));
-    assert_eq!(t.only_flow().1, TcpState::CloseWait);
+    assert_eq!(t.only_flow().0, TcpState::CloseWait);
     t.egress(&from_host(v6, FIN | ACK, K + 1, J.wrapping_add(2)));
-    assert_eq!(t.only_flow().1, TcpState::LastAck);
+    assert_eq!(t.only_flow().0, TcpState::LastAck);
     t.ingress(&from_peer(v6, ACK, J.wrapping_add(2), K + 2));
     assert!(t.is_empty(), "closed flows are removed");
     // Late segments of the closed flow.
@@ -188,13 +187,13 @@ fn handshake_is_validated_and_moves_tables(v6: bool) {
 }
 
 #[test]
-fn ipv4_handshake_is_validated_and_moves_tables() {
-    handshake_is_validated_and_moves_tables(false);
+fn ipv4_handshake_is_validated_and_followed() {
+    handshake_is_validated_and_followed(false);
 }
 
 #[test]
-fn ipv6_handshake_is_validated_and_moves_tables() {
-    handshake_is_validated_and_moves_tables(true);
+fn ipv6_handshake_is_validated_and_followed() {
+    handshake_is_validated_and_followed(true);
 }
 
 #[test]
@@ -213,25 +212,25 @@ fn in_window_rst_removes_the_flow() {
 fn host_connections_and_adopted_flows_are_tracked_from_egress() {
     let mut t = Tracker::new(TableSizes::default());
     t.egress(&from_host(false, SYN, K, 0));
-    assert_eq!(t.only_flow().1, TcpState::SynSent);
+    assert_eq!(t.only_flow().0, TcpState::SynSent);
     t.ingress(&from_peer(false, SYN | ACK, J, K + 7));
     assert_eq!(
-        t.only_flow().1,
+        t.only_flow().0,
         TcpState::SynSent,
         "SYN-ACK acknowledging the wrong ISN"
     );
     t.ingress(&from_peer(false, SYN | ACK, J, K + 1));
-    assert_eq!(t.only_flow().1, TcpState::Established);
+    assert_eq!(t.only_flow().0, TcpState::Established);
 
     let mut other = Tracker::new(TableSizes::default());
     other.egress(&from_host(false, ACK, K, J));
-    let (table, state, flow) = other.only_flow();
-    assert_eq!((table, state), (maps::FLOWS, TcpState::Established));
+    let (state, flow) = other.only_flow();
+    assert_eq!(state, TcpState::Established);
     assert_ne!(flow.flags & Flow::ADOPTED, 0);
 }
 
 #[test]
-fn a_full_half_open_table_never_touches_established_flows() {
+fn half_open_flows_take_their_share_of_the_table_and_no_more() {
     let mut t = Tracker::new(TableSizes {
         half_open: 4,
         flows: 16,
@@ -246,15 +245,26 @@ fn a_full_half_open_table_never_touches_established_flows() {
         let expected = if i < 4 { XDP_PASS } else { XDP_DROP };
         assert_eq!(t.verdict(&syn), expected, "SYN {i}");
     }
-    assert_eq!(t.table(maps::HALF_OPEN).len(), 4);
+    assert_eq!(t.half_open().len(), 4);
     assert_eq!(
         delta(&before, &t.stats(), Counter::DropTableFull),
         6,
         "SYNs that cannot be tracked are dropped"
     );
-    let established = t.table(maps::FLOWS);
-    assert_eq!(established.len(), 1);
-    assert_eq!(established[0].1.state(), Some(TcpState::Established));
+    // The rest of the table is the other flows': 15 more, picked up
+    // mid-connection from the host's segments, all tracked.
+    for port in 1..16 {
+        let mut ack = from_host(false, ACK, K, J);
+        ack.dst_port = 50_000 + port;
+        t.egress(&ack);
+    }
+    let established: Vec<_> = t
+        .flows()
+        .into_iter()
+        .filter(|(_, f)| f.state() == Some(TcpState::Established))
+        .collect();
+    assert_eq!(established.len(), 16);
+    assert_eq!(t.stats().get(Counter::FlowTableFull), 0);
 }
 
 #[test]
@@ -272,7 +282,7 @@ fn the_pass_policy_drops_nothing_in_attack_mode() {
     }
     let s = t.stats();
     assert_eq!(s.get(Counter::DropGlobalHalfOpen), 0);
-    assert_eq!(t.table(maps::HALF_OPEN).len(), 10, "all counted and tracked");
+    assert_eq!(t.half_open().len(), 10, "all counted and tracked");
 }
 
 #[test]
@@ -323,7 +333,7 @@ fn monitored_half_open_limits_admit_and_count_what_they_would_drop() {
     // source's SYNs find it full (and so are never counted against it).
     assert_eq!(s.get(Counter::WouldDropSourceHalfOpen), 3);
     assert_eq!(s.get(Counter::WouldDropTableFull), 3);
-    assert_eq!(t.table(maps::HALF_OPEN).len(), 8);
+    assert_eq!(t.half_open().len(), 8);
 
     let mut t = monitored(2, 0, 64);
     for i in 0..5u8 {
@@ -334,7 +344,7 @@ fn monitored_half_open_limits_admit_and_count_what_they_would_drop() {
     let s = t.stats();
     assert_eq!(s.get(Counter::DropGlobalHalfOpen), 0);
     assert_eq!(s.get(Counter::WouldDropGlobalHalfOpen), 3);
-    assert_eq!(t.table(maps::HALF_OPEN).len(), 5, "all tracked");
+    assert_eq!(t.half_open().len(), 5, "all tracked");
 }
 
 /// A source that completes a handshake is marked in `VERIFIED_BITS`, and

@@ -19,9 +19,8 @@ const BUDGET: u64 = 256 << 20;
 /// The maps that hold most of it, and the most each may take at the
 /// defaults (docs/design.md, "Memory").
 const LARGEST: &[(&str, u64)] = &[
-    ("FLOWS", 40 << 20),
+    ("FLOWS", 51 << 20),
     ("CHALLENGE", 33 << 20),
-    ("HALF_OPEN", 10 << 20),
     ("BLOCK", 4 << 20),
     ("RATE", 7 << 20),
     ("VERIFIED", 7 << 20),

@@ -130,11 +130,11 @@ fn a_flow_contested_by_two_cpus_releases_its_counts_once() {
         });
     });
 
-    let half_open: HashMap<&MapData, FlowKey, Flow> =
-        HashMap::try_from(ebpf.map(maps::HALF_OPEN).expect("HALF_OPEN")).expect("a hash map");
-    let holding = half_open
+    let flows: HashMap<&MapData, FlowKey, Flow> =
+        HashMap::try_from(ebpf.map(maps::FLOWS).expect("FLOWS")).expect("a hash map");
+    let holding = flows
         .iter()
-        .map(|entry| entry.expect("a half-open entry").1)
+        .map(|entry| entry.expect("a flow").1)
         .filter(|flow| flow.has(Flow::COUNTED) && flow.state() == Some(TcpState::SynRcvd))
         .count() as u64;
     let counts: Array<&MapData, u64> =
