@@ -15,7 +15,7 @@ pub mod syncookie;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 8;
+    pub const LAYOUT_VERSION: u64 = 9;
 
     pub const STATS: &str = "STATS";
     /// Every tracked flow, keyed by [`crate::flow::FlowKey`]: room for
@@ -37,8 +37,6 @@ pub mod maps {
     /// LPM tries of [`crate::policy::LpmAddr`]: sources exempt from SYN limits, and blocked ones.
     pub const ALLOW: &str = "ALLOW";
     pub const BLOCK: &str = "BLOCK";
-    /// Sources that completed a handshake, with expiry.
-    pub const VERIFIED: &str = "VERIFIED";
     /// First SYNs held for the retransmission challenge (a direct-mapped
     /// array of [`crate::policy::CHALLENGE_SLOTS`] slots).
     pub const CHALLENGE: &str = "CHALLENGE";
@@ -53,9 +51,13 @@ pub mod maps {
     /// [`crate::policy::ListenerLimit`] per local port (65,536 entries),
     /// written by the controller from the listeners' real queues.
     pub const LISTENER_LIMITS: &str = "LISTENER_LIMITS";
-    /// A bitmap of the sources in `VERIFIED`
-    /// ([`crate::policy::VERIFIED_BITS_WORDS`] u64 words).
+    /// Sources that completed a handshake: a Bloom filter in two
+    /// generations, [`crate::policy::VERIFIED_BITS_ENTRIES`] u64 words
+    /// (memory-mappable, so the daemon clears a generation in place).
     pub const VERIFIED_BITS: &str = "VERIFIED_BITS";
+    /// The current generation of `VERIFIED_BITS`
+    /// ([`crate::policy::VerifiedGeneration`], one entry).
+    pub const VERIFIED_GEN: &str = "VERIFIED_GEN";
     /// Per local port (65,536 entries, u8): 0, the port follows `CONFIG`;
     /// n, it follows `PORT_CONFIGS[n]` (the config's `[[ports]]` policies).
     pub const PORT_POLICY: &str = "PORT_POLICY";
@@ -92,6 +94,7 @@ mod user {
     unsafe impl aya::Pod for crate::policy::AttackState {}
     unsafe impl aya::Pod for crate::policy::ListenerLimit {}
     unsafe impl aya::Pod for crate::policy::CountHash {}
+    unsafe impl aya::Pod for crate::policy::VerifiedGeneration {}
     unsafe impl aya::Pod for crate::policy::LpmAddr {}
     unsafe impl aya::Pod for crate::policy::BlockEntry {}
     unsafe impl aya::Pod for crate::policy::SourceKey {}

@@ -419,7 +419,7 @@ pub fn check_ack(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
         } else {
             counters.bump(Counter::FlowTableFull);
         }
-        guard::verify(&scratch.key, now, config);
+        guard::verify(&scratch.key);
         return xdp_action::XDP_PASS;
     }
     counters.bump(Counter::InvalidNoFlow);

@@ -243,7 +243,7 @@ fn track(
                 }
             }
             if event == Event::Entered(TcpState::Established) {
-                guard::verify(key, now, config);
+                guard::verify(key);
             }
             if let Some(counter) = event.counter() {
                 counters.bump(counter);

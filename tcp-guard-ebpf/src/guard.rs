@@ -7,15 +7,17 @@ use tcp_guard_common::{
     flow::FlowKey,
     policy::{
         AttackState, BlockEntry, CONTROLLER_STALE_NS, COUNT_GLOBAL_SLOT, COUNT_PORT_BASE, Challenge,
-        CountKind, DropReason, Event, GuardConfig, ListenerKey, LpmAddr, Policy, Rule, SourceKey,
-        TokenBucket, challenge_passes, challenge_slot, cookie_refresh_due,
+        CountHash, CountKind, DropReason, Event, GuardConfig, ListenerKey, LpmAddr, Policy, Rule, SourceKey,
+        TokenBucket, VERIFIED_MARKS, VerifiedGeneration, challenge_passes, challenge_slot,
+        cookie_refresh_due,
     },
     stats::Counter,
 };
 
 use crate::maps::{
     ALLOW, ATTACK, BLOCK, CHALLENGE, CONFIG, COUNT_HASH, COUNTS, Counters, EVENTS, HEARTBEAT,
-    LISTENER_LIMITS, LISTENERS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED, VERIFIED_BITS, atomic_add, atomic_or,
+    LISTENER_LIMITS, LISTENERS, OFFENDERS, RATE, SYN_SOURCES, VERIFIED_BITS, VERIFIED_GEN, atomic_add,
+    atomic_or,
 };
 
 /// Whether a segment from `addr` is dropped for the block list: every
@@ -36,22 +38,41 @@ pub fn blocked(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
     if entry.reason != BlockEntry::AUTOMATIC {
         return true;
     }
-    syn && !verified(family, &addr, now)
+    syn && !verified(family, &addr)
 }
 
-/// Whether the source completed a handshake within `attack.verified_ttl`.
-/// Its bit in `VERIFIED_BITS` first: a flood's sources, never verified,
-/// find it clear and skip the `VERIFIED` lookup.
+/// Whether the source completed a handshake within `attack.verified_ttl`
+/// (one to two TTLs: see `policy::VERIFIED_FIRST_WORDS`): all its marks set
+/// in either generation. A flood's source, never verified, is nearly always
+/// refused at its first mark, whose two generations share a cache line.
 #[inline(always)]
-fn verified(family: u8, addr: &[u8; 16], now: u64) -> bool {
-    if let Some(hash) = COUNT_HASH.get(0) {
-        let (word, bit) = hash.verified_bit(family, addr);
-        if VERIFIED_BITS.get(word).is_some_and(|bits| *bits & bit == 0) {
+fn verified(family: u8, addr: &[u8; 16]) -> bool {
+    let (Some(hash), Some(generation)) = (COUNT_HASH.get(0), VERIFIED_GEN.get(0)) else {
+        return false;
+    };
+    marked(hash, generation, family, addr, false) || marked(hash, generation, family, addr, true)
+}
+
+/// Whether all of a source's marks are set in the current generation (or
+/// the other one).
+#[inline(always)]
+fn marked(
+    hash: &CountHash,
+    generation: &VerifiedGeneration,
+    family: u8,
+    addr: &[u8; 16],
+    other: bool,
+) -> bool {
+    for i in 0..VERIFIED_MARKS {
+        let (slot, bit) = hash.verified_mark(family, addr, i);
+        if VERIFIED_BITS
+            .get(generation.index(slot, other))
+            .is_none_or(|bits| *bits & bit == 0)
+        {
             return false;
         }
     }
-    // SAFETY: the value is copied out at once; LRU maps may recycle entries.
-    unsafe { VERIFIED.get(SourceKey::new(family, *addr)) }.is_some_and(|until| now < *until)
+    true
 }
 
 /// Counts a sampled SYN against its source, for the controller's "top
@@ -231,7 +252,7 @@ pub fn attack_gate(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, c
     if policy == Policy::Pass {
         return Gate::Open;
     }
-    if verified(key.family, &key.remote_addr, now) {
+    if verified(key.family, &key.remote_addr) {
         counters.bump(Counter::SynVerified);
         return Gate::Open;
     }
@@ -526,17 +547,18 @@ pub fn note_offence(counters: &mut Counters, family: u8, addr: [u8; 16], reason:
     }
 }
 
-/// Marks the peer of a flow that completed its handshake as verified.
-/// (Its own BPF function: keeps its locals out of the tracker's frame.)
+/// Marks the peer of a flow that completed its handshake as verified, in
+/// the current generation. (Its own BPF function: keeps its locals out of
+/// the tracker's frame.)
 #[inline(never)]
-pub fn verify(key: &FlowKey, now: u64, config: &GuardConfig) {
-    let until = now + config.verified_ttl_secs as u64 * 1_000_000_000;
-    // A full LRU map evicts its oldest source: no error to handle.
-    let _inserted = VERIFIED.insert(SourceKey::new(key.family, key.remote_addr), until, 0);
-    if let Some(hash) = COUNT_HASH.get(0) {
-        let (word, bit) = hash.verified_bit(key.family, &key.remote_addr);
-        // A returning source's bit is set already: no locked write then.
-        if let Some(bits) = VERIFIED_BITS.get_ptr_mut(word)
+pub fn verify(key: &FlowKey) {
+    let (Some(hash), Some(generation)) = (COUNT_HASH.get(0), VERIFIED_GEN.get(0)) else {
+        return;
+    };
+    for i in 0..VERIFIED_MARKS {
+        let (slot, bit) = hash.verified_mark(key.family, &key.remote_addr, i);
+        // A returning source's bits are set already: no locked write then.
+        if let Some(bits) = VERIFIED_BITS.get_ptr_mut(generation.index(slot, false))
             // SAFETY: a live array slot, read once.
             && unsafe { *bits } & bit == 0
         {

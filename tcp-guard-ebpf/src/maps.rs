@@ -2,6 +2,7 @@
 //! the controller sets the flow tables and their companions at load time.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -10,7 +11,8 @@ use tcp_guard_common::{
     packet::Dissection,
     policy::{
         AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, ListenerKey,
-        ListenerLimit, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket, VERIFIED_BITS_WORDS,
+        ListenerLimit, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket, VERIFIED_BITS_ENTRIES,
+        VerifiedGeneration,
     },
     stats::{Counter, Stats},
     syncookie::{REPLY_MAX_LEN, SynAck},
@@ -57,13 +59,15 @@ pub static ALLOW: LpmTrie<LpmAddr, u8> = LpmTrie::with_max_entries(16_384, 0);
 #[map]
 pub static BLOCK: LpmTrie<LpmAddr, BlockEntry> = LpmTrie::with_max_entries(65_536, 0);
 
-/// Sources that completed a handshake: CLOCK_MONOTONIC ns until which they count as verified.
+/// Sources that completed a handshake, in two generations: see
+/// `policy::VERIFIED_FIRST_WORDS`. Memory-mappable, for the daemon to clear
+/// a generation in place.
 #[map]
-pub static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+pub static VERIFIED_BITS: Array<u64> = Array::with_max_entries(VERIFIED_BITS_ENTRIES, BPF_F_MMAPABLE);
 
-/// Which sources may be in `VERIFIED`: see `policy::VERIFIED_BITS_WORDS`.
+/// The generation verified sources are marked in now.
 #[map]
-pub static VERIFIED_BITS: Array<u64> = Array::with_max_entries(VERIFIED_BITS_WORDS, 0);
+pub static VERIFIED_GEN: Array<VerifiedGeneration> = Array::with_max_entries(1, 0);
 
 /// First SYNs of unknown sources in attack mode, awaiting their
 /// retransmission: direct-mapped, see `policy::Challenge`.

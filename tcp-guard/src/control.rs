@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -18,8 +19,8 @@ use serde_json::{Value, json};
 use tcp_guard_common::{
     maps,
     policy::{
-        ALLOW_BY_CONFIG, AttackState, BlockEntry, COUNT_GLOBAL_SLOT, CountHash, GuardConfig, ListenerLimit,
-        LpmAddr, SourceKey, VERIFIED_BITS_WORDS,
+        ALLOW_BY_CONFIG, AttackState, BlockEntry, COUNT_GLOBAL_SLOT, GuardConfig, ListenerLimit, LpmAddr,
+        SourceKey, VERIFIED_BITS_ENTRIES, VerifiedGeneration,
     },
 };
 
@@ -263,52 +264,68 @@ impl Instance {
         crate::flows::FlowTables::open(&self.dir)?.half_open_sources(n)
     }
 
-    /// Rebuilds `VERIFIED_BITS` from the sources `VERIFIED` holds now, so
-    /// that the bits of those it dropped do not fill it over time (see
-    /// `policy::VERIFIED_BITS_WORDS`). A second walk puts back, only adding,
-    /// the bits of sources verified while the first was written. Returns
-    /// the words changed.
-    pub fn rebuild_verified_bits(&self) -> Result<usize> {
-        let mut bits = array::<u64>(&self.dir, maps::VERIFIED_BITS)?;
-        let mut changed = 0;
-        for (word, want) in self.verified_bits()?.into_iter().enumerate() {
-            let word = word as u32;
-            if bits.get(&word, 0).context("cannot read VERIFIED_BITS")? != want {
-                bits.set(word, want, 0).context("cannot write VERIFIED_BITS")?;
-                changed += 1;
+    /// Turns the generations of verified sources once the current one has
+    /// marked sources for `ttl_secs` (see `policy::VerifiedGeneration`):
+    /// clears the other, whose sources were verified at least that long ago,
+    /// and makes it current. The first call only starts the clock. Returns
+    /// whether they turned.
+    pub fn turn_verified_generation(&self, now_ns: u64, ttl_secs: u32) -> Result<bool> {
+        let mut generations = array::<VerifiedGeneration>(&self.dir, maps::VERIFIED_GEN)?;
+        let generation = generations.get(&0, 0).context("cannot read VERIFIED_GEN")?;
+        let next = if generation.since_ns == 0 {
+            VerifiedGeneration {
+                since_ns: now_ns,
+                ..generation
             }
-        }
-        for (word, want) in self.verified_bits()?.into_iter().enumerate() {
-            let word = word as u32;
-            let now = bits.get(&word, 0).context("cannot read VERIFIED_BITS")?;
-            if now & want != want {
-                bits.set(word, now | want, 0)
-                    .context("cannot write VERIFIED_BITS")?;
+        } else if generation.due(now_ns, ttl_secs) {
+            let next = generation.current ^ 1;
+            self.clear_verified_generation(next)?;
+            VerifiedGeneration {
+                current: next,
+                _pad: 0,
+                since_ns: now_ns,
             }
-        }
-        Ok(changed)
+        } else {
+            return Ok(false);
+        };
+        generations.set(0, next, 0).context("cannot write VERIFIED_GEN")?;
+        Ok(next.current != generation.current)
     }
 
-    /// The bitmap of the sources `VERIFIED` holds now.
-    fn verified_bits(&self) -> Result<Vec<u64>> {
-        let hash = array::<CountHash>(&self.dir, maps::COUNT_HASH)?
-            .get(&0, 0)
-            .context("cannot read COUNT_HASH")?;
-        let verified: HashMap<MapData, SourceKey, u64> =
-            HashMap::try_from(Map::LruHashMap(open(&self.dir, maps::VERIFIED)?))
-                .context("VERIFIED is not an LRU hash map")?;
-        let mut bits = vec![0u64; VERIFIED_BITS_WORDS as usize];
-        for entry in verified.iter() {
-            match entry {
-                Ok((key, _)) => {
-                    let (word, bit) = hash.verified_bit(key.family, &key.addr);
-                    bits[word as usize] |= bit;
-                }
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("cannot read VERIFIED"),
-            }
+    /// Zeroes one generation of `VERIFIED_BITS` in place, through a shared
+    /// mapping of the array (its words are every other one: no map update
+    /// per word). The programs write only the current generation, never
+    /// this one.
+    fn clear_verified_generation(&self, generation: u32) -> Result<()> {
+        let path = self.dir.join(maps::VERIFIED_BITS);
+        let map = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let words = VERIFIED_BITS_ENTRIES as usize;
+        let len = words * size_of::<u64>();
+        // SAFETY: maps the array's own pages (BPF_F_MMAPABLE), shared with
+        // the programs; only this function uses the mapping.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot map {}", path.display()));
         }
-        Ok(bits)
+        // SAFETY: `words` aligned u64s inside the mapping just made, then unmapped.
+        unsafe {
+            let bits = std::slice::from_raw_parts_mut(base.cast::<u64>(), words);
+            for word in bits.iter_mut().skip(generation as usize % 2).step_by(2) {
+                *word = 0;
+            }
+            libc::munmap(base, len);
+        }
+        Ok(())
     }
 
     /// Sampled SYNs per source so far (one SYN in

@@ -20,7 +20,7 @@ use tcp_guard_common::{
     maps,
     policy::{
         ALLOW_BY_CONFIG, AttackChange, AttackDetector, AttackState, AttackTrigger, BlockEntry, Event,
-        GuardConfig, ListenerLimit, Policy, Rule, SourceKey, VERIFIED_BITS_REBUILD_SECS,
+        GuardConfig, ListenerLimit, Policy, Rule, SourceKey,
     },
     stats::Counter,
 };
@@ -935,11 +935,12 @@ impl Control {
             self.publish_figures()?;
         }
         if self
-            .ticks
-            .is_multiple_of(VERIFIED_BITS_REBUILD_SECS * 1000 / TICK.as_millis() as u64)
+            .instance
+            .turn_verified_generation(now, config.verified_ttl_secs)?
         {
-            let changed = self.instance.rebuild_verified_bits()?;
-            log::debug!("rebuilt VERIFIED_BITS from VERIFIED: {changed} word(s) changed");
+            log::debug!(
+                "verified sources: a new generation; those verified over attack.verified_ttl ago forgotten"
+            );
         }
         if self.ticks.is_multiple_of(4) {
             monitor::open_dir()?;

@@ -371,7 +371,7 @@ static KEYS: &[Key] = &[
         verified_ttl_secs,
         1000,
         30 * DAY_MS,
-        "how long a source that completed a handshake stays verified"
+        "how long a source that completed a handshake stays verified, at least (at most twice that)"
     ),
     live_count!(
         "blocking.block_after_drops",

@@ -22,7 +22,9 @@ use tcp_guard_common::{
     config::TableSizes,
     flow::FlowKey,
     maps,
-    policy::{AttackState, BlockEntry, CountHash, GuardConfig, LpmAddr, Policy, SourceKey},
+    policy::{
+        AttackState, BlockEntry, CountHash, GuardConfig, LpmAddr, Policy, VERIFIED_MARKS, VerifiedGeneration,
+    },
     programs,
     stats::{Counter, Stats},
 };
@@ -658,7 +660,7 @@ fn set_attack(ebpf: &mut Ebpf, on: bool) {
 }
 
 /// Marks the verified-source case's sources as having completed a
-/// handshake, as the fast path does: in `VERIFIED`, and their bits.
+/// handshake, as the fast path does: their marks in the current generation.
 fn verify(ebpf: &mut Ebpf, n: usize) {
     let hash: Array<_, CountHash> = ebpf
         .map(maps::COUNT_HASH)
@@ -666,35 +668,29 @@ fn verify(ebpf: &mut Ebpf, n: usize) {
         .try_into()
         .expect("array");
     let hash = hash.get(&0, 0).expect("COUNT_HASH");
-    let sources: Vec<[u8; 16]> = (0..n)
-        .map(|i| {
-            let IpAddr::V4(v4) = peer_in(64, i) else {
-                unreachable!("IPv4 sources")
-            };
-            let mut addr = [0u8; 16];
-            addr[..4].copy_from_slice(&v4.octets());
-            addr
-        })
-        .collect();
-    let mut verified: HashMap<_, SourceKey, u64> = ebpf
-        .map_mut(maps::VERIFIED)
-        .expect("VERIFIED")
+    let generation: Array<_, VerifiedGeneration> = ebpf
+        .map(maps::VERIFIED_GEN)
+        .expect("VERIFIED_GEN")
         .try_into()
-        .expect("LRU hash");
-    for addr in &sources {
-        verified
-            .insert(SourceKey::new(4, *addr), u64::MAX, 0)
-            .expect("verify");
-    }
+        .expect("array");
+    let generation = generation.get(&0, 0).expect("VERIFIED_GEN");
     let mut bits: Array<_, u64> = ebpf
         .map_mut(maps::VERIFIED_BITS)
         .expect("VERIFIED_BITS")
         .try_into()
         .expect("array");
-    for addr in &sources {
-        let (word, bit) = hash.verified_bit(4, addr);
-        let was = bits.get(&word, 0).expect("VERIFIED_BITS");
-        bits.set(word, was | bit, 0).expect("mark");
+    for i in 0..n {
+        let IpAddr::V4(v4) = peer_in(64, i) else {
+            unreachable!("IPv4 sources")
+        };
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&v4.octets());
+        for mark in 0..VERIFIED_MARKS {
+            let (slot, bit) = hash.verified_mark(4, &addr, mark);
+            let index = generation.index(slot, false);
+            let was = bits.get(&index, 0).expect("VERIFIED_BITS");
+            bits.set(index, was | bit, 0).expect("mark");
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tcp_guard_common::{
     config::TableSizes,
     flow::{Flow, FlowKey, TcpState},
     maps,
-    policy::{AttackState, SourceKey},
+    policy::{AttackState, VERIFIED_MARKS},
     stats::{Counter, Stats},
 };
 use tcp_guard_tests::{
@@ -348,53 +348,80 @@ fn monitored_half_open_limits_admit_and_count_what_they_would_drop() {
 }
 
 /// A source that completes a handshake is marked in `VERIFIED_BITS`, and
-/// its SYNs in attack mode pass as verified; once `VERIFIED` forgets it,
-/// the daemon's rebuild clears the mark, and its SYNs are challenged again.
+/// its SYNs in attack mode pass as verified through the next turn of the
+/// generations (the daemon's, once `attack.verified_ttl` has passed); the
+/// turn after clears its marks, and its SYNs are challenged again.
 #[test]
-fn verified_sources_are_marked_in_the_bitmap_until_verified_forgets_them() {
+fn verified_sources_pass_until_the_second_turn_of_the_generations() {
     require_root();
     let dir = PinDir::new("verified-bits");
     let mut settings = Settings::default();
     settings.live.attack_enter_half_open = 0;
     settings.live.policy = tcp_guard_common::policy::Policy::RetransmitChallenge as u8;
     let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, Some(&dir.0)).expect("load"));
+    let instance = Instance::new(dir.0.clone());
+    const TTL: u32 = 60;
+    let second = 1_000_000_000;
+    assert!(
+        !instance.turn_verified_generation(second, TTL).expect("start"),
+        "the first call starts the clock"
+    );
     t.ingress(&from_peer(false, SYN, J, 0));
     t.egress(&from_host(false, SYN | ACK, K, J.wrapping_add(1)));
     t.ingress(&from_peer(false, ACK, J.wrapping_add(1), K + 1));
-    let instance = Instance::new(dir.0.clone());
-    assert_eq!(
-        instance.rebuild_verified_bits().expect("rebuild"),
-        0,
-        "the handshake set the source's bit"
-    );
+    let marked: usize = {
+        let bits: Array<&MapData, u64> =
+            Array::try_from(t.0.map(maps::VERIFIED_BITS).expect("VERIFIED_BITS")).expect("array");
+        bits.iter()
+            .map(|word| word.expect("a word").count_ones() as usize)
+            .sum()
+    };
+    assert_eq!(marked, VERIFIED_MARKS as usize, "the handshake marked its source");
     t.attack_mode_on();
-    let second_syn = |port: u16| {
+    let syn = |port: u16| {
         let mut syn = from_peer(false, SYN, 77, 0);
         syn.src_port = port;
         syn
     };
-    let before = t.stats();
-    assert_eq!(t.verdict(&second_syn(41_000)), XDP_PASS);
-    assert_eq!(delta(&before, &t.stats(), Counter::SynVerified), 1);
-
-    let mut verified: HashMap<&mut MapData, SourceKey, u64> =
-        HashMap::try_from(t.0.map_mut(maps::VERIFIED).expect("VERIFIED")).expect("LRU");
-    let (peer, _) = addrs(false);
-    let IpAddr::V4(peer) = peer else { unreachable!() };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&peer.octets());
-    verified
-        .remove(&SourceKey::new(4, addr))
-        .expect("forget the source");
-    assert_eq!(
-        instance.rebuild_verified_bits().expect("rebuild"),
-        1,
-        "its word changed"
+    let passes_as_verified = |t: &mut Tracker, port: u16| {
+        let before = t.stats();
+        let verdict = t.verdict(&syn(port));
+        let verified = delta(&before, &t.stats(), Counter::SynVerified);
+        match (verdict, verified) {
+            (XDP_PASS, 1) => true,
+            (XDP_DROP, 0) => {
+                assert_eq!(
+                    delta(&before, &t.stats(), Counter::DropChallenge),
+                    1,
+                    "challenged"
+                );
+                false
+            }
+            other => panic!("SYN from port {port}: {other:?}"),
+        }
+    };
+    assert!(passes_as_verified(&mut t, 41_000));
+    assert!(
+        !instance
+            .turn_verified_generation(second + u64::from(TTL - 1) * second, TTL)
+            .expect("turn"),
+        "not before the TTL"
     );
-    let before = t.stats();
-    assert_eq!(t.verdict(&second_syn(41_001)), XDP_DROP, "challenged");
-    assert_eq!(delta(&before, &t.stats(), Counter::SynVerified), 0);
-    assert_eq!(delta(&before, &t.stats(), Counter::DropChallenge), 1);
+    assert!(
+        instance
+            .turn_verified_generation(second + u64::from(TTL) * second, TTL)
+            .expect("turn")
+    );
+    assert!(
+        passes_as_verified(&mut t, 41_001),
+        "still verified: its generation is the older one now"
+    );
+    assert!(
+        instance
+            .turn_verified_generation(second + u64::from(2 * TTL) * second, TTL)
+            .expect("turn")
+    );
+    assert!(!passes_as_verified(&mut t, 41_002), "forgotten two TTLs on");
 }
 
 /// A directory of pins in bpffs for one test, removed on drop.

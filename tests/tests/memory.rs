@@ -23,7 +23,7 @@ const LARGEST: &[(&str, u64)] = &[
     ("CHALLENGE", 33 << 20),
     ("BLOCK", 4 << 20),
     ("RATE", 7 << 20),
-    ("VERIFIED", 7 << 20),
+    ("VERIFIED_BITS", 3 << 20),
     ("ALLOW", 1 << 20),
     ("COUNTS", 3 << 20),
 ];
