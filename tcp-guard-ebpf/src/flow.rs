@@ -39,6 +39,26 @@ pub fn lookup(key: &FlowKey) -> Option<*mut Flow> {
     FLOWS.get_ptr_mut(key)
 }
 
+/// Copies a stored flow to `out`, a word at a time (a plain copy compiles to
+/// a call of a byte-by-byte memmove on BPF), with the generation read
+/// before the rest: a claim with it fails if the flow was rewritten while
+/// being copied (a seqlock's read).
+#[inline(always)]
+pub fn read_flow(entry: *const Flow, out: &mut Flow) {
+    const WORDS: usize = size_of::<Flow>() / 8;
+    const _: () = assert!(size_of::<Flow>() % 8 == 0 && align_of::<Flow>() == 8);
+    // SAFETY: a live map value (valid for the program run: RCU), 8-byte
+    // aligned, copied to a Flow of the same size; any bits are a valid Flow.
+    unsafe {
+        let generation = core::ptr::read_volatile(core::ptr::addr_of!((*entry).generation));
+        let (from, to) = (entry.cast::<u64>(), (out as *mut Flow).cast::<u64>());
+        for i in 0..WORDS {
+            to.add(i).write(from.add(i).read_volatile());
+        }
+        out.generation = generation;
+    }
+}
+
 /// `-EEXIST`, as a map insert returns it.
 const EEXIST: i32 = 17;
 
@@ -158,8 +178,7 @@ fn track(
     // A copy, taken once: another CPU may rewrite the entry meanwhile, and
     // the claim below tells whether it did.
     if let Some(entry) = found {
-        // SAFETY: map values stay valid for the program run (RCU).
-        scratch.old = unsafe { *entry };
+        read_flow(entry, &mut scratch.old);
         if scratch.old.generation & 1 != 0 {
             counters.bump(Counter::FlowBusy);
             return Verdict::Pass;

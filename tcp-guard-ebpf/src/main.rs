@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcp_guard_common::{
-    flow::FlowKey,
+    flow::{Flow, FlowKey},
     packet::{self, ByteView, Dissection, Outcome, TcpClass},
     policy::{Rule, SYN_SAMPLE_EVERY},
     stats::Counter,
@@ -198,8 +198,8 @@ pub fn tcp_guard_expire(ctx: XdpContext) -> u32 {
     let Some(entry) = flow::lookup(&key) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: a live map value, copied out.
-    let stored = unsafe { *entry };
+    let mut stored = Flow::default();
+    flow::read_flow(entry, &mut stored);
     let now = now();
     // Indexed by the raw state byte through the optimisation barrier, so the
     // bounds check stays on the register the verifier sees used.
