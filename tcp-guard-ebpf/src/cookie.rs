@@ -23,7 +23,7 @@ use tcp_guard_common::{
     },
     policy::{DropReason, GuardConfig},
     stats::Counter,
-    syncookie::{REPLY_MAX_LEN, SynAck, build_syn_ack, cookie_tsval},
+    syncookie::{REPLY_MAX_LEN, ReplyBytes, SynAck, build_syn_ack, cookie_tsval},
 };
 
 use crate::{
@@ -303,10 +303,10 @@ fn generate_n<const N: usize>(ctx: &XdpContext, family: Family, l3: usize, tcp_o
 
 /// Copies the first `N` bytes of `reply` to the packet at `l3`.
 #[inline(always)]
-fn copy_reply<const N: usize>(ctx: &XdpContext, l3: usize, reply: &[u8; REPLY_MAX_LEN]) -> Option<()> {
+fn copy_reply<const N: usize>(ctx: &XdpContext, l3: usize, reply: &ReplyBytes) -> Option<()> {
     let at = packet_at(ctx, l3, N)? as *mut u8;
     // SAFETY: N <= REPLY_MAX_LEN bytes, inside the packet (checked above).
-    unsafe { core::ptr::copy_nonoverlapping(reply.as_ptr(), at, N.min(REPLY_MAX_LEN)) };
+    unsafe { core::ptr::copy_nonoverlapping(reply.0.as_ptr(), at, N.min(REPLY_MAX_LEN)) };
     Some(())
 }
 

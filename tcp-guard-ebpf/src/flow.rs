@@ -46,7 +46,7 @@ pub fn lookup(key: &FlowKey) -> Option<*mut Flow> {
 #[inline(always)]
 pub fn read_flow(entry: *const Flow, out: &mut Flow) {
     const WORDS: usize = size_of::<Flow>() / 8;
-    const _: () = assert!(size_of::<Flow>() % 8 == 0 && align_of::<Flow>() == 8);
+    const _: () = assert!(size_of::<Flow>().is_multiple_of(8) && align_of::<Flow>() == 8);
     // SAFETY: a live map value (valid for the program run: RCU), 8-byte
     // aligned, copied to a Flow of the same size; any bits are a valid Flow.
     unsafe {

@@ -15,7 +15,7 @@ use tcp_guard_common::{
         VerifiedGeneration,
     },
     stats::{Counter, Stats},
-    syncookie::{REPLY_MAX_LEN, SynAck},
+    syncookie::{ReplyBytes, SynAck},
 };
 
 use crate::view::opaque;
@@ -115,7 +115,7 @@ pub struct Scratch {
     /// A cookie SYN-ACK, and its IP and TCP headers before they are copied
     /// into the packet.
     pub syn_ack: SynAck,
-    pub reply: [u8; REPLY_MAX_LEN],
+    pub reply: ReplyBytes,
     /// Packet bytes being summed for a checksum, one chunk at a time, with
     /// room for the zeros that pad a chunk to 32 bits.
     pub csum: [u8; CSUM_CHUNK + 4],
