@@ -15,7 +15,7 @@ pub mod syncookie;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 9;
+    pub const LAYOUT_VERSION: u64 = 10;
 
     pub const STATS: &str = "STATS";
     /// Every tracked flow, keyed by [`crate::flow::FlowKey`]: room for
@@ -46,7 +46,8 @@ pub mod maps {
     /// cumulative: readers take rates from differences.
     pub const SYN_SOURCES: &str = "SYN_SOURCES";
     /// When a SYN to each listener was last let through in attack mode
-    /// (syncookie policy), keyed by [`crate::policy::ListenerKey`].
+    /// (syncookie policy): [`crate::policy::ListenerStamp`]s,
+    /// [`crate::policy::LISTENER_SLOTS`] of them, direct-mapped.
     pub const LISTENERS: &str = "LISTENERS";
     /// [`crate::policy::ListenerLimit`] per local port (65,536 entries),
     /// written by the controller from the listeners' real queues.
@@ -101,5 +102,5 @@ mod user {
     unsafe impl aya::Pod for crate::policy::TokenBucket {}
     unsafe impl aya::Pod for crate::policy::Challenge {}
     unsafe impl aya::Pod for crate::policy::Event {}
-    unsafe impl aya::Pod for crate::policy::ListenerKey {}
+    unsafe impl aya::Pod for crate::policy::ListenerStamp {}
 }

@@ -439,6 +439,14 @@ impl CountHash {
         (2 * word, 1 << (h & 63))
     }
 
+    /// The `LISTENERS` slot of the listener `key`'s SYN is for (its local
+    /// address and port), and the tag that tells it from others there.
+    #[inline(always)]
+    pub fn listener_slot(&self, key: &FlowKey) -> (u32, u32) {
+        let h = self.hash(key.family, &key.local_addr, LISTENER_SALT + key.local_port as u32);
+        (h & (LISTENER_SLOTS - 1), (h >> 12) | 1 << 31)
+    }
+
     /// The slot a half-open flow of `key` is counted in for `kind`.
     #[inline(always)]
     pub fn slot(&self, key: &FlowKey, prefix_len: u8, kind: CountKind) -> u32 {
@@ -671,27 +679,24 @@ pub fn challenge_passes(recorded: &Challenge, tag: u32, seq: u32, now_ns: u64, w
 /// through makes it issue one, so the mark never lapses.
 pub const COOKIE_REFRESH_NS: u64 = 10_000_000_000;
 
-/// A listening address and port (key of the `LISTENERS` map): when a SYN
-/// to it was last let through to keep its cookie mark fresh.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ListenerKey {
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub family: u8,
-    pub _pad: u8,
-}
+/// Slots of the `LISTENERS` array, direct-mapped by a hash of the
+/// listening address and port (see [`CountHash::listener_slot`]).
+pub const LISTENER_SLOTS: u32 = 4_096;
 
-impl ListenerKey {
-    #[inline(always)]
-    pub fn of(key: &FlowKey) -> ListenerKey {
-        ListenerKey {
-            addr: key.local_addr,
-            port: key.local_port,
-            family: key.family,
-            _pad: 0,
-        }
-    }
+const LISTENER_SALT: u32 = 0x4c53_0000;
+
+/// When a SYN to a listener was last let through in attack mode (syncookie
+/// policy) to keep its cookie mark fresh: an entry of `LISTENERS`. Two
+/// listeners that share a slot take it in turns, and each then gets such a
+/// SYN more often than it needs: harmless, the listener answers it with a
+/// cookie of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStamp {
+    /// Which listener the slot was last written for (never 0).
+    pub tag: u32,
+    pub _pad: u32,
+    pub last_ns: u64,
 }
 
 /// Whether a listener last refreshed at `last_ns` (0: never) needs a SYN let through now.
@@ -957,6 +962,34 @@ mod tests {
         assert!(!VerifiedGeneration::default().due(u64::MAX, 0), "not started");
         assert_eq!(generation.index(6, false), 7);
         assert_eq!(generation.index(6, true), 6);
+    }
+
+    #[test]
+    fn a_listener_has_one_slot_and_a_tag_that_tells_it_from_others() {
+        let hash = CountHash {
+            seed: 0x1234_5678,
+            mask: 65_535,
+            ..CountHash::default()
+        };
+        let mut slots = std::collections::HashSet::new();
+        let mut listeners = std::collections::HashSet::new();
+        for port in 0..2_000u16 {
+            let key = flow_key([7; 16], port);
+            let (slot, tag) = hash.listener_slot(&key);
+            assert!(slot < LISTENER_SLOTS && tag != 0);
+            let mut other_peer = key;
+            other_peer.remote_addr = [9; 16];
+            other_peer.remote_port = 1;
+            assert_eq!(
+                hash.listener_slot(&other_peer),
+                (slot, tag),
+                "the peer plays no part"
+            );
+            slots.insert(slot);
+            listeners.insert((slot, tag));
+        }
+        assert!(slots.len() > 1_500, "spread: {} slots", slots.len());
+        assert_eq!(listeners.len(), 2_000, "slot and tag tell listeners apart");
     }
 
     #[test]

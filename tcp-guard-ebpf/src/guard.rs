@@ -7,8 +7,8 @@ use tcp_guard_common::{
     flow::FlowKey,
     policy::{
         AttackState, BlockEntry, CONTROLLER_STALE_NS, COUNT_GLOBAL_SLOT, COUNT_PORT_BASE, Challenge,
-        CountHash, CountKind, DropReason, Event, GuardConfig, ListenerKey, LpmAddr, Policy, Rule, SourceKey,
-        TokenBucket, VERIFIED_MARKS, VerifiedGeneration, challenge_passes, challenge_slot,
+        CountHash, CountKind, DropReason, Event, GuardConfig, ListenerStamp, LpmAddr, Policy, Rule,
+        SourceKey, TokenBucket, VERIFIED_MARKS, VerifiedGeneration, challenge_passes, challenge_slot,
         cookie_refresh_due,
     },
     stats::Counter,
@@ -276,15 +276,25 @@ pub fn attack_gate(counters: &mut Counters, key: &FlowKey, seq: u32, now: u64, c
 /// SYN of its own.
 #[inline(always)]
 fn cookie_gate(key: &FlowKey, now: u64) -> Gate {
-    let listener = ListenerKey::of(key);
-    // SAFETY: the value is copied out at once; LRU maps may recycle entries.
-    let last = unsafe { LISTENERS.get(listener) }.copied().unwrap_or(0);
+    let Some(hash) = COUNT_HASH.get(0) else {
+        return Gate::Cookie;
+    };
+    let (slot, tag) = hash.listener_slot(key);
+    let Some(stamp) = LISTENERS.get_ptr_mut(slot) else {
+        return Gate::Cookie;
+    };
+    // SAFETY: a live array slot. Two CPUs may both let a SYN through, or
+    // write the slot at once: harmless (see `ListenerStamp`).
+    let stamp = unsafe { &mut *stamp };
+    let last = if stamp.tag == tag { stamp.last_ns } else { 0 };
     if !cookie_refresh_due(last, now) {
         return Gate::Cookie;
     }
-    // A full LRU map evicts its oldest listener: no error to handle. Two
-    // CPUs may both let a SYN through: harmless.
-    let _inserted = LISTENERS.insert(listener, now, 0);
+    *stamp = ListenerStamp {
+        tag,
+        _pad: 0,
+        last_ns: now,
+    };
     Gate::Refresh
 }
 

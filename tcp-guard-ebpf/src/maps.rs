@@ -10,9 +10,9 @@ use tcp_guard_common::{
     flow::{Flow, FlowKey},
     packet::Dissection,
     policy::{
-        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, ListenerKey,
-        ListenerLimit, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket, VERIFIED_BITS_ENTRIES,
-        VerifiedGeneration,
+        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, LISTENER_SLOTS,
+        ListenerLimit, ListenerStamp, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket,
+        VERIFIED_BITS_ENTRIES, VerifiedGeneration,
     },
     stats::{Counter, Stats},
     syncookie::{ReplyBytes, SynAck},
@@ -85,7 +85,7 @@ pub static SYN_SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entrie
 /// When a SYN to each listener was last let through in attack mode
 /// (syncookie policy): see `policy::COOKIE_REFRESH_NS`.
 #[map]
-pub static LISTENERS: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(4_096, 0);
+pub static LISTENERS: Array<ListenerStamp> = Array::with_max_entries(LISTENER_SLOTS, 0);
 
 /// When the daemon last showed it is alive: see `policy::CONTROLLER_STALE_NS`.
 #[map]
