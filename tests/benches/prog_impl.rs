@@ -229,6 +229,7 @@ fn peer_in(third: u8, i: usize) -> IpAddr {
 }
 
 const HOST: [u8; 4] = [198, 18, 0, 1];
+const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const K: u32 = 90_000;
 
@@ -587,36 +588,54 @@ fn syncookie_attack(ebpf: &mut Ebpf) {
 }
 
 /// `n` SYNs from unverified sources answered with cookies, and the ACKs
-/// that return them (timestamps echoed, as a Linux client sends them).
+/// that return them (timestamps echoed, as a Linux client sends them). A
+/// source the verified-source filter takes for verified (its false
+/// positives: about 5 in a million here, where the earlier cases verified
+/// some 70,000 sources) is passed, not answered: it is skipped, and there
+/// must be few.
 fn answered(ebpf: &mut Ebpf, n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let s = syn_at(peer(40_000 + i), 34_000, i as u32 * 1000);
-            let mut reply = vec![0u8; 256];
-            let mut opts = TestRunOptions::new();
-            let frame = s.frame();
-            opts.data_in = Some(&frame);
-            opts.data_out = Some(&mut reply);
-            let result = program::xdp_program(ebpf)
-                .expect("xdp")
-                .test_run(opts)
-                .expect("BPF_PROG_TEST_RUN");
-            assert_eq!(result.return_value, XDP_TX, "SYN {i} answered with a cookie");
-            reply.truncate(result.data_size_out as usize);
-            let d = tcp_guard_common::packet::parse(&reply[..]);
-            let tsval = tcp_guard_common::packet::parse_tcp_options(&reply[..], &d.segment)
-                .timestamp()
-                .expect("timestamps")
-                .0;
-            let mut ack = TcpPacket::new(s.src, s.dst, s.src_port, s.dst_port, ACK);
-            ack.seq = s.seq + 1;
-            ack.ack = d.segment.seq.wrapping_add(1);
-            ack.tcp_options = vec![1, 1, 8, 10];
-            ack.tcp_options.extend_from_slice(&2u32.to_be_bytes());
-            ack.tcp_options.extend_from_slice(&tsval.to_be_bytes());
-            ack.frame()
-        })
-        .collect()
+    let mut acks = Vec::with_capacity(n);
+    let mut passed_as_verified = 0;
+    for i in 0.. {
+        if acks.len() == n {
+            break;
+        }
+        assert!(i < 16_128, "{n} cookie ACKs need more sources than the case has");
+        let s = syn_at(peer(40_000 + i), 34_000, i as u32 * 1000);
+        let mut reply = vec![0u8; 256];
+        let mut opts = TestRunOptions::new();
+        let frame = s.frame();
+        opts.data_in = Some(&frame);
+        opts.data_out = Some(&mut reply);
+        let verified_before = stats(ebpf).get(Counter::SynVerified);
+        let result = program::xdp_program(ebpf)
+            .expect("xdp")
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN");
+        if result.return_value == XDP_PASS && stats(ebpf).get(Counter::SynVerified) == verified_before + 1 {
+            passed_as_verified += 1;
+            assert!(
+                passed_as_verified <= 3,
+                "{passed_as_verified} unverified sources passed as verified"
+            );
+            continue;
+        }
+        assert_eq!(result.return_value, XDP_TX, "SYN {i} answered with a cookie");
+        reply.truncate(result.data_size_out as usize);
+        let d = tcp_guard_common::packet::parse(&reply[..]);
+        let tsval = tcp_guard_common::packet::parse_tcp_options(&reply[..], &d.segment)
+            .timestamp()
+            .expect("timestamps")
+            .0;
+        let mut ack = TcpPacket::new(s.src, s.dst, s.src_port, s.dst_port, ACK);
+        ack.seq = s.seq + 1;
+        ack.ack = d.segment.seq.wrapping_add(1);
+        ack.tcp_options = vec![1, 1, 8, 10];
+        ack.tcp_options.extend_from_slice(&2u32.to_be_bytes());
+        ack.tcp_options.extend_from_slice(&tsval.to_be_bytes());
+        acks.push(ack.frame());
+    }
+    acks
 }
 
 fn stats(ebpf: &Ebpf) -> Stats {
