@@ -46,8 +46,8 @@ pub mod maps {
     /// cumulative: readers take rates from differences.
     pub const SYN_SOURCES: &str = "SYN_SOURCES";
     /// When a SYN to each listener was last let through in attack mode
-    /// (syncookie policy): [`crate::policy::ListenerStamp`]s,
-    /// [`crate::policy::LISTENER_SLOTS`] of them, direct-mapped.
+    /// (syncookie policy): [`crate::policy::ListenerSet`]s,
+    /// [`crate::policy::LISTENER_SETS`] of them, four listeners a set.
     pub const LISTENERS: &str = "LISTENERS";
     /// [`crate::policy::ListenerLimit`] per local port (65,536 entries),
     /// written by the controller from the listeners' real queues.
@@ -102,5 +102,5 @@ mod user {
     unsafe impl aya::Pod for crate::policy::TokenBucket {}
     unsafe impl aya::Pod for crate::policy::Challenge {}
     unsafe impl aya::Pod for crate::policy::Event {}
-    unsafe impl aya::Pod for crate::policy::ListenerStamp {}
+    unsafe impl aya::Pod for crate::policy::ListenerSet {}
 }

@@ -173,7 +173,7 @@ pub enum Rule {
     /// The per-source SYN rate.
     SynRate = 0x02,
     /// The half-open limits (global, per source, per prefix, per port) and
-    /// a full half-open table.
+    /// the half-open flows' share of the flow table.
     HalfOpen = 0x04,
     /// What attack mode does to SYNs from unverified sources: drop them,
     /// challenge them, or answer them with cookies.
@@ -327,8 +327,9 @@ pub const COUNT_HASHED_BASE: u32 = COUNT_PORT_BASE + 65_536;
 /// `attack.verified_ttl` (see [`VerifiedGeneration`]), so a source stays
 /// verified for one to two TTLs. A source never verified passes as verified
 /// when other sources set all its bits: with n sources verified per TTL,
-/// about (1 - e^(-n/2^20)) (1 - e^(-n/2^23))^2 per generation (65,536
-/// sources: 0.0004 %; 262,144: 0.07 %; 1,048,576: 0.9 %). What that lets
+/// about (1 - e^(-n/2^20)) (1 - e^(-2n/2^23))^2 per generation (the large
+/// region holds two marks a source; 65,536 sources: 0.0015 %; 262,144:
+/// 0.08 %; 1,048,576: 3 %). What that lets
 /// through is still held to the half-open limits and the kernel's own
 /// defences.
 pub const VERIFIED_FIRST_WORDS: u32 = 1 << 14;
@@ -349,7 +350,7 @@ const VERIFIED_SALT: u32 = 0x5645_5249;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerifiedGeneration {
-    /// 0 or 1: the words `current * VERIFIED_WORDS ..` are the current generation.
+    /// 0 or 1: the current generation, the words whose index has this low bit.
     pub current: u32,
     pub _pad: u32,
     /// CLOCK_MONOTONIC ns when it became current; 0: not yet started.
@@ -392,7 +393,7 @@ pub struct CountHash {
 }
 
 impl CountHash {
-    /// Slots per hashed region for a half-open table of `half_open`
+    /// Slots per hashed region for a half-open share of `half_open`
     /// entries: twice as many, at least 65,536, a power of two, so that a
     /// full table of distinct sources leaves most slots of other sources empty.
     pub const fn slots_for(half_open: u32) -> u32 {
@@ -439,12 +440,12 @@ impl CountHash {
         (2 * word, 1 << (h & 63))
     }
 
-    /// The `LISTENERS` slot of the listener `key`'s SYN is for (its local
+    /// The `LISTENERS` set of the listener `key`'s SYN is for (its local
     /// address and port), and the tag that tells it from others there.
     #[inline(always)]
     pub fn listener_slot(&self, key: &FlowKey) -> (u32, u32) {
         let h = self.hash(key.family, &key.local_addr, LISTENER_SALT + key.local_port as u32);
-        (h & (LISTENER_SLOTS - 1), (h >> 12) | 1 << 31)
+        (h & (LISTENER_SETS - 1), (h >> 10) | 1 << 31)
     }
 
     /// The slot a half-open flow of `key` is counted in for `kind`.
@@ -540,7 +541,7 @@ impl BlockEntry {
     }
 }
 
-/// Source key of the `VERIFIED`, `RATE` and `OFFENDERS` maps.
+/// Source key of the `RATE`, `OFFENDERS` and `SYN_SOURCES` maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SourceKey {
@@ -679,24 +680,64 @@ pub fn challenge_passes(recorded: &Challenge, tag: u32, seq: u32, now_ns: u64, w
 /// through makes it issue one, so the mark never lapses.
 pub const COOKIE_REFRESH_NS: u64 = 10_000_000_000;
 
-/// Slots of the `LISTENERS` array, direct-mapped by a hash of the
-/// listening address and port (see [`CountHash::listener_slot`]).
-pub const LISTENER_SLOTS: u32 = 4_096;
+/// Sets of the `LISTENERS` array, picked by a hash of the listening address
+/// and port (see [`CountHash::listener_slot`]).
+pub const LISTENER_SETS: u32 = 1_024;
+
+/// Listeners a set holds (one 64-byte cache line of [`ListenerStamp`]s).
+pub const LISTENER_WAYS: usize = 4;
 
 const LISTENER_SALT: u32 = 0x4c53_0000;
 
 /// When a SYN to a listener was last let through in attack mode (syncookie
-/// policy) to keep its cookie mark fresh: an entry of `LISTENERS`. Two
-/// listeners that share a slot take it in turns, and each then gets such a
-/// SYN more often than it needs: harmless, the listener answers it with a
-/// cookie of its own.
+/// policy) to keep its cookie mark fresh.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenerStamp {
-    /// Which listener the slot was last written for (never 0).
+    /// Which listener this is (never 0; 0: a free way).
     pub tag: u32,
     pub _pad: u32,
     pub last_ns: u64,
+}
+
+/// An entry of `LISTENERS`: up to [`LISTENER_WAYS`] listeners whose hash
+/// picks this set. A fifth replaces the one refreshed longest ago, which
+/// then gets its next SYN through early: harmless, its listener answers it
+/// with a cookie of its own. (Direct-mapped, two flooded listeners sharing
+/// a slot would each have taken it from the other on every SYN, and sent
+/// half the flood to the kernel.)
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSet {
+    pub ways: [ListenerStamp; LISTENER_WAYS],
+}
+
+impl ListenerSet {
+    /// Whether the listener `tag` is due a SYN of its own at `now_ns` (see
+    /// [`cookie_refresh_due`]); if so, it is recorded as refreshed now.
+    #[inline(always)]
+    pub fn refresh_due(&mut self, tag: u32, now_ns: u64) -> bool {
+        let mut oldest = 0;
+        for i in 0..LISTENER_WAYS {
+            let way = self.ways[i];
+            if way.tag == tag {
+                if !cookie_refresh_due(way.last_ns, now_ns) {
+                    return false;
+                }
+                oldest = i;
+                break;
+            }
+            if way.last_ns < self.ways[oldest].last_ns {
+                oldest = i;
+            }
+        }
+        self.ways[oldest] = ListenerStamp {
+            tag,
+            _pad: 0,
+            last_ns: now_ns,
+        };
+        true
+    }
 }
 
 /// Whether a listener last refreshed at `last_ns` (0: never) needs a SYN let through now.
@@ -801,7 +842,7 @@ pub enum DropReason {
     Unverified,
     /// Attack mode: an unknown source's first SYN (retransmit-challenge).
     Challenge,
-    /// The half-open table is full.
+    /// The flow table has no room for it (the half-open flows' share is taken).
     TableFull,
     /// Attack mode, syncookie policy: an ACK for no known flow whose cookie
     /// is not valid (a forged or stale ACK).
@@ -935,7 +976,7 @@ mod tests {
             "in its own generation only"
         );
         let false_positives = (65_536..1_065_536).filter(|&i| marked(i, false)).count();
-        // (1 - e^(-65,536 / 2^20)) (1 - e^(-65,536 / 2^23))^2: about 4 in a million.
+        // (1 - e^(-65,536 / 2^20)) (1 - e^(-2 * 65,536 / 2^23))^2: about 15 in a million.
         assert!(
             false_positives < 30,
             "{false_positives} of 1,000,000 pass as verified"
@@ -976,7 +1017,7 @@ mod tests {
         for port in 0..2_000u16 {
             let key = flow_key([7; 16], port);
             let (slot, tag) = hash.listener_slot(&key);
-            assert!(slot < LISTENER_SLOTS && tag != 0);
+            assert!(slot < LISTENER_SETS && tag != 0);
             let mut other_peer = key;
             other_peer.remote_addr = [9; 16];
             other_peer.remote_port = 1;
@@ -988,8 +1029,36 @@ mod tests {
             slots.insert(slot);
             listeners.insert((slot, tag));
         }
-        assert!(slots.len() > 1_500, "spread: {} slots", slots.len());
+        assert!(slots.len() > 800, "spread: {} sets", slots.len());
         assert_eq!(listeners.len(), 2_000, "slot and tag tell listeners apart");
+    }
+
+    #[test]
+    fn a_listener_set_holds_four_listeners_and_replaces_the_longest_refreshed() {
+        let second = 1_000_000_000;
+        let mut set = ListenerSet::default();
+        for tag in 1..=4u32 {
+            assert!(
+                set.refresh_due(tag | 1 << 31, u64::from(tag) * second),
+                "listener {tag}: first SYN"
+            );
+        }
+        for tag in 1..=4u32 {
+            assert!(
+                !set.refresh_due(tag | 1 << 31, 5 * second),
+                "listener {tag} kept its way: not due again"
+            );
+        }
+        assert!(set.refresh_due(5 | 1 << 31, 6 * second), "a fifth listener");
+        assert!(
+            set.refresh_due(1 | 1 << 31, 7 * second),
+            "it took the way of the first, refreshed longest ago"
+        );
+        assert!(!set.refresh_due(3 | 1 << 31, 7 * second), "the others stay");
+        assert!(
+            set.refresh_due(3 | 1 << 31, 3 * second + COOKIE_REFRESH_NS),
+            "due after COOKIE_REFRESH_NS"
+        );
     }
 
     #[test]

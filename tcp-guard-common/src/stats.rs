@@ -96,9 +96,9 @@ counters! {
     InvalidAckNotSent => "invalid_ack_not_sent",
     InvalidRstOutOfWindow => "invalid_rst_out_of_window",
     InvalidBadFlags => "invalid_bad_flags",
-    /// A half-open flow not tracked: its table was full.
+    /// A half-open flow not tracked: the half-open flows' share of the flow table was taken, or the table was full.
     HalfOpenTableFull => "half_open_table_full",
-    /// A flow not moved out of the half-open table: the flow table was full.
+    /// Any other flow not tracked: the flow table was full.
     FlowTableFull => "flow_table_full",
     /// Packets dropped: the source is on the block list (any IP packet).
     DropBlocked => "drop_blocked",
@@ -113,7 +113,7 @@ counters! {
     DropUnverified => "drop_unverified",
     /// SYNs dropped in attack mode: an unknown source's first SYN (retransmit-challenge).
     DropChallenge => "drop_challenge",
-    /// SYNs dropped: the half-open table was full.
+    /// SYNs dropped: the flow table had no room for their half-open flow.
     DropTableFull => "drop_table_full",
     /// ACKs dropped in attack mode (syncookie): no flow, and no valid cookie.
     DropBadCookie => "drop_bad_cookie",

@@ -4,7 +4,7 @@
 //! listener accepts the ACKs that carry them.
 
 use aya_ebpf::{
-    bindings::{iphdr, ipv6hdr, tcphdr, xdp_action},
+    bindings::{BPF_NOEXIST, iphdr, ipv6hdr, tcphdr, xdp_action},
     helpers::{
         bpf_csum_diff, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
         bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
@@ -27,6 +27,7 @@ use tcp_guard_common::{
 };
 
 use crate::{
+    flow::EEXIST,
     guard,
     maps::{CONFIG, CSUM_CHUNK, Counters, FLOWS, SCRATCH},
     options,
@@ -414,10 +415,12 @@ pub fn check_ack(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
         let _established = cookie_established(&seg, config.cookie_wscale, now, &mut scratch.flow);
         // (By reference: the map copies from the scratch, not from the stack.)
         let (key, flow) = (&scratch.key, &scratch.flow);
-        if FLOWS.insert(key, flow, 0).is_ok() {
-            counters.bump(Counter::ToEstablished);
-        } else {
-            counters.bump(Counter::FlowTableFull);
+        // Only if absent: a flow another CPU created meanwhile (one that
+        // may hold half-open counts) is not overwritten.
+        match FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
+            Ok(()) => counters.bump(Counter::ToEstablished),
+            Err(error) if error == -EEXIST => counters.bump(Counter::FlowBusy),
+            Err(_) => counters.bump(Counter::FlowTableFull),
         }
         guard::verify(&scratch.key);
         return xdp_action::XDP_PASS;

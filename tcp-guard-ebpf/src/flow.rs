@@ -60,7 +60,7 @@ pub fn read_flow(entry: *const Flow, out: &mut Flow) {
 }
 
 /// `-EEXIST`, as a map insert returns it.
-const EEXIST: i32 = 17;
+pub const EEXIST: i32 = 17;
 
 /// Removes a flow; false if another CPU removed it first.
 #[inline(always)]
@@ -191,7 +191,8 @@ fn track(
     let was_syn_rcvd = old.is_some_and(|o| o.state() == Some(TcpState::SynRcvd));
     match transition(old, &Seg::new(segment, direction, window_scale), now, flow) {
         Step::Store(event) => {
-            let opening = syn_in && flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
+            let entering_syn_rcvd = flow.state() == Some(TcpState::SynRcvd) && !was_syn_rcvd;
+            let opening = syn_in && entering_syn_rcvd;
             if opening {
                 let counted_only = allowlisted
                     || guard::leaving_floods_to_the_kernel(config, now)
@@ -219,10 +220,20 @@ fn track(
                 if config.egress != 0 {
                     flow.flags |= Flow::AWAIT_SYN_ACK;
                 }
+            } else if entering_syn_rcvd {
+                // First seen in the host's SYN-ACK (its SYN went by
+                // untracked): counted, never refused, so that it too is
+                // held to the half-open flows' share of the table.
+                if let Ok((prefix_len, _)) = guard::admit(key, config, false)
+                    && prefix_len != guard::UNCOUNTED
+                {
+                    flow.flags |= Flow::COUNTED;
+                    flow.prefix_len = prefix_len;
+                }
             } else if counted && flow.state() != Some(TcpState::SynRcvd) {
                 flow.flags &= !Flow::COUNTED;
             }
-            let counts_taken = opening && flow.has(Flow::COUNTED);
+            let counts_taken = entering_syn_rcvd && flow.has(Flow::COUNTED);
             // A flow new to its table starts a fresh generation.
             flow.generation = 0;
             let stored = if counts_taken && guard::half_open_share_taken() {

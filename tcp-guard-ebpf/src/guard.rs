@@ -7,9 +7,8 @@ use tcp_guard_common::{
     flow::FlowKey,
     policy::{
         AttackState, BlockEntry, CONTROLLER_STALE_NS, COUNT_GLOBAL_SLOT, COUNT_PORT_BASE, Challenge,
-        CountHash, CountKind, DropReason, Event, GuardConfig, ListenerStamp, LpmAddr, Policy, Rule,
-        SourceKey, TokenBucket, VERIFIED_MARKS, VerifiedGeneration, challenge_passes, challenge_slot,
-        cookie_refresh_due,
+        CountHash, CountKind, DropReason, Event, GuardConfig, LpmAddr, Policy, Rule, SourceKey, TokenBucket,
+        VERIFIED_MARKS, VerifiedGeneration, challenge_passes, challenge_slot,
     },
     stats::Counter,
 };
@@ -47,10 +46,20 @@ pub fn blocked(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
 /// refused at its first mark, whose two generations share a cache line.
 #[inline(always)]
 fn verified(family: u8, addr: &[u8; 16]) -> bool {
-    let (Some(hash), Some(generation)) = (COUNT_HASH.get(0), VERIFIED_GEN.get(0)) else {
+    let (Some(hash), Some(generation)) = (COUNT_HASH.get(0), generation()) else {
         return false;
     };
-    marked(hash, generation, family, addr, false) || marked(hash, generation, family, addr, true)
+    marked(hash, &generation, family, addr, false) || marked(hash, &generation, family, addr, true)
+}
+
+/// The current generation of `VERIFIED_BITS`, read once: every mark of one
+/// source goes to (and is looked for in) the same generation, even if the
+/// daemon turns them meanwhile.
+#[inline(always)]
+fn generation() -> Option<VerifiedGeneration> {
+    let generation = VERIFIED_GEN.get_ptr(0)?;
+    // SAFETY: a live array slot, read once.
+    Some(unsafe { core::ptr::read_volatile(generation) })
 }
 
 /// Whether all of a source's marks are set in the current generation (or
@@ -279,23 +288,17 @@ fn cookie_gate(key: &FlowKey, now: u64) -> Gate {
     let Some(hash) = COUNT_HASH.get(0) else {
         return Gate::Cookie;
     };
-    let (slot, tag) = hash.listener_slot(key);
-    let Some(stamp) = LISTENERS.get_ptr_mut(slot) else {
+    let (set, tag) = hash.listener_slot(key);
+    let Some(set) = LISTENERS.get_ptr_mut(set) else {
         return Gate::Cookie;
     };
     // SAFETY: a live array slot. Two CPUs may both let a SYN through, or
-    // write the slot at once: harmless (see `ListenerStamp`).
-    let stamp = unsafe { &mut *stamp };
-    let last = if stamp.tag == tag { stamp.last_ns } else { 0 };
-    if !cookie_refresh_due(last, now) {
-        return Gate::Cookie;
+    // write the set at once: harmless (see `ListenerSet`).
+    if unsafe { (*set).refresh_due(tag, now) } {
+        Gate::Refresh
+    } else {
+        Gate::Cookie
     }
-    *stamp = ListenerStamp {
-        tag,
-        _pad: 0,
-        last_ns: now,
-    };
-    Gate::Refresh
 }
 
 /// A SYN over its source's rate: a flood may be claiming the address of a
@@ -562,7 +565,7 @@ pub fn note_offence(counters: &mut Counters, family: u8, addr: [u8; 16], reason:
 /// the tracker's frame.)
 #[inline(never)]
 pub fn verify(key: &FlowKey) {
-    let (Some(hash), Some(generation)) = (COUNT_HASH.get(0), VERIFIED_GEN.get(0)) else {
+    let (Some(hash), Some(generation)) = (COUNT_HASH.get(0), generation()) else {
         return;
     };
     for i in 0..VERIFIED_MARKS {

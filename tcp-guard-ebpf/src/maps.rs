@@ -10,8 +10,8 @@ use tcp_guard_common::{
     flow::{Flow, FlowKey},
     packet::Dissection,
     policy::{
-        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, LISTENER_SLOTS,
-        ListenerLimit, ListenerStamp, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket,
+        AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, LISTENER_SETS,
+        ListenerLimit, ListenerSet, LpmAddr, MAX_PORT_POLICIES, SourceKey, TokenBucket,
         VERIFIED_BITS_ENTRIES, VerifiedGeneration,
     },
     stats::{Counter, Stats},
@@ -39,7 +39,7 @@ pub static CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
 pub static ATTACK: Array<AttackState> = Array::with_max_entries(1, 0);
 
 /// Half-open flows per global / port / hashed source and prefix slot (see
-/// `policy::CountHash`); sized by the controller from the half-open table.
+/// `policy::CountHash`); sized by the controller from `tables.max_half_open`.
 #[map]
 pub static COUNTS: Array<u64> = Array::with_max_entries(CountHash::entries(65_536), 0);
 
@@ -85,7 +85,7 @@ pub static SYN_SOURCES: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entrie
 /// When a SYN to each listener was last let through in attack mode
 /// (syncookie policy): see `policy::COOKIE_REFRESH_NS`.
 #[map]
-pub static LISTENERS: Array<ListenerStamp> = Array::with_max_entries(LISTENER_SLOTS, 0);
+pub static LISTENERS: Array<ListenerSet> = Array::with_max_entries(LISTENER_SETS, 0);
 
 /// When the daemon last showed it is alive: see `policy::CONTROLLER_STALE_NS`.
 #[map]

@@ -543,8 +543,11 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         let after = stats(&ebpf);
         let calls = (params.warmup + params.rounds * params.chunk) as u64;
         let grew = after.get(case.proof) - before.get(case.proof);
+        // A few calls may go another way: one SYN a listener is due in the
+        // cookie cases, and an unverified source the verified-source filter
+        // takes for verified (see `answered`).
         assert!(
-            grew >= calls - 1,
+            grew >= calls - 4,
             "{}: {:?} grew by {grew} in {calls} calls: not the path measured",
             case.name,
             case.proof
@@ -590,7 +593,7 @@ fn syncookie_attack(ebpf: &mut Ebpf) {
 /// `n` SYNs from unverified sources answered with cookies, and the ACKs
 /// that return them (timestamps echoed, as a Linux client sends them). A
 /// source the verified-source filter takes for verified (its false
-/// positives: about 5 in a million here, where the earlier cases verified
+/// positives: about 18 in a million here, where the earlier cases verified
 /// some 70,000 sources) is passed, not answered: it is skipped, and there
 /// must be few.
 fn answered(ebpf: &mut Ebpf, n: usize) -> Vec<Vec<u8>> {

@@ -251,6 +251,16 @@ fn half_open_flows_take_their_share_of_the_table_and_no_more() {
         6,
         "SYNs that cannot be tracked are dropped"
     );
+    // The host's SYN-ACKs to SYNs that went by untracked are held to the
+    // share too: counted, and not stored while it is taken.
+    let before = t.stats();
+    for i in 4..7u8 {
+        let mut syn_ack = from_host(false, SYN | ACK, K, u32::from(i) + 1);
+        syn_ack.dst = IpAddr::from([198, 19, 1, i]);
+        t.egress(&syn_ack);
+    }
+    assert_eq!(t.half_open().len(), 4, "the share holds");
+    assert_eq!(delta(&before, &t.stats(), Counter::HalfOpenTableFull), 3);
     // The rest of the table is the other flows': 15 more, picked up
     // mid-connection from the host's segments, all tracked.
     for port in 1..16 {
