@@ -204,6 +204,7 @@ pub fn build_syn_ack(reply: &SynAck, out: &mut ReplyBytes) -> usize {
 /// same once folded (see `fold`), with half the additions.
 #[inline(always)]
 fn sum_words(bytes: &[u8], sum: u32) -> u32 {
+    debug_assert!(bytes.len().is_multiple_of(4), "a tail would be left out");
     let mut wide = sum as u64;
     for word in bytes.chunks_exact(4) {
         wide += u32::from_be_bytes([word[0], word[1], word[2], word[3]]) as u64;

@@ -299,10 +299,19 @@ impl Instance {
     fn clear_verified_generation(&self, generation: u32) -> Result<()> {
         let path = self.dir.join(maps::VERIFIED_BITS);
         let map = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let words = VERIFIED_BITS_ENTRIES as usize;
-        let len = words * size_of::<u64>();
-        // SAFETY: maps the array's own pages (BPF_F_MMAPABLE), shared with
-        // the programs; only this function uses the mapping.
+        let words = map
+            .info()
+            .with_context(|| format!("cannot query {}", path.display()))?
+            .max_entries();
+        if words != VERIFIED_BITS_ENTRIES {
+            bail!(
+                "{} holds {words} words, not {VERIFIED_BITS_ENTRIES}: run `tcp-guard detach` for this interface first",
+                path.display()
+            );
+        }
+        let len = words as usize * size_of::<u64>();
+        // SAFETY: maps the array's own pages (BPF_F_MMAPABLE, a whole number
+        // of pages), shared with the programs; only this function uses it.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -317,13 +326,16 @@ impl Instance {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("cannot map {}", path.display()));
         }
-        // SAFETY: `words` aligned u64s inside the mapping just made, then unmapped.
-        unsafe {
-            let bits = std::slice::from_raw_parts_mut(base.cast::<u64>(), words);
-            for word in bits.iter_mut().skip(generation as usize % 2).step_by(2) {
-                *word = 0;
-            }
-            libc::munmap(base, len);
+        let bits = base.cast::<u64>();
+        for word in (generation as usize % 2..words as usize).step_by(2) {
+            // SAFETY: an aligned word inside the mapping. Volatile: memory the
+            // programs read meanwhile (never this generation's words).
+            unsafe { bits.add(word).write_volatile(0) };
+        }
+        // SAFETY: the mapping made above, no longer used.
+        if unsafe { libc::munmap(base, len) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot unmap {}", path.display()));
         }
         Ok(())
     }
