@@ -220,23 +220,23 @@ fn track(
                 if config.egress != 0 {
                     flow.flags |= Flow::AWAIT_SYN_ACK;
                 }
-            } else if entering_syn_rcvd {
-                // First seen in the host's SYN-ACK (its SYN went by
-                // untracked): counted, never refused, so that it too is
-                // held to the half-open flows' share of the table.
-                if let Ok((prefix_len, _)) = guard::admit(key, config, false)
-                    && prefix_len != guard::UNCOUNTED
-                {
-                    flow.flags |= Flow::COUNTED;
-                    flow.prefix_len = prefix_len;
-                }
             } else if counted && flow.state() != Some(TcpState::SynRcvd) {
                 flow.flags &= !Flow::COUNTED;
             }
-            let counts_taken = entering_syn_rcvd && flow.has(Flow::COUNTED);
-            // A flow new to its table starts a fresh generation.
+            let counts_taken = opening && flow.has(Flow::COUNTED);
+            // A flow new to the table starts a fresh generation.
             flow.generation = 0;
-            let stored = if counts_taken && guard::half_open_share_taken() {
+            // Half-open flows take at most their share of the table: those
+            // a peer's SYN opens (counted), and those first seen in the
+            // host's SYN-ACK, their SYN having gone by untracked (not
+            // counted: the kernel may hold nothing for them, a cookie, and
+            // they must not start attack mode; but not stored past the share).
+            let no_room = if counts_taken {
+                guard::half_open_share_taken(0)
+            } else {
+                entering_syn_rcvd && found.is_none() && guard::half_open_share_taken(1)
+            };
+            let stored = if no_room {
                 counters.bump(Counter::HalfOpenTableFull);
                 Stored::Full
             } else {

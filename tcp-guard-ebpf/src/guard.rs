@@ -521,17 +521,17 @@ pub fn half_open_limit_reached(key: &FlowKey, prefix_len: u8, config: &GuardConf
     (listener.half_open != 0 && count > listener.half_open as u64).then_some(DropReason::PortHalfOpen)
 }
 
-/// Whether the half-open flows, the one just counted included, are more
+/// Whether the counted half-open flows, and `more` not counted, are more
 /// than their share of the flow table (`CountHash::half_open_max`): then
-/// it is not stored, as if the table were full, and a flood of them leaves
-/// the rest of the table to other flows.
+/// the new one is not stored, as if the table were full, and a flood of
+/// them leaves the rest of the table to other flows.
 #[inline(always)]
-pub fn half_open_share_taken() -> bool {
+pub fn half_open_share_taken(more: u64) -> bool {
     let max = COUNT_HASH.get(0).map_or(0, |hash| hash.half_open_max);
     max != 0
         && COUNTS
             .get(COUNT_GLOBAL_SLOT)
-            .is_some_and(|count| *count > max as u64)
+            .is_some_and(|count| *count + more > max as u64)
 }
 
 /// `admit`'s prefix length when it counted nothing (no prefix is longer than 128).

@@ -252,7 +252,7 @@ fn half_open_flows_take_their_share_of_the_table_and_no_more() {
         "SYNs that cannot be tracked are dropped"
     );
     // The host's SYN-ACKs to SYNs that went by untracked are held to the
-    // share too: counted, and not stored while it is taken.
+    // share too: not stored while it is taken.
     let before = t.stats();
     for i in 4..7u8 {
         let mut syn_ack = from_host(false, SYN | ACK, K, u32::from(i) + 1);
