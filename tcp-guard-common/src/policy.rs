@@ -917,6 +917,14 @@ impl Event {
 mod tests {
     use super::*;
 
+    /// A hash with a fixed seed, for tests of what it spreads.
+    const TEST_HASH: CountHash = CountHash {
+        seed: 0x1234_5678,
+        mask: 65_535,
+        half_open_max: 0,
+        _pad: 0,
+    };
+
     fn flow_key(remote: [u8; 16], port: u16) -> FlowKey {
         FlowKey {
             local_addr: [0; 16],
@@ -932,11 +940,7 @@ mod tests {
     /// marked in one generation, 1,000,000 others checked.
     #[test]
     fn verified_marks_spread_and_rarely_cover_an_unverified_source() {
-        let hash = CountHash {
-            seed: 0x1234_5678,
-            mask: 65_535,
-            ..CountHash::default()
-        };
+        let hash = TEST_HASH;
         let addr = |i: u32| {
             let mut addr = [0u8; 16];
             addr[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
@@ -1007,11 +1011,7 @@ mod tests {
 
     #[test]
     fn a_listener_has_one_slot_and_a_tag_that_tells_it_from_others() {
-        let hash = CountHash {
-            seed: 0x1234_5678,
-            mask: 65_535,
-            ..CountHash::default()
-        };
+        let hash = TEST_HASH;
         let mut slots = std::collections::HashSet::new();
         let mut listeners = std::collections::HashSet::new();
         for port in 0..2_000u16 {

@@ -86,7 +86,8 @@ fn ranges(ports: impl Iterator<Item = u16>) -> Vec<(u16, u16)> {
     ranges
 }
 
-fn array<V: aya::Pod>(dir: &Path, name: &str) -> Result<Array<MapData, V>> {
+/// A pinned array of the instance whose directory is `dir`.
+pub(crate) fn array<V: aya::Pod>(dir: &Path, name: &str) -> Result<Array<MapData, V>> {
     Array::try_from(Map::Array(open(dir, name)?)).with_context(|| format!("{name} is not an array"))
 }
 
@@ -298,7 +299,7 @@ impl Instance {
     /// this one.
     fn clear_verified_generation(&self, generation: u32) -> Result<()> {
         let path = self.dir.join(maps::VERIFIED_BITS);
-        let map = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let map = open(&self.dir, maps::VERIFIED_BITS)?;
         let words = map
             .info()
             .with_context(|| format!("cannot query {}", path.display()))?

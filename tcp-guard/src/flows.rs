@@ -5,6 +5,7 @@ use std::{
     path::Path,
 };
 
+use crate::control::array;
 use anyhow::{Context, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData};
 use serde_json::{Value, json};
@@ -76,19 +77,16 @@ fn open_hash(dir: &Path, name: &str) -> Result<(HashMap<MapData, FlowKey, Flow>,
 impl FlowTables {
     /// Opens the pinned tables of the instance whose directory is `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let path = dir.join(maps::EXPIRED);
-        let expired = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let (flows, capacity) = open_hash(dir, maps::FLOWS)?;
-        let path = dir.join(maps::COUNT_HASH);
-        let hash = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let hash: Array<MapData, CountHash> =
-            Array::try_from(Map::Array(hash)).context("COUNT_HASH is not an array")?;
-        let half_open_max = hash.get(&0, 0).context("cannot read COUNT_HASH")?.half_open_max;
+        let half_open_max = array::<CountHash>(dir, maps::COUNT_HASH)?
+            .get(&0, 0)
+            .context("cannot read COUNT_HASH")?
+            .half_open_max;
         Ok(FlowTables {
             flows,
             half_open_max,
             flow_max: capacity.saturating_sub(half_open_max),
-            expired: Array::try_from(Map::Array(expired)).context("EXPIRED is not an array")?,
+            expired: array(dir, maps::EXPIRED)?,
         })
     }
 

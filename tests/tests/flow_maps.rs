@@ -456,21 +456,28 @@ impl Drop for PinDir {
     }
 }
 
-/// Monitor mode for every rule in attack mode (retransmit challenge), with
-/// a SYN rate every SYN after the first is over: each SYN is counted once,
-/// as what the first check would drop it for, and no later check sees the
-/// challenge it was just given as passed.
-#[test]
-fn a_monitored_syn_is_counted_once_at_its_first_check() {
+/// Attack mode on with the retransmit challenge, one SYN a second per
+/// source (burst 1), and the rules `monitor` names in monitor mode.
+fn challenge_and_rate_of_one(monitor: u8) -> Tracker {
     require_root();
     let mut settings = Settings::default();
     settings.live.attack_enter_half_open = 0;
     settings.live.policy = tcp_guard_common::policy::Policy::RetransmitChallenge as u8;
     settings.live.syn_rate = 1;
     settings.live.syn_burst = 1;
-    settings.live.monitor = tcp_guard_common::policy::Rule::All as u8;
+    settings.live.monitor = monitor;
     let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
     t.attack_mode_on();
+    t
+}
+
+/// Monitor mode for every rule in attack mode (retransmit challenge), with
+/// a SYN rate every SYN after the first is over: each SYN is counted once,
+/// as what the first check would drop it for, and no later check sees the
+/// challenge it was just given as passed.
+#[test]
+fn a_monitored_syn_is_counted_once_at_its_first_check() {
+    let mut t = challenge_and_rate_of_one(tcp_guard_common::policy::Rule::All as u8);
     for i in 0..3u16 {
         let mut syn = from_peer(false, SYN, 1000 + u32::from(i), 0);
         syn.src_port = 42_000 + i;
@@ -497,14 +504,7 @@ fn a_monitored_syn_is_counted_once_at_its_first_check() {
 /// in the slot the first had just cleared, dropped it again and again).
 #[test]
 fn a_retransmission_that_passed_the_challenge_is_not_challenged_again_for_the_rate() {
-    require_root();
-    let mut settings = Settings::default();
-    settings.live.attack_enter_half_open = 0;
-    settings.live.policy = tcp_guard_common::policy::Policy::RetransmitChallenge as u8;
-    settings.live.syn_rate = 1;
-    settings.live.syn_burst = 1;
-    let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
-    t.attack_mode_on();
+    let mut t = challenge_and_rate_of_one(0);
     // Two connections from one source within a second: the second is over
     // the rate (one SYN a second, burst 1).
     for port in [43_000u16, 43_001] {
