@@ -193,8 +193,9 @@ pub struct Flow {
     /// a CPU (XDP ingress, TC egress, expiry) rewrites or removes a flow
     /// only if it moves this from the even value it read (compare and
     /// swap), so concurrent updates of one flow neither tear it nor both
-    /// release its counts. Only that kernel glue sets it; the transition
-    /// function's value is ignored.
+    /// release its counts. A new flow starts at a random even value (see
+    /// the fast path's `fresh_generation`). Only that kernel glue sets it;
+    /// the transition function's value is ignored.
     pub generation: u32,
     /// The window the host last advertised, unscaled.
     pub host_window: u16,

@@ -27,7 +27,7 @@ use tcp_guard_common::{
 };
 
 use crate::{
-    flow::EEXIST,
+    flow::{EEXIST, fresh_generation},
     guard,
     maps::{CONFIG, CSUM_CHUNK, Counters, FLOWS, SCRATCH},
     options,
@@ -413,6 +413,7 @@ pub fn check_ack(ctx: &XdpContext, counters: &mut Counters, now: u64) -> u32 {
         scratch.key = FlowKey::new(segment, Direction::Ingress);
         let seg = Seg::new(segment, Direction::Ingress, None);
         let _established = cookie_established(&seg, config.cookie_wscale, now, &mut scratch.flow);
+        scratch.flow.generation = fresh_generation();
         // (By reference: the map copies from the scratch, not from the stack.)
         let (key, flow) = (&scratch.key, &scratch.flow);
         // Only if absent: a flow another CPU created meanwhile (one that

@@ -1,7 +1,7 @@
 //! Applies the shared transition function to the flow tables, with
 //! admission control for SYNs that would open a half-open flow.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use tcp_guard_common::{
     flow::{Direction, Event, Flow, FlowKey, Invalid, Seg, Step, TcpState, transition},
     packet::{TcpClass, TcpSegment},
@@ -57,6 +57,17 @@ pub fn read_flow(entry: *const Flow, out: &mut Flow) {
         }
         out.generation = generation;
     }
+}
+
+/// The generation a flow new to the table starts at: even, and random.
+/// The kernel hands a removed entry's memory to the next insert at once,
+/// and a CPU still holding the removed flow's generation (it read the flow
+/// just before another CPU removed it) must not win a claim on the flow
+/// now stored there, as it would if every flow started at 0.
+#[inline(always)]
+pub fn fresh_generation() -> u32 {
+    // SAFETY: a helper without preconditions.
+    unsafe { bpf_get_prandom_u32() & !1 }
 }
 
 /// `-EEXIST`, as a map insert returns it.
@@ -224,8 +235,9 @@ fn track(
                 flow.flags &= !Flow::COUNTED;
             }
             let counts_taken = opening && flow.has(Flow::COUNTED);
-            // A flow new to the table starts a fresh generation.
-            flow.generation = 0;
+            if found.is_none() {
+                flow.generation = fresh_generation();
+            }
             // Half-open flows take at most their share of the table: those
             // a peer's SYN opens (counted), and those first seen in the
             // host's SYN-ACK, their SYN having gone by untracked (not
@@ -361,7 +373,7 @@ pub fn claim(entry: *mut Flow, generation: u32) -> bool {
         >(
             core::ptr::addr_of_mut!((*entry).generation),
             generation,
-            generation + 1,
+            generation.wrapping_add(1),
         )
     };
     claimed
@@ -371,7 +383,7 @@ pub fn claim(entry: *mut Flow, generation: u32) -> bool {
 #[inline(always)]
 fn publish(entry: *mut Flow, flow: &Flow, generation: u32) {
     let mut written = *flow;
-    written.generation = generation + 1;
+    written.generation = generation.wrapping_add(1);
     // SAFETY: a live map value this CPU claimed.
     unsafe {
         *entry = written;
@@ -379,7 +391,10 @@ fn publish(entry: *mut Flow, flow: &Flow, generation: u32) {
         // no fences, and x86, where the programs are JIT-compiled, keeps
         // stores in order; the compiler must not reorder them either.)
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*entry).generation), generation + 2);
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*entry).generation),
+            generation.wrapping_add(2),
+        );
     }
 }
 

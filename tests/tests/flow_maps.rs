@@ -208,6 +208,28 @@ fn in_window_rst_removes_the_flow() {
     assert_eq!(delta(&before, &t.stats(), Counter::FlowReset), 1);
 }
 
+/// A flow new to the table starts at a random even generation and each
+/// rewrite moves it on by two: a CPU still holding a removed flow's
+/// generation cannot win the claim on the flow the kernel stores next in the
+/// same memory (it would, were every flow to start at 0).
+#[test]
+fn new_flows_start_at_random_even_generations() {
+    let mut t = Tracker::new(TableSizes::default());
+    let mut starts = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        t.ingress(&from_peer(false, SYN, J, 0));
+        let start = t.only_flow().1.generation;
+        assert_eq!(start % 2, 0, "even: not claimed");
+        t.egress(&from_host(false, SYN | ACK, K, J.wrapping_add(1)));
+        assert_eq!(t.only_flow().1.generation, start.wrapping_add(2), "one rewrite");
+        t.ingress(&from_peer(false, ACK, J.wrapping_add(1), K + 1));
+        t.ingress(&from_peer(false, RST, J.wrapping_add(1), 0));
+        assert!(t.is_empty(), "reset");
+        starts.insert(start);
+    }
+    assert!(starts.len() > 1, "every flow started at {starts:?}");
+}
+
 #[test]
 fn host_connections_and_adopted_flows_are_tracked_from_egress() {
     let mut t = Tracker::new(TableSizes::default());
