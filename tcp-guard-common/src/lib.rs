@@ -15,7 +15,7 @@ pub mod syncookie;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 10;
+    pub const LAYOUT_VERSION: u64 = 11;
 
     pub const STATS: &str = "STATS";
     /// Every tracked flow, keyed by [`crate::flow::FlowKey`]: room for
@@ -37,6 +37,13 @@ pub mod maps {
     /// LPM tries of [`crate::policy::LpmAddr`]: sources exempt from SYN limits, and blocked ones.
     pub const ALLOW: &str = "ALLOW";
     pub const BLOCK: &str = "BLOCK";
+    /// Whether each list may hold an entry (two u32 entries, indexed by
+    /// [`LIST_BLOCK`] and [`LIST_ALLOW`]): the fast path skips the lookup in
+    /// a list marked empty. Writers mark a list before and after they add
+    /// to it, and unmark it only once they find it empty.
+    pub const LISTS_IN_USE: &str = "LISTS_IN_USE";
+    pub const LIST_BLOCK: u32 = 0;
+    pub const LIST_ALLOW: u32 = 1;
     /// First SYNs held for the retransmission challenge (a direct-mapped
     /// array of [`crate::policy::CHALLENGE_SLOTS`] slots).
     pub const CHALLENGE: &str = "CHALLENGE";

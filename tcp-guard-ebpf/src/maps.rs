@@ -59,6 +59,11 @@ pub static ALLOW: LpmTrie<LpmAddr, u8> = LpmTrie::with_max_entries(16_384, 0);
 #[map]
 pub static BLOCK: LpmTrie<LpmAddr, BlockEntry> = LpmTrie::with_max_entries(65_536, 0);
 
+/// Whether `BLOCK` and `ALLOW` may hold an entry: see
+/// `tcp_guard_common::maps::LISTS_IN_USE`.
+#[map]
+pub static LISTS_IN_USE: Array<u32> = Array::with_max_entries(2, 0);
+
 /// Sources that completed a handshake, in two generations: see
 /// `policy::VERIFIED_FIRST_WORDS`. Memory-mappable, for the daemon to clear
 /// a generation in place.

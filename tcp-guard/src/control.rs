@@ -472,16 +472,72 @@ impl Instance {
             reason,
             _pad: 0,
         };
+        self.mark_in_use(maps::LIST_BLOCK)?;
         trie::<BlockEntry>(&self.dir, maps::BLOCK)?
             .insert(&cidr.key(), entry, 0)
-            .with_context(|| format!("cannot add {cidr} to the block list (is it full?)"))
+            .with_context(|| format!("cannot add {cidr} to the block list (is it full?)"))?;
+        // Again: a writer that found the list empty may have unmarked it
+        // between the first mark and the insert (see `settle_lists`).
+        self.mark_in_use(maps::LIST_BLOCK)
     }
 
     /// `by`: `ALLOW_BY_OPERATOR` or `ALLOW_BY_CONFIG`.
     pub fn allow(&self, cidr: &Cidr, by: u8) -> Result<()> {
+        self.mark_in_use(maps::LIST_ALLOW)?;
         trie::<u8>(&self.dir, maps::ALLOW)?
             .insert(&cidr.key(), by, 0)
-            .with_context(|| format!("cannot add {cidr} to the allow list (is it full?)"))
+            .with_context(|| format!("cannot add {cidr} to the allow list (is it full?)"))?;
+        self.mark_in_use(maps::LIST_ALLOW)
+    }
+
+    /// Marks list `index` as one the fast path must look in.
+    fn mark_in_use(&self, index: u32) -> Result<()> {
+        array::<u32>(&self.dir, maps::LISTS_IN_USE)?
+            .set(index, 1, 0)
+            .context("cannot write LISTS_IN_USE")
+    }
+
+    /// Unmarks the lists that are empty, so the fast path skips them, and
+    /// marks those that are not. Against a writer adding to a list
+    /// meanwhile: this looks again after unmarking, and the writer marks
+    /// again after adding, so whichever comes last leaves it marked. (An
+    /// entry added in that instant may pass a packet or two unenforced, as
+    /// it would have a moment earlier.) The daemon runs it every other
+    /// round, which also marks a list whose writer died between its insert
+    /// and its second mark.
+    pub fn settle_lists(&self) -> Result<()> {
+        let mut marks = array::<u32>(&self.dir, maps::LISTS_IN_USE)?;
+        for index in [maps::LIST_BLOCK, maps::LIST_ALLOW] {
+            let marked = marks.get(&index, 0).context("cannot read LISTS_IN_USE")? != 0;
+            let empty = self.list_is_empty(index)?;
+            if !marked && !empty {
+                marks.set(index, 1, 0).context("cannot write LISTS_IN_USE")?;
+            } else if marked && empty {
+                marks.set(index, 0, 0).context("cannot write LISTS_IN_USE")?;
+                if !self.list_is_empty(index)? {
+                    marks.set(index, 1, 0).context("cannot write LISTS_IN_USE")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether list `index` (`maps::LIST_BLOCK`, `maps::LIST_ALLOW`) has no entry.
+    fn list_is_empty(&self, index: u32) -> Result<bool> {
+        let empty = if index == maps::LIST_BLOCK {
+            trie::<BlockEntry>(&self.dir, maps::BLOCK)?
+                .keys()
+                .next()
+                .transpose()?
+                .is_none()
+        } else {
+            trie::<u8>(&self.dir, maps::ALLOW)?
+                .keys()
+                .next()
+                .transpose()?
+                .is_none()
+        };
+        Ok(empty)
     }
 
     /// Removes `cidr` from list `name` (`maps::BLOCK` or `maps::ALLOW`).
@@ -492,7 +548,7 @@ impl Instance {
             trie::<u8>(&self.dir, name)?.remove(&cidr.key())
         };
         match removed {
-            Ok(()) => Ok(()),
+            Ok(()) => self.settle_lists(),
             Err(aya::maps::MapError::KeyNotFound) => bail!("{cidr} is not on the {} list", list_name(name)),
             Err(e) => Err(e).with_context(|| format!("cannot remove {cidr}")),
         }

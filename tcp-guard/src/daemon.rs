@@ -931,6 +931,7 @@ impl Control {
             }
             self.block_offenders(&config)?;
             self.unblock_expired(now)?;
+            self.instance.settle_lists()?;
             self.summarize_over_limit();
             self.publish_figures()?;
         }

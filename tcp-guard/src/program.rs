@@ -36,6 +36,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::RATE,
     maps::ALLOW,
     maps::BLOCK,
+    maps::LISTS_IN_USE,
     maps::VERIFIED_BITS,
     maps::VERIFIED_GEN,
     maps::CHALLENGE,

@@ -836,6 +836,12 @@ fn block(ebpf: &mut Ebpf, network: [u8; 4], prefix_len: u32) {
         0,
     )
     .expect("block");
+    let mut in_use: Array<_, u32> = ebpf
+        .map_mut(maps::LISTS_IN_USE)
+        .expect("LISTS_IN_USE")
+        .try_into()
+        .expect("array");
+    in_use.set(maps::LIST_BLOCK, 1, 0).expect("mark the block list");
 }
 
 fn baseline_program(ebpf: &mut Ebpf) -> &mut Xdp {

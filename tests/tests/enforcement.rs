@@ -686,6 +686,62 @@ fn a_blocked_source_s_syns_do_not_start_attack_mode() {
     assert_eq!(stats["attack"]["active"], false, "{stats}");
 }
 
+/// The fast path looks in the block and allow lists only while they hold
+/// entries (`LISTS_IN_USE`): removing the last entry unmarks a list, and a
+/// block added to the emptied list holds at once.
+#[test]
+fn a_list_emptied_and_filled_again_is_enforced_at_once() {
+    let lab = Lab::new().expect("lab");
+    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(false), PORT);
+    let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
+    let pin = std::path::Path::new("/sys/fs/bpf/tcp-guard")
+        .join(&lab.server_iface)
+        .join("LISTS_IN_USE");
+    let marks = || {
+        let data = aya::maps::MapData::from_pin(&pin).expect("open LISTS_IN_USE");
+        let marks: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("an array");
+        (
+            marks.get(&0, 0).expect("block mark"),
+            marks.get(&1, 0).expect("allow mark"),
+        )
+    };
+    let client = lab.client_addr(false);
+    let reaches = || {
+        lab.client
+            .enter(move || connect_from(SocketAddr::new(client, 0), addr, Duration::from_secs(1)))
+            .expect("enter")
+            .is_ok()
+    };
+    let cli = |args: &[&str]| {
+        let out = tcp_guard(&[args, &["--iface", &lab.server_iface]].concat());
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    assert_eq!(marks(), (0, 0), "both lists empty");
+    assert!(reaches(), "nothing blocked yet");
+    let host = format!("{client}/32");
+    for round in 0..2 {
+        cli(&["block", "add", &host]);
+        assert_eq!(marks().0, 1, "round {round}");
+        assert!(!reaches(), "blocked, round {round}");
+        cli(&["block", "del", &host]);
+        assert_eq!(marks().0, 0, "the emptied list is skipped, round {round}");
+        assert!(reaches(), "unblocked, round {round}");
+    }
+    cli(&["allow", "add", "198.19.1.0/24"]);
+    cli(&["allow", "add", "198.19.2.0/24"]);
+    assert_eq!(marks().1, 1);
+    cli(&["allow", "del", "198.19.1.0/24"]);
+    assert_eq!(marks().1, 1, "one entry left");
+    cli(&["allow", "del", "198.19.2.0/24"]);
+    assert_eq!(marks(), (0, 0));
+}
+
 /// A flood can put hundreds of sources over their limits each second: at
 /// most ten are logged one by one a second, the rest in one summary line.
 #[test]
