@@ -497,58 +497,76 @@ impl Instance {
             .context("cannot write LISTS_IN_USE")
     }
 
-    /// Unmarks the lists that are empty, so the fast path skips them, and
-    /// marks those that are not. Against a writer adding to a list
-    /// meanwhile: this looks again after unmarking, and the writer marks
+    /// Unmarks list `index` (`maps::LIST_BLOCK`, `maps::LIST_ALLOW`) if it
+    /// is empty, so the fast path skips it, and marks it if it is not.
+    /// Against a writer adding to it meanwhile: this looks again after
+    /// unmarking (and marks again if it cannot tell), and the writer marks
     /// again after adding, so whichever comes last leaves it marked. (An
     /// entry added in that instant may pass a packet or two unenforced, as
-    /// it would have a moment earlier.) The daemon runs it every other
-    /// round, which also marks a list whose writer died between its insert
-    /// and its second mark.
-    pub fn settle_lists(&self) -> Result<()> {
+    /// it would have a moment earlier.)
+    fn settle_list(&self, index: u32) -> Result<()> {
         let mut marks = array::<u32>(&self.dir, maps::LISTS_IN_USE)?;
-        for index in [maps::LIST_BLOCK, maps::LIST_ALLOW] {
-            let marked = marks.get(&index, 0).context("cannot read LISTS_IN_USE")? != 0;
-            let empty = self.list_is_empty(index)?;
-            if !marked && !empty {
-                marks.set(index, 1, 0).context("cannot write LISTS_IN_USE")?;
-            } else if marked && empty {
-                marks.set(index, 0, 0).context("cannot write LISTS_IN_USE")?;
-                if !self.list_is_empty(index)? {
-                    marks.set(index, 1, 0).context("cannot write LISTS_IN_USE")?;
-                }
-            }
+        let marked = marks.get(&index, 0).context("cannot read LISTS_IN_USE")? != 0;
+        let mut mark = |in_use: bool| {
+            marks
+                .set(index, u32::from(in_use), 0)
+                .context("cannot write LISTS_IN_USE")
+        };
+        let empty = self.list_is_empty(index)?;
+        if marked != empty {
+            return Ok(());
+        }
+        mark(!empty)?;
+        if empty && !self.list_is_empty(index).unwrap_or(false) {
+            mark(true)?;
         }
         Ok(())
     }
 
-    /// Whether list `index` (`maps::LIST_BLOCK`, `maps::LIST_ALLOW`) has no entry.
+    /// [`Self::settle_list`] for both lists. The daemon runs it at start and
+    /// every second, which also marks a list whose writer died between its
+    /// insert and its second mark.
+    pub fn settle_lists(&self) -> Result<()> {
+        self.settle_list(maps::LIST_BLOCK)?;
+        self.settle_list(maps::LIST_ALLOW)
+    }
+
+    /// Whether list `index` has no entry.
     fn list_is_empty(&self, index: u32) -> Result<bool> {
-        let empty = if index == maps::LIST_BLOCK {
-            trie::<BlockEntry>(&self.dir, maps::BLOCK)?
+        fn empty<V: aya::Pod>(dir: &Path, name: &str) -> Result<bool> {
+            let first = trie::<V>(dir, name)?
                 .keys()
                 .next()
-                .transpose()?
-                .is_none()
+                .transpose()
+                .with_context(|| format!("cannot read {name}"))?;
+            Ok(first.is_none())
+        }
+        if index == maps::LIST_BLOCK {
+            empty::<BlockEntry>(&self.dir, maps::BLOCK)
         } else {
-            trie::<u8>(&self.dir, maps::ALLOW)?
-                .keys()
-                .next()
-                .transpose()?
-                .is_none()
-        };
-        Ok(empty)
+            empty::<u8>(&self.dir, maps::ALLOW)
+        }
     }
 
     /// Removes `cidr` from list `name` (`maps::BLOCK` or `maps::ALLOW`).
     pub fn unlist(&self, name: &str, cidr: &Cidr) -> Result<()> {
-        let removed = if name == maps::BLOCK {
-            trie::<BlockEntry>(&self.dir, name)?.remove(&cidr.key())
+        let (removed, index) = if name == maps::BLOCK {
+            (
+                trie::<BlockEntry>(&self.dir, name)?.remove(&cidr.key()),
+                maps::LIST_BLOCK,
+            )
         } else {
-            trie::<u8>(&self.dir, name)?.remove(&cidr.key())
+            (trie::<u8>(&self.dir, name)?.remove(&cidr.key()), maps::LIST_ALLOW)
         };
         match removed {
-            Ok(()) => self.settle_lists(),
+            // Removed either way: a list left marked only costs a lookup,
+            // and the daemon settles it within a second.
+            Ok(()) => {
+                if let Err(e) = self.settle_list(index) {
+                    log::warn!("removed {cidr}, but could not unmark the emptied list: {e:#}");
+                }
+                Ok(())
+            }
             Err(aya::maps::MapError::KeyNotFound) => bail!("{cidr} is not on the {} list", list_name(name)),
             Err(e) => Err(e).with_context(|| format!("cannot remove {cidr}")),
         }

@@ -484,6 +484,8 @@ fn start(
         }
     }
     apply_lists(iface, &instance, &settings.lists)?;
+    // Adopted lists may come without their marks (a pin removed by hand).
+    instance.settle_lists()?;
     log::info!(
         "guarding {iface} (XDP, {mode} mode; {}); config from {}; state in {}",
         if options.egress {
@@ -921,6 +923,9 @@ impl Control {
         self.follow_port_configs(&config)?;
         self.steer_cookies(&config)?;
         if self.ticks.is_multiple_of(2) {
+            // First: the steps below may fail, and an unmarked list that
+            // holds an entry goes unenforced.
+            self.instance.settle_lists()?;
             let expire = program::expire_program(ebpf)?;
             let mut removed = 0;
             for key in self.tables.stale(&config, now)? {
@@ -931,7 +936,6 @@ impl Control {
             }
             self.block_offenders(&config)?;
             self.unblock_expired(now)?;
-            self.instance.settle_lists()?;
             self.summarize_over_limit();
             self.publish_figures()?;
         }

@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use tcp_guard_common::maps;
 use tcp_guard_tests::{
     daemon::{Daemon, counter, stats_json, tcp_guard},
     flood::{FloodSpec, Sources, flood},
@@ -697,14 +698,14 @@ fn a_list_emptied_and_filled_again_is_enforced_at_once() {
     let _server = Server::start(listen(&lab.server, addr, BACKLOG).expect("listen"));
     let pin = std::path::Path::new("/sys/fs/bpf/tcp-guard")
         .join(&lab.server_iface)
-        .join("LISTS_IN_USE");
+        .join(maps::LISTS_IN_USE);
     let marks = || {
         let data = aya::maps::MapData::from_pin(&pin).expect("open LISTS_IN_USE");
         let marks: aya::maps::Array<_, u32> =
             aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("an array");
         (
-            marks.get(&0, 0).expect("block mark"),
-            marks.get(&1, 0).expect("allow mark"),
+            marks.get(&maps::LIST_BLOCK, 0).expect("block mark"),
+            marks.get(&maps::LIST_ALLOW, 0).expect("allow mark"),
         )
     };
     let client = lab.client_addr(false);

@@ -5,7 +5,10 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{
+        Array, HashMap, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{TestRun, TestRunOptions},
 };
 use tcp_guard::{control::Instance, program, settings::Settings, stats};
@@ -13,7 +16,7 @@ use tcp_guard_common::{
     config::TableSizes,
     flow::{Flow, FlowKey, TcpState},
     maps,
-    policy::{AttackState, VERIFIED_MARKS},
+    policy::{AttackState, BlockEntry, LpmAddr, VERIFIED_MARKS},
     stats::{Counter, Stats},
 };
 use tcp_guard_tests::{
@@ -228,6 +231,30 @@ fn new_flows_start_at_random_even_generations() {
         starts.insert(start);
     }
     assert!(starts.len() > 1, "every flow started at {starts:?}");
+}
+
+/// The fast path looks in the block list only while it is marked in use
+/// (`LISTS_IN_USE`), which is why every writer marks it: an entry written
+/// behind the mark's back is not seen.
+#[test]
+fn the_block_list_is_looked_in_only_while_marked_in_use() {
+    let mut t = Tracker::new(TableSizes::default());
+    let mut peer = [0u8; 16];
+    peer[..4].copy_from_slice(&[198, 19, 0, 5]);
+    let mut block: LpmTrie<&mut MapData, LpmAddr, BlockEntry> =
+        LpmTrie::try_from(t.0.map_mut(maps::BLOCK).expect("BLOCK")).expect("LPM trie");
+    let entry = BlockEntry {
+        reason: BlockEntry::MANUAL,
+        ..BlockEntry::default()
+    };
+    block
+        .insert(&Key::new(128, LpmAddr::new(4, peer)), entry, 0)
+        .expect("block the peer");
+    assert_eq!(t.verdict(&from_peer(false, SYN, J, 0)), XDP_PASS, "not looked in");
+    let mut marks: Array<&mut MapData, u32> =
+        Array::try_from(t.0.map_mut(maps::LISTS_IN_USE).expect("LISTS_IN_USE")).expect("array");
+    marks.set(maps::LIST_BLOCK, 1, 0).expect("mark the block list");
+    assert_eq!(t.verdict(&from_peer(false, SYN, J, 0)), XDP_DROP, "blocked");
 }
 
 #[test]
