@@ -742,8 +742,74 @@ impl OptionWalk {
     }
 }
 
-/// Walks the options of `segment` (at most 40 steps: one per option byte).
+/// The options of `segment`: [`linux_syn_options`] where they are laid
+/// out as Linux sends them, else [`walk_tcp_options`].
 pub fn parse_tcp_options<V: ByteView + ?Sized>(view: &V, segment: &TcpSegment) -> TcpOptions {
+    linux_syn_options(view, segment).unwrap_or_else(|| walk_tcp_options(view, segment))
+}
+
+/// The option area of a SYN or SYN-ACK from Linux, in its order: MSS,
+/// SACK permitted, timestamps, NOP, window scale (20 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LinuxSynOptions {
+    mss_kind_len: [u8; 2],
+    mss: Be16,
+    sack_permitted_kind_len: [u8; 2],
+    timestamp_kind_len: [u8; 2],
+    tsval: Be32,
+    tsecr: Be32,
+    nop: u8,
+    window_scale_kind_len: [u8; 2],
+    window_scale: u8,
+}
+
+// SAFETY: repr(C) struct of bytes and byte arrays.
+unsafe impl Header for LinuxSynOptions {}
+
+impl LinuxSynOptions {
+    /// The TCP header length of a segment whose options may be these.
+    pub const HEADER_LEN: usize = TCP_HDR_LEN + size_of::<LinuxSynOptions>();
+
+    /// What the walk finds in this area if it is laid out as Linux lays it
+    /// out (the layout leaves no other reading), else None.
+    #[inline(always)]
+    pub fn options(&self) -> Option<TcpOptions> {
+        let laid_out = self.mss_kind_len == [TCPOPT_MSS, 4]
+            && self.sack_permitted_kind_len == [TCPOPT_SACK_PERMITTED, 2]
+            && self.timestamp_kind_len == [TCPOPT_TIMESTAMP, 10]
+            && self.nop == TCPOPT_NOP
+            && self.window_scale_kind_len == [TCPOPT_WINDOW_SCALE, 3];
+        laid_out.then_some(TcpOptions {
+            tsval: self.tsval.get(),
+            tsecr: self.tsecr.get(),
+            mss: self.mss.get(),
+            window_scale: self.window_scale,
+            present: TcpOptions::MSS
+                | TcpOptions::SACK_PERMITTED
+                | TcpOptions::TIMESTAMP
+                | TcpOptions::WINDOW_SCALE,
+            malformed: false,
+            _pad: [0; 3],
+        })
+    }
+}
+
+/// The options of `segment` if its option area is exactly Linux's SYN
+/// layout, read in one piece: what the walk finds there, without one step
+/// per option. Every SYN and SYN-ACK a Linux host sends or answers has it;
+/// None for any other area. (The XDP program reads the area itself, with
+/// bounds the verifier can follow, and asks [`LinuxSynOptions::options`].)
+pub fn linux_syn_options<V: ByteView + ?Sized>(view: &V, segment: &TcpSegment) -> Option<TcpOptions> {
+    let offset = segment.tcp_offset as usize;
+    if segment.tcp_header_len as usize != LinuxSynOptions::HEADER_LEN || offset > MAX_TCP_OFFSET {
+        return None;
+    }
+    view.read::<LinuxSynOptions>(offset + TCP_HDR_LEN)?.options()
+}
+
+/// Walks the options of `segment` (at most 40 steps: one per option byte).
+pub fn walk_tcp_options<V: ByteView + ?Sized>(view: &V, segment: &TcpSegment) -> TcpOptions {
     let mut walk = OptionWalk::new(segment);
     for _ in 0..TCP_MAX_OPTIONS_LEN {
         if !walk.step(view) {

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 use tcp_guard_common::packet::{
-    Dissection, Family, Malformed, Outcome, TcpClass, TcpFlags, TcpSegment, parse, parse_tcp_options,
+    self, Dissection, Family, Malformed, Outcome, TcpClass, TcpFlags, TcpSegment, parse, parse_tcp_options,
+    walk_tcp_options,
 };
 use tcp_guard_tests::packets::{
     ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet, linux_syn_options, qinq, with_ipv6_extension,
@@ -324,8 +325,74 @@ fn valid_frame() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A SYN with Linux's option area, `edits` of its 20 option bytes changed
+/// (at (index % 20, byte)), and the frame cut to `keep` bytes from its end.
+fn near_linux_syn(ipv6: bool, mss: u16, tsval: u32, scale: u8, edits: &[(usize, u8)], cut: usize) -> Vec<u8> {
+    let (src, dst) = if ipv6 { v6() } else { v4() };
+    let mut pkt = TcpPacket::new(src, dst, 1234, 80, SYN);
+    pkt.tcp_options = linux_syn_options(mss, tsval, scale);
+    for &(at, byte) in edits {
+        pkt.tcp_options[at % 20] = byte;
+    }
+    let mut frame = pkt.frame();
+    frame.truncate(frame.len() - cut.min(frame.len()));
+    frame
+}
+
+#[test]
+fn linux_s_option_layout_is_read_in_one_piece() {
+    let frame = near_linux_syn(false, 1460, 7, 9, &[], 0);
+    let seg = segment(&frame);
+    let read = packet::linux_syn_options(frame.as_slice(), &seg).expect("Linux's layout");
+    assert_eq!(read, walk_tcp_options(frame.as_slice(), &seg));
+    assert_eq!(
+        (
+            read.mss(),
+            read.window_scale(),
+            read.sack_permitted(),
+            read.timestamp()
+        ),
+        (Some(1460), Some(9), true, Some((7, 0)))
+    );
+    // NOP and window scale swapped: another layout, walked.
+    let frame = near_linux_syn(false, 1460, 7, 9, &[(16, 3), (17, 3), (18, 9), (19, 1)], 0);
+    assert_eq!(
+        packet::linux_syn_options(frame.as_slice(), &segment(&frame)),
+        None
+    );
+    assert_eq!(
+        parse_tcp_options(frame.as_slice(), &segment(&frame)).window_scale(),
+        Some(9)
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Reading Linux's layout in one piece finds what the walk finds, or
+    /// leaves the area to the walk: whatever bytes changed, on any frame.
+    #[test]
+    fn linux_s_layout_read_at_once_agrees_with_the_walk(
+        ipv6 in any::<bool>(),
+        mss in any::<u16>(),
+        tsval in any::<u32>(),
+        scale in any::<u8>(),
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+        cut in prop_oneof![Just(0usize), 0usize..30],
+    ) {
+        let frame = near_linux_syn(ipv6, mss, tsval, scale, &edits, 0);
+        let seg = segment(&frame);
+        if let Some(read) = packet::linux_syn_options(frame.as_slice(), &seg) {
+            prop_assert_eq!(read, walk_tcp_options(frame.as_slice(), &seg));
+        } else {
+            prop_assert!(!edits.is_empty(), "an untouched Linux area is read at once");
+        }
+        // The segment as parsed whole, the frame then cut short under it.
+        let cut_frame = near_linux_syn(ipv6, mss, tsval, scale, &edits, cut);
+        if let Some(read) = packet::linux_syn_options(cut_frame.as_slice(), &seg) {
+            prop_assert_eq!(read, walk_tcp_options(cut_frame.as_slice(), &seg));
+        }
+    }
 
     #[test]
     fn arbitrary_bytes_never_break_the_parser(frame in prop::collection::vec(any::<u8>(), 0..200)) {
