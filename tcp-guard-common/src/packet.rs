@@ -647,7 +647,7 @@ pub const TCP_MAX_OPTIONS_LEN: usize = TCP_MAX_HDR_LEN - TCP_HDR_LEN;
 pub const MAX_TCP_OFFSET: usize = ETH_HDR_LEN + MAX_VLAN_TAGS * VLAN_HDR_LEN + 60;
 
 /// A walk over a segment's options, one option per [`OptionWalk::step`].
-/// Userspace loops over it ([`parse_tcp_options`]); the kernel drives it with
+/// Userspace loops over it ([`walk_tcp_options`]); the kernel drives it with
 /// `bpf_loop`, so the verifier checks one step rather than every path
 /// through 40 bytes of options.
 #[derive(Clone, Copy, Debug)]
@@ -771,8 +771,10 @@ impl LinuxSynOptions {
     /// The TCP header length of a segment whose options may be these.
     pub const HEADER_LEN: usize = TCP_HDR_LEN + size_of::<LinuxSynOptions>();
 
-    /// What the walk finds in this area if it is laid out as Linux lays it
-    /// out (the layout leaves no other reading), else None.
+    /// What the walk finds in this area, if it is laid out as Linux lays it
+    /// out (the layout leaves no other reading), else None. For a segment
+    /// whose whole option area this is (TCP header length
+    /// [`Self::HEADER_LEN`]).
     #[inline(always)]
     pub fn options(&self) -> Option<TcpOptions> {
         let laid_out = self.mss_kind_len == [TCPOPT_MSS, 4]
@@ -797,9 +799,11 @@ impl LinuxSynOptions {
 
 /// The options of `segment` if its option area is exactly Linux's SYN
 /// layout, read in one piece: what the walk finds there, without one step
-/// per option. Every SYN and SYN-ACK a Linux host sends or answers has it;
-/// None for any other area. (The XDP program reads the area itself, with
-/// bounds the verifier can follow, and asks [`LinuxSynOptions::options`].)
+/// per option. A Linux host's SYNs have it with its default settings
+/// (timestamps, SACK and window scaling on), and its SYN-ACKs to a SYN that
+/// offered all three; None for any other area (Fast Open, MD5, MPTCP, other
+/// systems' orders). (The kernel programs read the area themselves, with
+/// bounds the verifier can follow, and ask [`LinuxSynOptions::options`].)
 pub fn linux_syn_options<V: ByteView + ?Sized>(view: &V, segment: &TcpSegment) -> Option<TcpOptions> {
     let offset = segment.tcp_offset as usize;
     if segment.tcp_header_len as usize != LinuxSynOptions::HEADER_LEN || offset > MAX_TCP_OFFSET {

@@ -38,9 +38,10 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// The options of `segment`, read in one piece where Linux laid them out
-/// (the walk's `bpf_loop` costs a callback per option, about 90 ns for a
-/// Linux SYN's five). (A BPF function of its own, so the walk's state is
-/// not in the stack frame of the program that also calls `tcp_guard_track`.)
+/// (the walk's `bpf_loop` costs a callback per option and one to stop: see
+/// docs/benchmarks.md for what that saves). (A BPF function of its own, so
+/// the walk's state is not in the stack frame of the program that also
+/// calls `tcp_guard_track`.)
 #[inline(never)]
 pub fn parse(bytes: &PacketBytes, segment: &TcpSegment) -> TcpOptions {
     if let Some(options) = linux_layout(bytes, segment) {

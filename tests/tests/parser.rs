@@ -294,6 +294,7 @@ fn check_consistent(frame: &[u8]) {
         assert!(end <= frame.len(), "TCP segment runs past the frame");
         assert!((20..=60).contains(&seg.tcp_header_len));
         let opts = parse_tcp_options(frame, seg);
+        assert_eq!(opts, walk_tcp_options(frame, seg), "read in one piece, as walked");
         if let Some(mss) = opts.mss() {
             assert!(frame.windows(2).any(|w| w == mss.to_be_bytes()));
         }
@@ -326,7 +327,7 @@ fn valid_frame() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// A SYN with Linux's option area, `edits` of its 20 option bytes changed
-/// (at (index % 20, byte)), and the frame cut to `keep` bytes from its end.
+/// (at (index % 20, byte)), and `cut` bytes removed from the frame's end.
 fn near_linux_syn(ipv6: bool, mss: u16, tsval: u32, scale: u8, edits: &[(usize, u8)], cut: usize) -> Vec<u8> {
     let (src, dst) = if ipv6 { v6() } else { v4() };
     let mut pkt = TcpPacket::new(src, dst, 1234, 80, SYN);
@@ -387,10 +388,40 @@ proptest! {
         } else {
             prop_assert!(!edits.is_empty(), "an untouched Linux area is read at once");
         }
-        // The segment as parsed whole, the frame then cut short under it.
+        // The segment as parsed whole, the frame then cut short under it:
+        // the area is no longer whole, so it is walked (and found cut).
         let cut_frame = near_linux_syn(ipv6, mss, tsval, scale, &edits, cut);
-        if let Some(read) = packet::linux_syn_options(cut_frame.as_slice(), &seg) {
-            prop_assert_eq!(read, walk_tcp_options(cut_frame.as_slice(), &seg));
+        if cut > 0 {
+            prop_assert_eq!(packet::linux_syn_options(cut_frame.as_slice(), &seg), None);
+        }
+        prop_assert_eq!(
+            parse_tcp_options(cut_frame.as_slice(), &seg),
+            walk_tcp_options(cut_frame.as_slice(), &seg)
+        );
+    }
+
+    /// Linux's area planted in random bytes, under segments of any header
+    /// offset and length: read in one piece only where it is the whole
+    /// option area of a header the walk would read, and then as walked.
+    #[test]
+    fn only_a_whole_linux_area_is_read_in_one_piece(
+        bytes in prop::collection::vec(any::<u8>(), 200),
+        offset in 0usize..=120,
+        header_len in prop_oneof![Just(36u16), Just(40u16), Just(44u16)],
+        mss in any::<u16>(),
+        tsval in any::<u32>(),
+        scale in any::<u8>(),
+    ) {
+        let mut frame = bytes;
+        let area = offset + 20;
+        frame[area..area + 20].copy_from_slice(&linux_syn_options(mss, tsval, scale));
+        let mut seg = TcpSegment::NONE;
+        seg.tcp_offset = offset as u16;
+        seg.tcp_header_len = header_len;
+        let read = packet::linux_syn_options(frame.as_slice(), &seg);
+        prop_assert_eq!(read.is_some(), header_len == 40 && offset <= packet::MAX_TCP_OFFSET);
+        if let Some(read) = read {
+            prop_assert_eq!(read, walk_tcp_options(frame.as_slice(), &seg));
         }
     }
 
