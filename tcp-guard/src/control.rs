@@ -477,7 +477,7 @@ impl Instance {
             .insert(&cidr.key(), entry, 0)
             .with_context(|| format!("cannot add {cidr} to the block list (is it full?)"))?;
         // Again: a writer that found the list empty may have unmarked it
-        // between the first mark and the insert (see `settle_lists`).
+        // between the first mark and the insert (see `settle_list`).
         self.mark_in_use(maps::LIST_BLOCK)
     }
 

@@ -923,9 +923,10 @@ impl Control {
         self.follow_port_configs(&config)?;
         self.steer_cookies(&config)?;
         if self.ticks.is_multiple_of(2) {
-            // First: the steps below may fail, and an unmarked list that
-            // holds an entry goes unenforced.
-            self.instance.settle_lists()?;
+            // First, as the steps below may fail (an unmarked list that
+            // holds an entry goes unenforced); its own failure is reported
+            // after them, so that it stops neither expiry nor blocking.
+            let settled = self.instance.settle_lists();
             let expire = program::expire_program(ebpf)?;
             let mut removed = 0;
             for key in self.tables.stale(&config, now)? {
@@ -938,6 +939,7 @@ impl Control {
             self.unblock_expired(now)?;
             self.summarize_over_limit();
             self.publish_figures()?;
+            settled?;
         }
         if self
             .instance

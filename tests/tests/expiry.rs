@@ -3,8 +3,11 @@
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
+    path::Path,
     time::Duration,
 };
+
+use tcp_guard_common::maps;
 
 use tcp_guard_tests::{
     daemon::{Daemon, flows, stats_json},
@@ -17,7 +20,28 @@ use tcp_guard_tests::{
 #[test]
 fn unanswered_half_open_flows_expire_in_both_views() {
     let lab = Lab::new().expect("lab");
-    // The kernel sends one SYN-ACK and gives up on the request after ~1 s.
+    let _daemon = start(&lab);
+    three_unanswered_syns_expire(&lab);
+}
+
+/// A round whose first step fails (the block and allow lists' marks cannot
+/// be settled: their pin was removed by hand) still expires flows, and
+/// reports the failure.
+#[test]
+fn a_round_that_cannot_settle_the_list_marks_still_expires_flows() {
+    let lab = Lab::new().expect("lab");
+    let daemon = start(&lab);
+    let pin = Path::new("/sys/fs/bpf/tcp-guard")
+        .join(&lab.server_iface)
+        .join(maps::LISTS_IN_USE);
+    std::fs::remove_file(&pin).expect("remove the pin");
+    three_unanswered_syns_expire(&lab);
+    assert!(daemon.log().contains("event=tick_failed"), "{}", daemon.log());
+}
+
+/// The lab's daemon with a 2 s SYN-RECV timeout, the kernel sending one
+/// SYN-ACK and giving up on a request after about a second.
+fn start(lab: &Lab) -> Daemon {
     lab.server
         .sysctl("net.ipv4.tcp_synack_retries", "0")
         .expect("sysctl");
@@ -25,6 +49,12 @@ fn unanswered_half_open_flows_expire_in_both_views() {
     wait_for("the daemon to log its timeouts", Duration::from_secs(5), || {
         daemon.log().contains("syn_rcvd=2s")
     });
+    daemon
+}
+
+/// Three spoofed SYNs to a listener open three SYN-RECV flows, which the
+/// daemon expires as the kernel drops their requests.
+fn three_unanswered_syns_expire(lab: &Lab) {
     let addr = SocketAddr::new(lab.server_addr(false), 8080);
     let _listener = lab
         .server
