@@ -655,12 +655,16 @@ fn stats(ebpf: &Ebpf) -> Stats {
     tcp_guard::stats::read(ebpf.map(maps::STATS).expect("STATS")).expect("read STATS")
 }
 
-fn update_config(ebpf: &mut Ebpf, change: impl FnOnce(&mut GuardConfig)) {
-    let mut config: Array<_, GuardConfig> = ebpf
-        .map_mut(maps::CONFIG)
-        .expect("CONFIG")
+/// The program's array map `name`, writable.
+fn array_mut<'a, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Array<&'a mut MapData, V> {
+    ebpf.map_mut(name)
+        .unwrap_or_else(|| panic!("no map {name}"))
         .try_into()
-        .expect("array");
+        .unwrap_or_else(|e| panic!("{name} is not an array: {e}"))
+}
+
+fn update_config(ebpf: &mut Ebpf, change: impl FnOnce(&mut GuardConfig)) {
+    let mut config: Array<_, GuardConfig> = array_mut(ebpf, maps::CONFIG);
     let mut live = config.get(&0, 0).expect("config");
     change(&mut live);
     config.set(0, live, 0).expect("write config");
@@ -675,11 +679,7 @@ fn set_rate(ebpf: &mut Ebpf, rate: u32) {
 }
 
 fn set_attack(ebpf: &mut Ebpf, on: bool) {
-    let mut attack: Array<_, AttackState> = ebpf
-        .map_mut(maps::ATTACK)
-        .expect("ATTACK")
-        .try_into()
-        .expect("array");
+    let mut attack: Array<_, AttackState> = array_mut(ebpf, maps::ATTACK);
     // As the daemon has it with the syncookie policy: cookies ready.
     let state = AttackState {
         active: u8::from(on),
@@ -706,11 +706,7 @@ fn verify(ebpf: &mut Ebpf, n: usize) {
         .try_into()
         .expect("array");
     let generation = generation.get(&0, 0).expect("VERIFIED_GEN");
-    let mut bits: Array<_, u64> = ebpf
-        .map_mut(maps::VERIFIED_BITS)
-        .expect("VERIFIED_BITS")
-        .try_into()
-        .expect("array");
+    let mut bits: Array<_, u64> = array_mut(ebpf, maps::VERIFIED_BITS);
     for i in 0..n {
         let IpAddr::V4(v4) = peer_in(64, i) else {
             unreachable!("IPv4 sources")
@@ -862,11 +858,7 @@ fn block_key(network: [u8; 4], prefix_len: u32) -> Key<LpmAddr> {
 }
 
 fn mark_block_list(ebpf: &mut Ebpf, mark: u32) {
-    let mut in_use: Array<_, u32> = ebpf
-        .map_mut(maps::LISTS_IN_USE)
-        .expect("LISTS_IN_USE")
-        .try_into()
-        .expect("array");
+    let mut in_use: Array<_, u32> = array_mut(ebpf, maps::LISTS_IN_USE);
     in_use
         .set(maps::LIST_BLOCK, mark, 0)
         .expect("mark the block list");
