@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -36,10 +36,31 @@ use view::PacketBytes;
 
 /// CLOCK_MONOTONIC, to the kernel's tick (a few ms): what the fast path
 /// times is seconds and milliseconds (timeouts, TTLs, rates, the challenge
-/// window), and the coarse clock costs about a quarter of
-/// `bpf_ktime_get_ns` on every TCP packet.
+/// window). The coarse clock moves only at a tick, when jiffies move: each
+/// CPU keeps its last reading with the jiffies it was taken at and calls
+/// the helper again only when they moved (a jiffies read, which the
+/// verifier inlines, costs a fraction of the helper call on every TCP
+/// packet). A reading taken between a tick's jiffies update and its clock
+/// update stays one tick behind until the next tick.
 #[inline(always)]
 pub fn now() -> u64 {
+    // SAFETY: a helper without preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return coarse_clock();
+    };
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let clock = unsafe { &mut (*scratch).clock };
+    if clock.jiffies != jiffies || clock.ns == 0 {
+        clock.ns = coarse_clock();
+        clock.jiffies = jiffies;
+    }
+    clock.ns
+}
+
+/// CLOCK_MONOTONIC to the kernel's tick, read now.
+#[inline(always)]
+fn coarse_clock() -> u64 {
     // SAFETY: a helper without preconditions.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
@@ -200,7 +221,9 @@ pub fn tcp_guard_expire(ctx: XdpContext) -> u32 {
     };
     let mut stored = Flow::default();
     flow::read_flow(entry, &mut stored);
-    let now = now();
+    // Not `now()`: this program runs in the daemon's context, where a
+    // packet program may interrupt it, and keeps out of their scratch.
+    let now = coarse_clock();
     // Indexed by the raw state byte through the optimisation barrier, so the
     // bounds check stays on the register the verifier sees used.
     let index = view::opaque(stored.state as usize).wrapping_sub(1);

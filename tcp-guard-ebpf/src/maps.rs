@@ -124,6 +124,14 @@ pub struct Scratch {
     /// Packet bytes being summed for a checksum, one chunk at a time, with
     /// room for the zeros that pad a chunk to 32 bits.
     pub csum: [u8; CSUM_CHUNK + 4],
+    /// This CPU's last reading of the coarse clock (see `crate::now`).
+    pub clock: CoarseClock,
+}
+
+/// The coarse clock as last read on this CPU, and the jiffies it was read at.
+pub struct CoarseClock {
+    pub jiffies: u64,
+    pub ns: u64,
 }
 
 /// Bytes summed per `bpf_csum_diff` call (it takes at most 512).

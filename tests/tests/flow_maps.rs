@@ -233,6 +233,50 @@ fn new_flows_start_at_random_even_generations() {
     assert!(starts.len() > 1, "every flow started at {starts:?}");
 }
 
+/// CLOCK_MONOTONIC and its coarse form's resolution (the kernel's tick), in ns.
+fn monotonic_ns() -> (u64, u64) {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut tick = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: two valid timespec out-pointers.
+    let ok = unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) == 0
+            && libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut tick) == 0
+    };
+    assert!(ok, "clock_gettime: {}", std::io::Error::last_os_error());
+    let ns = |t: libc::timespec| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
+    (ns(now), ns(tick))
+}
+
+/// The fast path stamps flows with CLOCK_MONOTONIC to the kernel's tick,
+/// the clock the daemon compares them with. Each CPU reuses its last
+/// reading until jiffies move: a stamp may trail the clock by two ticks
+/// (the coarse clock's own tick, and a reading taken as a tick lands), never
+/// more, and moves on with time.
+#[test]
+fn flows_are_stamped_with_the_monotonic_clock_to_a_tick() {
+    let mut t = Tracker::new(TableSizes::default());
+    let mut stamps = Vec::new();
+    for round in 0..5 {
+        let (before, tick) = monotonic_ns();
+        let seq = J.wrapping_add(round);
+        t.ingress(&from_peer(false, SYN, seq, 0));
+        let stamp = t.only_flow().1.last_ns;
+        let (after, _) = monotonic_ns();
+        assert!(
+            stamp + 2 * tick >= before && stamp <= after,
+            "round {round}: stamp {stamp} outside {before} - 2 x {tick} ..= {after}"
+        );
+        t.ingress(&from_peer(false, RST, seq.wrapping_add(1), 0));
+        assert!(t.is_empty(), "reset");
+        stamps.push(stamp);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    assert!(
+        stamps.windows(2).all(|w| w[1] >= w[0] + 20_000_000),
+        "30 ms apart: {stamps:?}"
+    );
+}
+
 /// The fast path looks in the block list only while it is marked in use
 /// (`LISTS_IN_USE`), which is why every writer marks it: an entry written
 /// behind the mark's back is not seen.
