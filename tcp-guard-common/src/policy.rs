@@ -314,25 +314,28 @@ pub const COUNT_HASHED_BASE: u32 = COUNT_PORT_BASE + 65_536;
 
 /// The sources that completed a handshake, as a Bloom filter in two
 /// generations (`VERIFIED_BITS`). A verified source sets [`VERIFIED_MARKS`]
-/// bits of the current generation (see [`CountHash::verified_mark`]): the
-/// first in a small region of [`VERIFIED_FIRST_WORDS`] words (2^20 bits,
-/// 128 KiB, which stays in a CPU's cache), the others in a large one of
-/// [`VERIFIED_WORDS`] (2^23 bits, 1 MiB). It counts as verified while all
-/// its bits are set in either generation. The generations are interleaved
-/// word by word, so a flood's SYN, from a source never verified, reads one
-/// cache line of the small region, finds its first bit clear in both
-/// generations (or in 94 % of cases with 65,536 sources verified) and
-/// stops; a verified source's final ACK sets three bits. No hash map on
-/// either path. The daemon turns the generations every
-/// `attack.verified_ttl` (see [`VerifiedGeneration`]), so a source stays
-/// verified for one to two TTLs. A source never verified passes as verified
-/// when other sources set all its bits: with n sources verified per TTL,
-/// about (1 - e^(-n/2^20)) (1 - e^(-2n/2^23))^2 per generation (the large
-/// region holds two marks a source; 65,536 sources: 0.0015 %; 262,144:
-/// 0.08 %; 1,048,576: 3 %). What that lets
+/// marks in the current generation (see [`CountHash::verified_mark`]): the
+/// first, two bits of one word, in a small region of
+/// [`VERIFIED_FIRST_WORDS`] words (2^17 bits, 16 KiB, 32 KiB with both
+/// generations: small enough to stay in a CPU's first-level cache), the
+/// others, one bit each, in a large one of [`VERIFIED_WORDS`] (2^23 bits,
+/// 1 MiB). It counts as verified while all its marks are set in either
+/// generation. The generations are interleaved word by word, so a flood's
+/// SYN, from a source never verified, reads one word of the small region,
+/// finds its first mark clear in both generations (in each, in 95 % of
+/// cases with 16,384 sources verified, 60 % with 65,536) and stops. A first region of
+/// 2^20 bits (256 KiB with both generations) missed the cache on every
+/// flood SYN, about 45 ns (docs/benchmarks.md); the third mark in the large
+/// region makes up for the smaller first one. No hash map on either path.
+/// The daemon turns the generations every `attack.verified_ttl` (see
+/// [`VerifiedGeneration`]), so a source stays verified for one to two TTLs.
+/// A source never verified passes as verified when other sources set all
+/// its marks: with n sources verified per TTL, about
+/// (1 - e^(-2n/2^17))^2 (1 - e^(-3n/2^23))^3 per generation (65,536
+/// sources: 0.0005 %; 262,144: 0.07 %; 1,048,576: 3 %). What that lets
 /// through is still held to the half-open limits and the kernel's own
 /// defences.
-pub const VERIFIED_FIRST_WORDS: u32 = 1 << 14;
+pub const VERIFIED_FIRST_WORDS: u32 = 1 << 11;
 
 /// Words of the large region of each generation of `VERIFIED_BITS`.
 pub const VERIFIED_WORDS: u32 = 1 << 17;
@@ -340,8 +343,9 @@ pub const VERIFIED_WORDS: u32 = 1 << 17;
 /// Entries (u64 words) of `VERIFIED_BITS`: both regions, both generations.
 pub const VERIFIED_BITS_ENTRIES: u32 = 2 * (VERIFIED_FIRST_WORDS + VERIFIED_WORDS);
 
-/// Bits a verified source sets in its generation.
-pub const VERIFIED_MARKS: u32 = 3;
+/// Marks a verified source sets in its generation: one in the small region,
+/// the others in the large one.
+pub const VERIFIED_MARKS: u32 = 4;
 
 const VERIFIED_SALT: u32 = 0x5645_5249;
 
@@ -427,17 +431,19 @@ impl CountHash {
 
     /// Mark `i` (below [`VERIFIED_MARKS`]) of a verified source: the slot
     /// of its word (even; [`VerifiedGeneration::index`] picks the
-    /// generation), and the bit in it.
+    /// generation), and its bits there, all of which must be set: two for
+    /// the first mark (in the small region), one for the others.
     #[inline(always)]
     pub fn verified_mark(&self, family: u8, addr: &[u8; 16], i: u32) -> (u32, u64) {
         // Salts no count slot uses (theirs are 0 to 129).
         let h = self.hash(family, addr, VERIFIED_SALT + i);
-        let word = if i == 0 {
-            (h >> 6) & (VERIFIED_FIRST_WORDS - 1)
+        if i == 0 {
+            let word = (h >> 12) & (VERIFIED_FIRST_WORDS - 1);
+            (2 * word, 1 << (h & 63) | 1 << ((h >> 6) & 63))
         } else {
-            VERIFIED_FIRST_WORDS + ((h >> 6) & (VERIFIED_WORDS - 1))
-        };
-        (2 * word, 1 << (h & 63))
+            let word = VERIFIED_FIRST_WORDS + ((h >> 6) & (VERIFIED_WORDS - 1));
+            (2 * word, 1 << (h & 63))
+        }
     }
 
     /// The `LISTENERS` set of the listener `key`'s SYN is for (its local
@@ -951,7 +957,11 @@ mod tests {
         for i in 0..65_536 {
             for mark in 0..VERIFIED_MARKS {
                 let (slot, bit) = hash.verified_mark(4, &addr(i), mark);
-                assert!(slot % 2 == 0 && slot < VERIFIED_BITS_ENTRIES && bit.count_ones() == 1);
+                assert!(slot % 2 == 0 && slot < VERIFIED_BITS_ENTRIES);
+                assert!(
+                    bit.count_ones() == 1 || (mark == 0 && bit.count_ones() == 2),
+                    "two bits in the first mark (one if they meet), one in the others"
+                );
                 assert_eq!(
                     hash.verified_mark(4, &addr(i), mark),
                     (slot, bit),
@@ -968,7 +978,7 @@ mod tests {
         let marked = |i: u32, other: bool| {
             (0..VERIFIED_MARKS).all(|mark| {
                 let (slot, bit) = hash.verified_mark(4, &addr(i), mark);
-                bits[generation.index(slot, other) as usize] & bit != 0
+                bits[generation.index(slot, other) as usize] & bit == bit
             })
         };
         assert!(
@@ -980,9 +990,9 @@ mod tests {
             "in its own generation only"
         );
         let false_positives = (65_536..1_065_536).filter(|&i| marked(i, false)).count();
-        // (1 - e^(-65,536 / 2^20)) (1 - e^(-2 * 65,536 / 2^23))^2: about 15 in a million.
+        // (1 - e^(-2 * 65,536 / 2^17))^2 (1 - e^(-3 * 65,536 / 2^23))^3: about 5 in a million.
         assert!(
-            false_positives < 30,
+            false_positives < 15,
             "{false_positives} of 1,000,000 pass as verified"
         );
         let first: u32 = bits[..2 * VERIFIED_FIRST_WORDS as usize]
@@ -990,7 +1000,7 @@ mod tests {
             .map(|w| w.count_ones())
             .sum();
         assert!(
-            first > 60_000,
+            first > 80_000,
             "the first marks spread over their region: {first} bits set"
         );
     }

@@ -8,7 +8,7 @@ use tcp_guard_common::{
     maps::{LIST_ALLOW, LIST_BLOCK},
     policy::{
         AttackState, BlockEntry, CONTROLLER_STALE_NS, COUNT_GLOBAL_SLOT, COUNT_PORT_BASE, Challenge,
-        CountHash, CountKind, DropReason, Event, GuardConfig, LpmAddr, Policy, Rule, SourceKey, TokenBucket,
+        CountKind, DropReason, Event, GuardConfig, LpmAddr, Policy, Rule, SourceKey, TokenBucket,
         VERIFIED_MARKS, VerifiedGeneration, challenge_passes, challenge_slot,
     },
     stats::Counter,
@@ -57,14 +57,31 @@ fn blocked_by_list(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
 
 /// Whether the source completed a handshake within `attack.verified_ttl`
 /// (one to two TTLs: see `policy::VERIFIED_FIRST_WORDS`): all its marks set
-/// in either generation. A flood's source, never verified, is nearly always
-/// refused at its first mark, whose two generations share a cache line.
+/// in either generation. Each mark is looked for in both generations at
+/// once (their words share a cache line). A flood's source, never verified,
+/// is nearly always refused at its first mark, in a region small enough
+/// to stay in the cache.
 #[inline(always)]
 fn verified(family: u8, addr: &[u8; 16]) -> bool {
     let (Some(hash), Some(generation)) = (COUNT_HASH.get(0), generation()) else {
         return false;
     };
-    marked(hash, &generation, family, addr, false) || marked(hash, &generation, family, addr, true)
+    let (mut in_current, mut in_other) = (true, true);
+    for i in 0..VERIFIED_MARKS {
+        let (slot, bits) = hash.verified_mark(family, addr, i);
+        in_current = in_current && all_set(generation.index(slot, false), bits);
+        in_other = in_other && all_set(generation.index(slot, true), bits);
+        if !in_current && !in_other {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether every one of `bits` is set in word `index` of `VERIFIED_BITS`.
+#[inline(always)]
+fn all_set(index: u32, bits: u64) -> bool {
+    VERIFIED_BITS.get(index).is_some_and(|word| *word & bits == bits)
 }
 
 /// The current generation of `VERIFIED_BITS`, read once: every mark of one
@@ -75,28 +92,6 @@ fn generation() -> Option<VerifiedGeneration> {
     let generation = VERIFIED_GEN.get_ptr(0)?;
     // SAFETY: a live array slot, read once.
     Some(unsafe { core::ptr::read_volatile(generation) })
-}
-
-/// Whether all of a source's marks are set in the current generation (or
-/// the other one).
-#[inline(always)]
-fn marked(
-    hash: &CountHash,
-    generation: &VerifiedGeneration,
-    family: u8,
-    addr: &[u8; 16],
-    other: bool,
-) -> bool {
-    for i in 0..VERIFIED_MARKS {
-        let (slot, bit) = hash.verified_mark(family, addr, i);
-        if VERIFIED_BITS
-            .get(generation.index(slot, other))
-            .is_none_or(|bits| *bits & bit == 0)
-        {
-            return false;
-        }
-    }
-    true
 }
 
 /// Counts a sampled SYN against its source, for the controller's "top
@@ -591,13 +586,13 @@ pub fn verify(key: &FlowKey) {
         return;
     };
     for i in 0..VERIFIED_MARKS {
-        let (slot, bit) = hash.verified_mark(key.family, &key.remote_addr, i);
+        let (slot, bits) = hash.verified_mark(key.family, &key.remote_addr, i);
         // A returning source's bits are set already: no locked write then.
-        if let Some(bits) = VERIFIED_BITS.get_ptr_mut(generation.index(slot, false))
+        if let Some(word) = VERIFIED_BITS.get_ptr_mut(generation.index(slot, false))
             // SAFETY: a live array slot, read once.
-            && unsafe { *bits } & bit == 0
+            && unsafe { *word } & bits != bits
         {
-            atomic_or(bits, bit);
+            atomic_or(word, bits);
         }
     }
 }

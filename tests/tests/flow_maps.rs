@@ -16,7 +16,7 @@ use tcp_guard_common::{
     config::TableSizes,
     flow::{Flow, FlowKey, TcpState},
     maps,
-    policy::{AttackState, BlockEntry, LpmAddr, VERIFIED_MARKS},
+    policy::{AttackState, BlockEntry, CountHash, LpmAddr, VERIFIED_MARKS},
     stats::{Counter, Stats},
 };
 use tcp_guard_tests::{
@@ -235,8 +235,14 @@ fn new_flows_start_at_random_even_generations() {
 
 /// CLOCK_MONOTONIC and its coarse form's resolution (the kernel's tick), in ns.
 fn monotonic_ns() -> (u64, u64) {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    let mut tick = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut tick = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: two valid timespec out-pointers.
     let ok = unsafe {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) == 0
@@ -479,7 +485,18 @@ fn verified_sources_pass_until_the_second_turn_of_the_generations() {
             .map(|word| word.expect("a word").count_ones() as usize)
             .sum()
     };
-    assert_eq!(marked, VERIFIED_MARKS as usize, "the handshake marked its source");
+    let hash: Array<&MapData, CountHash> =
+        Array::try_from(t.0.map(maps::COUNT_HASH).expect("COUNT_HASH")).expect("array");
+    let hash = hash.get(&0, 0).expect("COUNT_HASH");
+    let IpAddr::V4(peer) = addrs(false).0 else {
+        unreachable!("an IPv4 peer")
+    };
+    let mut peer_addr = [0u8; 16];
+    peer_addr[..4].copy_from_slice(&peer.octets());
+    let its_bits: usize = (0..VERIFIED_MARKS)
+        .map(|i| hash.verified_mark(4, &peer_addr, i).1.count_ones() as usize)
+        .sum();
+    assert_eq!(marked, its_bits, "the handshake marked its source");
     t.attack_mode_on();
     let syn = |port: u16| {
         let mut syn = from_peer(false, SYN, 77, 0);
