@@ -255,9 +255,10 @@ fn monotonic_ns() -> (u64, u64) {
 
 /// The fast path stamps flows with CLOCK_MONOTONIC to the kernel's tick,
 /// the clock the daemon compares them with. Each CPU reuses its last
-/// reading until jiffies move: a stamp may trail the clock by two ticks
-/// (the coarse clock's own tick, and a reading taken as a tick lands), never
-/// more, and moves on with time.
+/// reading until jiffies move: a stamp may trail the clock by about three
+/// ticks (the coarse clock advances in whole intervals not in phase with
+/// the tick, and a reading taken as a tick lands waits for the next), with
+/// 2 ms more for a late tick on a busy machine, and moves on with time.
 #[test]
 fn flows_are_stamped_with_the_monotonic_clock_to_a_tick() {
     let mut t = Tracker::new(TableSizes::default());
@@ -269,18 +270,16 @@ fn flows_are_stamped_with_the_monotonic_clock_to_a_tick() {
         let stamp = t.only_flow().1.last_ns;
         let (after, _) = monotonic_ns();
         assert!(
-            stamp + 2 * tick >= before && stamp <= after,
-            "round {round}: stamp {stamp} outside {before} - 2 x {tick} ..= {after}"
+            stamp + 3 * tick + 2_000_000 >= before && stamp <= after,
+            "round {round}: stamp {stamp} outside {before} - 3 x {tick} - 2 ms ..= {after}"
         );
         t.ingress(&from_peer(false, RST, seq.wrapping_add(1), 0));
         assert!(t.is_empty(), "reset");
         stamps.push(stamp);
-        std::thread::sleep(std::time::Duration::from_millis(30));
+        // Longer than the bound above: a reading never renewed fails it.
+        std::thread::sleep(std::time::Duration::from_nanos((4 * tick).max(30_000_000)));
     }
-    assert!(
-        stamps.windows(2).all(|w| w[1] >= w[0] + 20_000_000),
-        "30 ms apart: {stamps:?}"
-    );
+    assert!(stamps.windows(2).all(|w| w[1] > w[0]), "moving on: {stamps:?}");
 }
 
 /// The fast path looks in the block list only while it is marked in use
@@ -542,6 +541,58 @@ fn verified_sources_pass_until_the_second_turn_of_the_generations() {
             .expect("turn")
     );
     assert!(!passes_as_verified(&mut t, 41_002), "forgotten two TTLs on");
+}
+
+/// A source counts as verified only with every bit of every mark set: the
+/// first mark is two bits of one word, and one of them is not enough.
+#[test]
+fn a_source_is_verified_only_with_both_bits_of_its_first_mark() {
+    require_root();
+    let mut settings = Settings::default();
+    settings.live.attack_enter_half_open = 0;
+    settings.live.policy = tcp_guard_common::policy::Policy::RetransmitChallenge as u8;
+    let mut t = Tracker(program::load(log::LevelFilter::Off, &settings, None).expect("load"));
+    t.attack_mode_on();
+    let hash: Array<&MapData, CountHash> =
+        Array::try_from(t.0.map(maps::COUNT_HASH).expect("COUNT_HASH")).expect("array");
+    let hash = hash.get(&0, 0).expect("COUNT_HASH");
+    // A source whose first mark's two bits differ (they meet for 1 in 64).
+    let (peer, addr) = (1..=255u8)
+        .map(|last| {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&[198, 19, 7, last]);
+            (IpAddr::from([198, 19, 7, last]), addr)
+        })
+        .find(|(_, addr)| hash.verified_mark(4, addr, 0).1.count_ones() == 2)
+        .expect("a source with two first bits");
+    let mark = |t: &mut Tracker, i: u32, bits: u64| {
+        let (slot, _) = hash.verified_mark(4, &addr, i);
+        // Generation 0 is current in a fresh load: its words are the even slots.
+        let mut words: Array<&mut MapData, u64> =
+            Array::try_from(t.0.map_mut(maps::VERIFIED_BITS).expect("VERIFIED_BITS")).expect("array");
+        let was = words.get(&slot, 0).expect("a word");
+        words.set(slot, was | bits, 0).expect("mark");
+    };
+    let (_, first) = hash.verified_mark(4, &addr, 0);
+    let one_bit = first & first.wrapping_neg();
+    mark(&mut t, 0, one_bit);
+    for i in 1..VERIFIED_MARKS {
+        let (_, bits) = hash.verified_mark(4, &addr, i);
+        mark(&mut t, i, bits);
+    }
+    let (_, host) = addrs(false);
+    let syn = |port: u16| TcpPacket::new(peer, host, port, 80, SYN);
+    let before = t.stats();
+    assert_eq!(t.verdict(&syn(41_000)), XDP_DROP, "one first bit short");
+    assert_eq!(
+        delta(&before, &t.stats(), Counter::DropChallenge),
+        1,
+        "challenged"
+    );
+    mark(&mut t, 0, first);
+    let before = t.stats();
+    assert_eq!(t.verdict(&syn(41_001)), XDP_PASS, "every bit set");
+    assert_eq!(delta(&before, &t.stats(), Counter::SynVerified), 1, "verified");
 }
 
 /// A directory of pins in bpffs for one test, removed on drop.
