@@ -317,16 +317,16 @@ pub const COUNT_HASHED_BASE: u32 = COUNT_PORT_BASE + 65_536;
 /// marks in the current generation (see [`CountHash::verified_mark`]): the
 /// first, two bits of one word, in a small region of
 /// [`VERIFIED_FIRST_WORDS`] words (2^17 bits, 16 KiB, 32 KiB with both
-/// generations: small enough to stay in a CPU's first-level cache), the
+/// generations: small enough to stay in a CPU's nearest caches), the
 /// others, one bit each, in a large one of [`VERIFIED_WORDS`] (2^23 bits,
 /// 1 MiB). It counts as verified while all its marks are set in either
 /// generation. The generations are interleaved word by word, so a flood's
 /// SYN, from a source never verified, reads one word of the small region,
 /// finds its first mark clear in both generations (in each, in 95 % of
-/// cases with 16,384 sources verified, 60 % with 65,536) and stops. A first region of
-/// 2^20 bits (256 KiB with both generations) missed the cache on every
-/// flood SYN, about 45 ns (docs/benchmarks.md); the third mark in the large
-/// region makes up for the smaller first one. No hash map on either path.
+/// cases with 16,384 sources verified, 60 % with 65,536) and stops. A
+/// first region of 2^20 bits (256 KiB with both generations) missed the
+/// cache on every flood SYN, about 45 ns (docs/benchmarks.md); the third
+/// mark in the large region makes up for the smaller first one. No hash map on either path.
 /// The daemon turns the generations every `attack.verified_ttl` (see
 /// [`VerifiedGeneration`]), so a source stays verified for one to two TTLs.
 /// A source never verified passes as verified when other sources set all
