@@ -472,22 +472,23 @@ impl Instance {
             reason,
             _pad: 0,
         };
-        self.mark_in_use(maps::LIST_BLOCK)?;
-        trie::<BlockEntry>(&self.dir, maps::BLOCK)?
-            .insert(&cidr.key(), entry, 0)
-            .with_context(|| format!("cannot add {cidr} to the block list (is it full?)"))?;
-        // Again: a writer that found the list empty may have unmarked it
-        // between the first mark and the insert (see `settle_list`).
-        self.mark_in_use(maps::LIST_BLOCK)
+        self.add_to_list(maps::BLOCK, maps::LIST_BLOCK, cidr, entry)
     }
 
     /// `by`: `ALLOW_BY_OPERATOR` or `ALLOW_BY_CONFIG`.
     pub fn allow(&self, cidr: &Cidr, by: u8) -> Result<()> {
-        self.mark_in_use(maps::LIST_ALLOW)?;
-        trie::<u8>(&self.dir, maps::ALLOW)?
-            .insert(&cidr.key(), by, 0)
-            .with_context(|| format!("cannot add {cidr} to the allow list (is it full?)"))?;
-        self.mark_in_use(maps::LIST_ALLOW)
+        self.add_to_list(maps::ALLOW, maps::LIST_ALLOW, cidr, by)
+    }
+
+    /// Adds `cidr` to list `name` (its mark: `index`), marked in use before
+    /// and after: a writer that found the list empty may have unmarked it
+    /// between the first mark and the insert (see `settle_list`).
+    fn add_to_list<V: aya::Pod>(&self, name: &str, index: u32, cidr: &Cidr, value: V) -> Result<()> {
+        self.mark_in_use(index)?;
+        trie::<V>(&self.dir, name)?
+            .insert(&cidr.key(), value, 0)
+            .with_context(|| format!("cannot add {cidr} to the {} list (is it full?)", list_name(name)))?;
+        self.mark_in_use(index)
     }
 
     /// Marks list `index` as one the fast path must look in.
