@@ -189,7 +189,7 @@ fn enforced(counters: &mut Counters, rule: Rule, drop: Counter, would: Counter) 
 pub fn tcp_guard_tc_egress(ctx: TcContext) -> i32 {
     if let Some(mut counters) = Counters::this_cpu() {
         counters.bump(Counter::EgressPackets);
-        let bytes = PacketBytes::new(ctx.data(), ctx.data_end());
+        let bytes = PacketBytes::of_skb(ctx.data(), ctx.data_end(), ctx.len() as usize);
         if let Some(segment) = parse(&bytes).and_then(Dissection::tcp) {
             // The host's window scale, for checking the peer's RSTs.
             let window_scale = match segment.flags.class() {

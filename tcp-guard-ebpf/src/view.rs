@@ -12,17 +12,33 @@ pub fn opaque(value: usize) -> usize {
     unsafe { core::ptr::read_volatile(&slot) }
 }
 
-/// The bytes between an XDP context's `data` and `data_end`.
+/// The bytes between a context's `data` and `data_end`, of a packet of
+/// `len` bytes.
 #[derive(Clone, Copy)]
 pub struct PacketBytes {
     start: usize,
     end: usize,
+    len: usize,
 }
 
 impl PacketBytes {
+    /// An XDP frame: all of it lies between `start` and `end`.
     #[inline(always)]
     pub fn new(start: usize, end: usize) -> Self {
-        PacketBytes { start, end }
+        PacketBytes {
+            start,
+            end,
+            len: end - start,
+        }
+    }
+
+    /// A socket buffer of `len` bytes, of which `start..end` is the linear
+    /// part: a segment the host's stack hands over whole (GSO, up to 64 KiB)
+    /// keeps its payload in pages the program cannot read, but its headers,
+    /// which are all the parser reads, lie in the linear part.
+    #[inline(always)]
+    pub fn of_skb(start: usize, end: usize, len: usize) -> Self {
+        PacketBytes { start, end, len }
     }
 
     /// `start + offset`, with the offset hidden from the optimiser: LLVM
@@ -36,9 +52,11 @@ impl PacketBytes {
 }
 
 impl ByteView for PacketBytes {
+    /// Against the packet's length, not the readable part's: this checks
+    /// what headers say of lengths, and every read checks its own bounds.
     #[inline(always)]
     fn contains(&self, offset: usize, len: usize) -> bool {
-        self.at(offset) + len <= self.end
+        opaque(offset) + len <= self.len
     }
 
     #[inline(always)]
