@@ -403,11 +403,16 @@ fn new_flow(now: u64) -> Flow {
     }
 }
 
-/// Records what a segment the host sent says about its sequence space.
+/// Records what a segment the host sent says about its sequence space, and
+/// about the peer's: its ACK number is where the host's window starts, which
+/// an RST is checked against.
 fn note_host_segment(flow: &mut Flow, seg: &Seg) {
     let end = seg.end();
     if !flow.has(Flow::HOST_SEQ_KNOWN) || seq_after(end, flow.host_next) {
         flow.host_next = end;
+    }
+    if seg.flags.has(TcpFlags::ACK) && seq_after(seg.ack, flow.peer_next) {
+        flow.peer_next = seg.ack;
     }
     flow.flags |= Flow::HOST_SEQ_KNOWN;
     if seg.flags.has(TcpFlags::FIN) {

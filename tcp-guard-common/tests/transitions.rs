@@ -443,6 +443,18 @@ fn rst_in_each_state_closes_only_when_in_window() {
     }
 }
 
+/// The host's ACK number is where its window starts: an RST there is in
+/// the window even when the table missed the peer's segments before it.
+#[test]
+fn the_hosts_ack_moves_the_window_an_rst_is_checked_against() {
+    let mut c = established();
+    // More than the host's window (64,000 << 7) the table did not see.
+    let unseen = 9_000_000;
+    c.host(ACK, K + 1, J + 1 + unseen);
+    assert_eq!(c.flow.unwrap().peer_next, J + 1 + unseen);
+    assert_eq!(c.peer(RST, J + 1 + unseen, 0), Step::Remove(Event::Reset));
+}
+
 #[test]
 fn host_rst_closes_in_every_state() {
     for state in TcpState::STORED {
