@@ -143,6 +143,10 @@ counters! {
     /// Segments whose flow another CPU was updating at the same moment:
     /// not applied to the flow (the flow's next segment is).
     FlowBusy => "flow_busy",
+    /// The peer's ACKs on an established flow checked against the note this
+    /// CPU made of the flow within the same clock tick, without a flow-table
+    /// update (see `flow::RecentFlow`).
+    AckRecentFlow => "ack_recent_flow",
     /// Packets a rule in monitor mode (`monitor.*`) would have dropped and
     /// passed instead, one per drop reason a monitored rule can give.
     WouldDropBlocked => "would_drop_blocked",

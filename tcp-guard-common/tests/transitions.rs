@@ -444,7 +444,8 @@ fn rst_in_each_state_closes_only_when_in_window() {
 }
 
 /// The host's ACK number is where its window starts: an RST there is in
-/// the window even when the table missed the peer's segments before it.
+/// the window even when the table missed the peer's segments before it
+/// (a CPU's note absorbed them, see `RecentFlow`).
 #[test]
 fn the_hosts_ack_moves_the_window_an_rst_is_checked_against() {
     let mut c = established();

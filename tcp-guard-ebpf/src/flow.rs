@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use tcp_guard_common::{
-    flow::{Direction, Event, Flow, FlowKey, Invalid, Seg, Step, TcpState, transition},
+    flow::{Direction, Event, Flow, FlowKey, Invalid, RecentFlow, Seg, Step, TcpState, transition},
     packet::{TcpClass, TcpSegment},
     policy::{DropReason, GuardConfig, Policy, Rule},
     stats::{Counter, Stats},
@@ -11,7 +11,8 @@ use tcp_guard_common::{
 
 use crate::{
     guard::{self, Gate},
-    maps::{CONFIG, Counters, FLOWS, PORT_CONFIGS, PORT_POLICY, SCRATCH},
+    maps::{CONFIG, Counters, FLOWS, PORT_CONFIGS, PORT_POLICY, RECENT_FLOWS, SCRATCH},
+    view::opaque,
 };
 
 /// What to do with the packet.
@@ -85,12 +86,104 @@ pub fn holds_counts(flow: &Flow) -> bool {
     flow.has(Flow::COUNTED) && flow.state() == Some(TcpState::SynRcvd)
 }
 
+/// This CPU's slot for a note of `segment`'s flow (see `RecentFlow`).
+#[inline(always)]
+fn recent_slot(segment: &TcpSegment, direction: Direction) -> Option<*mut RecentFlow> {
+    let notes = RECENT_FLOWS.get_ptr_mut(0)?;
+    let index = opaque(RecentFlow::slot(segment, direction) as usize);
+    // SAFETY: this CPU's notes, used by one program run at a time.
+    unsafe { (*notes).slots.get_mut(index).map(|slot| slot as *mut RecentFlow) }
+}
+
+/// What this CPU's note says of a segment from the peer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NoteCheck {
+    /// It absorbed the segment: it would change the stored flow in nothing
+    /// but what the note keeps, so the flow table is left alone.
+    Absorbed,
+    /// A note of the segment's flow is kept, but could not absorb it.
+    Kept,
+    /// No note of the segment's flow is kept.
+    Absent,
+}
+
+/// Checks the peer's `segment`, arriving at `now`, against this CPU's note
+/// of its flow. A BPF function of its own: the XDP program's frame and the
+/// parser's must fit in 512 bytes together.
+#[inline(never)]
+pub fn check_note(segment: &TcpSegment, now: u64) -> NoteCheck {
+    let Some(note) = recent_slot(segment, Direction::Ingress) else {
+        return NoteCheck::Absent;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let note = unsafe { &mut *note };
+    if !note.is_for(segment, Direction::Ingress) {
+        NoteCheck::Absent
+    } else if note.absorbs(&Seg::new(segment, Direction::Ingress, None), now) {
+        NoteCheck::Absorbed
+    } else {
+        NoteCheck::Kept
+    }
+}
+
+/// Merges this CPU's note of `segment`'s flow, if it keeps one, into the
+/// flow as read (`old`), and drops it if `segment` is the peer's (it is made
+/// again if the flow is stored established). A BPF function of its own, as
+/// are the two below: the programs' frames must fit in 512 bytes together.
+#[inline(never)]
+fn take_note(segment: &TcpSegment, direction: Direction, old: Option<&mut Flow>) {
+    let Some(note) = recent_slot(segment, direction) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let note = unsafe { &mut *note };
+    if !note.is_for(segment, direction) {
+        return;
+    }
+    if let Some(old) = old {
+        note.merge_into(old);
+    }
+    if direction == Direction::Ingress {
+        note.clear();
+    }
+}
+
+/// Drops this CPU's note of `segment`'s flow, removed.
+#[inline(never)]
+fn forget_note(segment: &TcpSegment, direction: Direction) {
+    if let Some(note) = recent_slot(segment, direction) {
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        let note = unsafe { &mut *note };
+        if note.is_for(segment, direction) {
+            note.clear();
+        }
+    }
+}
+
+/// Notes `flow`, just stored from the peer's `segment`, in this CPU's slot
+/// if it is established.
+#[inline(never)]
+fn note_stored(segment: &TcpSegment, flow: &Flow) {
+    if let Some(slot) = recent_slot(segment, Direction::Ingress) {
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        unsafe { (*slot).note(segment, Direction::Ingress, flow) };
+    }
+}
+
 /// `window_scale` argument of [`tcp_guard_track`] when the segment has none.
 pub const NO_WINDOW_SCALE: u32 = 0x100;
 
-/// Tracks one segment of a flow in `direction` (0 ingress, 1 egress); ingress
-/// SYNs that would open a flow must pass admission first. Returns one of
-/// the `Verdict` constants.
+/// [`tcp_guard_track`]'s `how`: a segment from the peer (XDP).
+pub const INGRESS: u32 = 0;
+/// A segment from the host (TC egress).
+pub const EGRESS: u32 = 1;
+/// Or'ed in by a caller that found no note of the segment's flow kept on
+/// this CPU (see `check_note`).
+pub const NO_NOTE: u32 = 2;
+
+/// Tracks one segment of a flow, [`INGRESS`] or [`EGRESS`] as `how` says;
+/// ingress SYNs that would open a flow must pass admission first. Returns
+/// one of the `Verdict` constants.
 ///
 /// A BPF global function (exported, `extern "C"`, scalar and pointer
 /// arguments): the kernel verifies it once, on its own, instead of once per
@@ -101,7 +194,7 @@ pub const NO_WINDOW_SCALE: u32 = 0x100;
 pub extern "C" fn tcp_guard_track(
     stats: *mut Stats,
     segment: *const TcpSegment,
-    direction: u32,
+    how: u32,
     window_scale: u32,
     now: u64,
 ) -> u32 {
@@ -115,13 +208,22 @@ pub extern "C" fn tcp_guard_track(
     let mut counters = Counters::from_ptr(stats);
     // SAFETY: checked non-null; the caller passes its own live segment.
     let segment = unsafe { &*segment };
-    let direction = if direction == 0 {
+    let direction = if how & EGRESS == 0 {
         Direction::Ingress
     } else {
         Direction::Egress
     };
+    let note_kept = how & NO_NOTE == 0;
     let window_scale = (window_scale < NO_WINDOW_SCALE).then_some(window_scale as u8);
-    match track(&mut counters, segment, direction, window_scale, now, config) {
+    match track(
+        &mut counters,
+        segment,
+        direction,
+        note_kept,
+        window_scale,
+        now,
+        config,
+    ) {
         Verdict::Pass => Verdict::PASS,
         Verdict::Drop => Verdict::DROP,
         Verdict::AnswerWithCookie => Verdict::ANSWER_WITH_COOKIE,
@@ -134,6 +236,7 @@ fn track(
     counters: &mut Counters,
     segment: &TcpSegment,
     direction: Direction,
+    note_kept: bool,
     window_scale: Option<u8>,
     now: u64,
     config: &'static GuardConfig,
@@ -194,6 +297,11 @@ fn track(
             counters.bump(Counter::FlowBusy);
             return Verdict::Pass;
         }
+    }
+    // The ACKs this CPU's note absorbed moved `peer_next`, which this
+    // update must start from. (A SYN changes no flow a note is kept of.)
+    if note_kept && segment.flags.class() != TcpClass::Syn {
+        take_note(segment, direction, found.map(|_| &mut scratch.old));
     }
     let old: Option<&Flow> = found.map(|_| &scratch.old);
     let counted = old.is_some_and(holds_counts);
@@ -260,6 +368,12 @@ fn track(
                     if counted && !flow.has(Flow::COUNTED) {
                         guard::release(key, old_prefix_len);
                     }
+                    // Only a flow already updated in this tick is noted:
+                    // one whose segments come faster than the tick, whose
+                    // next ones the note may absorb.
+                    if direction == Direction::Ingress && old.is_some_and(|o| o.last_ns == now) {
+                        note_stored(segment, flow);
+                    }
                 }
                 Stored::Busy => {
                     if counts_taken {
@@ -292,6 +406,7 @@ fn track(
             }
         }
         Step::Remove(event) => {
+            forget_note(segment, direction);
             if let Some(entry) = found {
                 if claim(entry, generation) {
                     if remove(key) && counted {

@@ -30,7 +30,7 @@ mod maps;
 mod options;
 mod view;
 
-use flow::Verdict;
+use flow::{NoteCheck, Verdict};
 use maps::{CONFIG, Counters, EXPIRED, SCRATCH, atomic_add};
 use view::PacketBytes;
 
@@ -123,7 +123,18 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
             ) {
                 return xdp_action::XDP_DROP;
             }
-            match flow::tcp_guard_track(counters.as_ptr(), segment, 0, flow::NO_WINDOW_SCALE, now) {
+            let mut how = flow::INGRESS;
+            if segment.flags.class() == TcpClass::Ack {
+                match flow::check_note(segment, now) {
+                    NoteCheck::Absorbed => {
+                        counters.bump(Counter::AckRecentFlow);
+                        return xdp_action::XDP_PASS;
+                    }
+                    NoteCheck::Absent => how |= flow::NO_NOTE,
+                    NoteCheck::Kept => {}
+                }
+            }
+            match flow::tcp_guard_track(counters.as_ptr(), segment, how, flow::NO_WINDOW_SCALE, now) {
                 Verdict::PASS => {}
                 Verdict::ANSWER_WITH_COOKIE => return cookie::answer(&ctx, &mut counters, now),
                 Verdict::CHECK_COOKIE => return cookie::check_ack(&ctx, &mut counters, now),
@@ -200,7 +211,7 @@ pub fn tcp_guard_tc_egress(ctx: TcContext) -> i32 {
             };
             let now = now();
             // Egress is never dropped: the host's own segments only inform.
-            let _verdict = flow::tcp_guard_track(counters.as_ptr(), segment, 1, window_scale, now);
+            let _verdict = flow::tcp_guard_track(counters.as_ptr(), segment, flow::EGRESS, window_scale, now);
         }
     }
     TC_ACT_UNSPEC

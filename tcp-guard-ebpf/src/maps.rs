@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcp_guard_common::{
-    flow::{Flow, FlowKey},
+    flow::{Flow, FlowKey, RecentFlows},
     packet::Dissection,
     policy::{
         AttackState, BlockEntry, CHALLENGE_SLOTS, Challenge, CountHash, GuardConfig, LISTENER_SETS,
@@ -25,6 +25,12 @@ use crate::view::opaque;
 /// `CountHash::half_open_max` of it, so their floods cannot displace others.
 #[map]
 pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(262_144 + 65_536, 0);
+
+/// Each CPU's notes of the busy established flows it stored last (see
+/// `RecentFlow`): hints of one clock tick, so not pinned; a program loaded
+/// afterwards starts with none.
+#[map]
+pub static RECENT_FLOWS: PerCpuArray<RecentFlows> = PerCpuArray::with_max_entries(1, 0);
 
 /// Flows removed for idleness, per state (`TcpState as u32`).
 #[map]

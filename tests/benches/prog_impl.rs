@@ -7,7 +7,11 @@
 //! every run gives our ratio to it. Shared by the benchmark (benches/prog.rs,
 //! `cargo xtask bench prog`) and its smoke test (tests/bench_smoke.rs).
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf,
@@ -300,6 +304,11 @@ struct Case {
     proof: Counter,
     /// The frame for call `i` (distinct flows where state changes).
     frames: Vec<Vec<u8>>,
+    /// ACKs the CPU's note of their flow absorbs (`flow::RecentFlow`): the
+    /// proof may then miss two calls per clock tick (the first two of a tick
+    /// go to the flow table, the second makes the note). Every other case
+    /// must leave notes unused.
+    absorbed: bool,
     /// The selftest's paths measured in the same rounds.
     peers: &'static [PeerPath],
 }
@@ -342,8 +351,21 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
     }
     let established = syn(32_768);
     handshake(&mut ebpf, &established);
-    let mut data = from_peer(&established, ACK | PSH);
-    data.payload = vec![0x5a; 100];
+    // The peer's data, 100 bytes a segment, as it goes on.
+    let data = |s: &TcpPacket, i: usize| {
+        let mut pkt = from_peer(s, ACK | PSH);
+        pkt.payload = vec![0x5a; 100];
+        pkt.seq += 100 * i as u32;
+        pkt
+    };
+    // Established flows that each get one data segment: no note of theirs
+    // is of the tick (`flow::RecentFlow`), so each goes to the flow table.
+    let once: Vec<TcpPacket> = (0..flows_per_case)
+        .map(|i| syn_at(peer_in(128, i), 21_000, i as u32 * 1000))
+        .collect();
+    for s in &once {
+        handshake(&mut ebpf, s);
+    }
     let closing: Vec<TcpPacket> = (0..flows_per_case)
         .map(|i| syn_at(peer_in(128, i), 20_000, i as u32 * 1000))
         .collect();
@@ -367,6 +389,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::Nothing,
             peers: &[],
             frames: each(&syn),
+            absorbed: false,
         },
         Case {
             name: "final ACK of a handshake",
@@ -374,13 +397,23 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::Nothing,
             peers: &[],
             frames: half_open_syns.iter().map(|s| from_peer(s, ACK).frame()).collect(),
+            absorbed: false,
         },
         Case {
             name: "data ACK, established flow",
+            proof: Counter::AckRecentFlow,
+            setup: Setup::Nothing,
+            peers: &[],
+            frames: each(&|i| data(&established, i)),
+            absorbed: true,
+        },
+        Case {
+            name: "data ACK, established flow, first in its tick",
             proof: Counter::Ack,
             setup: Setup::Nothing,
             peers: &[],
-            frames: same(data.frame()),
+            frames: once.iter().map(|s| data(s, 0).frame()).collect(),
+            absorbed: false,
         },
         Case {
             name: "FIN, established flow (to CLOSE-WAIT)",
@@ -388,6 +421,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::Nothing,
             peers: &[],
             frames: closing.iter().map(|s| from_peer(s, FIN | ACK).frame()).collect(),
+            absorbed: false,
         },
         Case {
             name: "non-TCP (UDP)",
@@ -395,6 +429,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::Nothing,
             peers: &[],
             frames: same(udp),
+            absorbed: false,
         },
         Case {
             name: "malformed (truncated TCP)",
@@ -402,6 +437,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::Nothing,
             peers: &[],
             frames: same(truncated),
+            absorbed: false,
         },
         Case {
             name: "SYN from a blocked source",
@@ -409,13 +445,15 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::Block,
             peers: &[],
             frames: each(&|i| syn_at(IpAddr::from([198, 18, 200, i as u8]), 10_000 + i as u16, 0)),
+            absorbed: false,
         },
         Case {
             name: "data ACK, established flow, block list in use",
-            proof: Counter::Ack,
+            proof: Counter::AckRecentFlow,
             setup: Setup::Block,
             peers: &[],
-            frames: same(data.frame()),
+            frames: each(&|i| data(&established, i)),
+            absorbed: true,
         },
         Case {
             name: "SYN over its source's rate limit",
@@ -423,6 +461,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::RateLimit,
             peers: &[],
             frames: each(&|i| syn_at(peer(65_025), 1_024 + i as u16, i as u32 * 1000)),
+            absorbed: false,
         },
         Case {
             name: "SYN in attack mode, unknown source (challenged)",
@@ -430,6 +469,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::AttackMode,
             peers: &[],
             frames: each(&|i| syn(40_000 + i)),
+            absorbed: false,
         },
         Case {
             name: "SYN in attack mode, verified source",
@@ -437,6 +477,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::VerifiedSources,
             peers: &[],
             frames: each(&|i| syn_at(peer_in(64, i), 30_000, i as u32 * 1000)),
+            absorbed: false,
         },
         Case {
             name: "SYN, new flow, tables 90 % full",
@@ -444,13 +485,15 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::FillTables,
             peers: &[],
             frames: each(&|i| syn_at(peer(i), 999, i as u32 * 1000)),
+            absorbed: false,
         },
         Case {
-            name: "data ACK, established flow, tables 90 % full",
+            name: "data ACK, established flow, first in its tick, tables 90 % full",
             proof: Counter::Ack,
             setup: Setup::FillTables,
             peers: &[],
-            frames: same(data.frame()),
+            frames: once.iter().map(|s| data(s, 1).frame()).collect(),
+            absorbed: false,
         },
         Case {
             name: COOKIE_SYN,
@@ -458,6 +501,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::SynCookies,
             peers: &[PeerPath::Syn],
             frames: each(&|i| syn_at(peer(i), 33_000, i as u32 * 1000)),
+            absorbed: false,
         },
         Case {
             name: COOKIE_ACK,
@@ -465,6 +509,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             setup: Setup::CookieAcks,
             peers: &[PeerPath::CookieAck, PeerPath::BogusCookieAck],
             frames: Vec::new(),
+            absorbed: false,
         },
     ];
     let selected: Vec<&Case> = cases
@@ -514,6 +559,7 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
             })
             .collect();
         let before = stats(&ebpf);
+        let started = Instant::now();
         let baseline_frame = &frames[0];
         for i in 0..params.warmup {
             run_once(program::xdp_program(&mut ebpf).expect("xdp"), &frames[i]);
@@ -553,11 +599,18 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         let after = stats(&ebpf);
         let calls = (params.warmup + params.rounds * params.chunk) as u64;
         let grew = after.get(case.proof) - before.get(case.proof);
+        let noted = after.get(Counter::AckRecentFlow) - before.get(Counter::AckRecentFlow);
+        let slack = if case.absorbed {
+            2 * (started.elapsed().as_nanos() as u64 / clock_tick_ns() + 1)
+        } else {
+            assert_eq!(noted, 0, "{}: ACKs absorbed by a note", case.name);
+            0
+        };
         // A few calls may go another way: one SYN a listener is due in the
         // cookie cases, and an unverified source the verified-source filter
         // takes for verified (see `answered`).
         assert!(
-            grew >= calls - 4,
+            grew + slack >= calls - 4,
             "{}: {:?} grew by {grew} in {calls} calls: not the path measured",
             case.name,
             case.proof
@@ -582,6 +635,18 @@ pub fn measure(params: &Params, only: &str) -> Vec<Row> {
         }
     }
     rows
+}
+
+/// The kernel's clock tick: the coarse clock's resolution.
+fn clock_tick_ns() -> u64 {
+    let mut tick = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out-pointer.
+    let status = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut tick) };
+    assert_eq!(status, 0, "clock_getres(CLOCK_MONOTONIC_COARSE)");
+    tick.tv_sec as u64 * 1_000_000_000 + tick.tv_nsec as u64
 }
 
 /// Attack mode with the syncookie policy (options as a `tcp_timestamps=2`

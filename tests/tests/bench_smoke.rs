@@ -27,7 +27,7 @@ fn per_packet_benchmark_runs_one_short_step_of_each_case() {
     let rows = prog_impl::measure(&SMOKE, "");
     assert_eq!(
         rows.len(),
-        15 + 3,
+        16 + 3,
         "every case measured, and the selftest's three paths"
     );
     for row in &rows {

@@ -21,7 +21,7 @@ use tcp_guard_common::{
 };
 use tcp_guard_tests::{
     lab::require_root,
-    packets::{ACK, FIN, RST, SYN, TcpPacket},
+    packets::{ACK, FIN, PSH, RST, SYN, TcpPacket},
 };
 
 const XDP_DROP: u32 = 1;
@@ -209,6 +209,88 @@ fn in_window_rst_removes_the_flow() {
     t.ingress(&from_peer(false, RST, J.wrapping_add(1), 0));
     assert!(t.is_empty());
     assert_eq!(delta(&before, &t.stats(), Counter::FlowReset), 1);
+}
+
+/// Keeps this test's thread, and so its program runs, on one CPU: the
+/// notes of established flows are per CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "cannot pin a thread to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A busy flow's ACKs skip the flow table after the CPU notes it
+/// (`RecentFlow`), and nothing they would have stored is lost: the peer's
+/// RST at its next sequence number, past the window the table alone would
+/// check it against, closes the flow; and on another flow the ACK of the
+/// host's FIN still moves it to FIN-WAIT-2.
+#[test]
+fn a_busy_flows_acks_skip_the_table_and_lose_nothing() {
+    pin_to_cpu(0);
+    let mut t = Tracker::new(TableSizes::default());
+    let (j1, k1) = (J.wrapping_add(1), K + 1);
+    // The host offers a window of 1,000 bytes: one absorbed segment puts
+    // the peer's next sequence number past the table's window.
+    let open = |t: &mut Tracker| {
+        t.ingress(&from_peer(false, SYN, J, 0));
+        let mut syn_ack = from_host(false, SYN | ACK, K, j1);
+        syn_ack.window = 1000;
+        t.egress(&syn_ack);
+        t.ingress(&from_peer(false, ACK, j1, k1));
+        assert_eq!(t.only_flow().0, TcpState::Established);
+    };
+    let data = |seq: u32| {
+        let mut pkt = from_peer(false, ACK | PSH, seq, k1);
+        pkt.payload = vec![0x5a; 1400];
+        pkt
+    };
+    open(&mut t);
+    let start = t.stats();
+    let mut next = j1;
+    // Until the last segment sent was absorbed (the first two of each tick
+    // go to the table), and at least 50.
+    let mut sent = 0;
+    loop {
+        let before = t.stats();
+        t.ingress(&data(next));
+        next = next.wrapping_add(1400);
+        sent += 1;
+        if sent >= 50 && delta(&before, &t.stats(), Counter::AckRecentFlow) == 1 {
+            break;
+        }
+        assert!(sent < 1000, "never absorbed");
+    }
+    let absorbed = delta(&start, &t.stats(), Counter::AckRecentFlow);
+    // A call takes well under a tick (4 ms at most here).
+    assert!(absorbed >= sent * 2 / 3, "{absorbed} of {sent} absorbed");
+    let stored = t.only_flow().1.peer_next;
+    assert!(
+        next.wrapping_sub(stored) >= 1400,
+        "the table trails: {stored} against {next}"
+    );
+    t.ingress(&from_peer(false, RST, next, 0));
+    assert!(
+        t.is_empty(),
+        "the RST at the peer's next sequence number closed it"
+    );
+
+    open(&mut t);
+    for i in 0..5 {
+        t.ingress(&data(j1.wrapping_add(1400 * i)));
+    }
+    let next = j1.wrapping_add(1400 * 5);
+    t.egress(&from_host(false, FIN | ACK, k1, next));
+    assert_eq!(t.only_flow().0, TcpState::FinWait1);
+    t.ingress(&from_peer(false, ACK, next, k1 + 1));
+    assert_eq!(t.only_flow().0, TcpState::FinWait2, "the ACK of the host's FIN");
 }
 
 /// A flow new to the table starts at a random even generation and each
