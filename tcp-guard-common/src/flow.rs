@@ -258,14 +258,16 @@ const _: () = assert!(size_of::<RecentFlows>() <= 32 * 1024);
 /// move stays in the note, and that CPU's next table update of the flow takes
 /// it ([`RecentFlow::merge_into`]).
 ///
-/// Exact on the CPU that keeps it. Another CPU's update of the flow within
-/// the tick does not reach the note, which is safe for what an absorbed ACK
-/// could have changed: the host's FIN is acknowledged only by an ACK number
-/// past every `host_next` stored before the FIN was sent, above the note's
-/// `ack_high`, so that ACK always goes to the table. What is lost is
-/// bounded by the tick: a flow another CPU removed within it passes its
-/// peer's ACKs there unnoticed until the tick ends, and its `peer_next` in
-/// the table trails by the bytes absorbed on a CPU the flow then leaves.
+/// Another CPU's update of the flow within the tick does not reach the
+/// note, which is safe for what an absorbed ACK could have changed: the
+/// host's FIN is acknowledged only by an ACK number past every `host_next`
+/// stored before the FIN was sent, above the note's `ack_high`, so that ACK
+/// always goes to the table. What can be lost is bounded: a flow another
+/// CPU removed within the tick has its peer's ACKs passed there unnoticed
+/// until the tick ends; and the `peer_next` a note absorbed reaches the
+/// table only through that CPU's next update of the flow (not if the note
+/// is pushed out of its slot by another flow's, or the flow is next updated
+/// elsewhere), until the host's own ACK number moves it past.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecentFlow {
@@ -287,7 +289,8 @@ pub struct RecentFlow {
     pub ack_high: u32,
     /// The end of the furthest segment from the peer, absorbed or stored.
     pub peer_next: u32,
-    pub _pad2: u32,
+    /// The peer's initial sequence number: which connection on these ports.
+    pub peer_isn: u32,
 }
 
 impl RecentFlow {
@@ -303,25 +306,23 @@ impl RecentFlow {
     /// The remote and local address, in words, and the ports in ingress order.
     #[inline(always)]
     fn identity(segment: &TcpSegment, direction: Direction) -> ([u32; 4], [u32; 4], [u16; 2]) {
-        let words = |a: &[u8; 16]| {
-            [
-                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-            ]
+        const _: () = assert!(
+            align_of::<TcpSegment>() >= 4
+                && core::mem::offset_of!(TcpSegment, src) % 4 == 0
+                && core::mem::offset_of!(TcpSegment, dst) % 4 == 0
+        );
+        // SAFETY: both addresses lie 4-byte aligned in the segment (checked
+        // above), and any bytes are valid words. Read as words: a byte-wise
+        // build of them compiles to 16 byte loads each on BPF.
+        let (src, dst) = unsafe {
+            (
+                core::ptr::addr_of!(segment.src).cast::<[u32; 4]>().read(),
+                core::ptr::addr_of!(segment.dst).cast::<[u32; 4]>().read(),
+            )
         };
         match direction {
-            Direction::Ingress => (
-                words(&segment.src),
-                words(&segment.dst),
-                [segment.src_port, segment.dst_port],
-            ),
-            Direction::Egress => (
-                words(&segment.dst),
-                words(&segment.src),
-                [segment.dst_port, segment.src_port],
-            ),
+            Direction::Ingress => (src, dst, [segment.src_port, segment.dst_port]),
+            Direction::Egress => (dst, src, [segment.dst_port, segment.src_port]),
         }
     }
 
@@ -344,6 +345,7 @@ impl RecentFlow {
         self.ack_low = flow.host_isn.wrapping_add(1);
         self.ack_high = flow.host_next;
         self.peer_next = flow.peer_next;
+        self.peer_isn = flow.peer_isn;
         true
     }
 
@@ -367,14 +369,17 @@ impl RecentFlow {
     /// Whether `seg`, of this note's flow and arriving at `now`, would leave
     /// the stored flow as it is but for `peer_next`: an ACK from the peer
     /// (no SYN, FIN or RST) in the tick the flow was stored at, acknowledging
-    /// only what the host had sent by then. If so, the note takes its
-    /// `peer_next`.
+    /// only what the host had sent by then, and starting in the peer's
+    /// sequence space as far as it went (in order, or a retransmission: a
+    /// later connection on these ports, its ISN random, almost never is).
+    /// If so, the note takes its `peer_next`.
     #[inline(always)]
     pub fn absorbs(&mut self, seg: &Seg, now: u64) -> bool {
         if self.stamp != now
             || seg.direction != Direction::Ingress
             || seg.flags.class() != TcpClass::Ack
             || (self.bounded != 0 && !seq_within(seg.ack, self.ack_low, self.ack_high))
+            || !seq_within(seg.seq, self.peer_isn.wrapping_add(1), self.peer_next)
         {
             return false;
         }
@@ -386,11 +391,16 @@ impl RecentFlow {
     }
 
     /// Gives `flow`, as read from the table, the `peer_next` of the segments
-    /// this note absorbed, if it is the flow the note was made of (not a
-    /// later connection on the same ports).
+    /// this note absorbed: only if it is the connection the note was made of
+    /// and no one stored it after the note's tick (a note older than that is
+    /// spent, and after 2 GiB more its `peer_next` would read as ahead).
     #[inline(always)]
     pub fn merge_into(&self, flow: &mut Flow) {
-        if self.stamp != 0 && flow.created_ns <= self.stamp && seq_after(self.peer_next, flow.peer_next) {
+        if self.stamp != 0
+            && flow.last_ns <= self.stamp
+            && flow.peer_isn == self.peer_isn
+            && seq_after(self.peer_next, flow.peer_next)
+        {
             flow.peer_next = self.peer_next;
         }
     }

@@ -65,35 +65,47 @@ struct Cpu {
 }
 
 impl Cpu {
-    /// Whether the note absorbed it; else the table took it.
+    /// Whether the note absorbed it; else the table took it. In the order
+    /// of the fast path: the XDP program's look at the note
+    /// (`check_note`), then the tracker's merge, transition and store, and
+    /// the note made again or dropped after a store (`renote`) or removal.
     fn segment(&mut self, s: &TcpSegment, direction: Direction, now: u64) -> bool {
         let class = s.flags.class();
+        let ingress_ack = direction == Direction::Ingress && class == TcpClass::Ack;
         let kept = self.note.is_for(s, direction);
-        if direction == Direction::Ingress
-            && class == TcpClass::Ack
-            && kept
-            && self.note.absorbs(&Seg::new(s, direction, None), now)
-        {
+        if ingress_ack && kept && self.note.absorbs(&Seg::new(s, direction, None), now) {
             return true;
         }
+        // The XDP program tells the tracker when it found no note
+        // (`NO_NOTE`); a SYN changes no flow a note is kept of.
+        let note_kept = (!ingress_ack || kept) && class != TcpClass::Syn;
         let mut old = self.table.flow;
-        if kept && class != TcpClass::Syn {
-            if let Some(old) = old.as_mut() {
-                self.note.merge_into(old);
-            }
-            if direction == Direction::Ingress {
-                self.note.clear();
-            }
+        if let Some(old) = old.as_mut()
+            && note_kept
+            && self.note.is_for(s, direction)
+        {
+            self.note.merge_into(old);
         }
-        let busy_this_tick = old.is_some_and(|o| o.last_ns == now);
-        self.table.flow = old;
-        match self.table.segment(s, direction, now) {
-            Step::Store(_) if direction == Direction::Ingress && busy_this_tick => {
-                let flow = self.table.flow.expect("stored");
-                self.note.note(s, direction, &flow);
+        let busy = old.is_some_and(|o| o.last_ns == now);
+        let mut out = Flow::default();
+        match transition(old.as_ref(), &Seg::new(s, direction, None), now, &mut out) {
+            Step::Store(_) => {
+                self.table.flow = Some(out);
+                if direction == Direction::Ingress
+                    && (busy || note_kept)
+                    && !(busy && self.note.note(s, direction, &out))
+                    && self.note.is_for(s, direction)
+                {
+                    self.note.clear();
+                }
             }
-            Step::Remove(_) if kept => self.note.clear(),
-            _ => {}
+            Step::Remove(_) => {
+                self.table.flow = None;
+                if self.note.is_for(s, direction) {
+                    self.note.clear();
+                }
+            }
+            Step::Keep(_) | Step::Invalid(_) => {}
         }
         false
     }
@@ -355,12 +367,28 @@ fn a_note_is_only_for_its_own_flow_and_tick() {
         !fresh.note(&s, Direction::Ingress, &syn_rcvd),
         "only established flows"
     );
-    // A later connection on the same ports takes nothing from an old note.
+    // A later connection on the same ports, even in the same tick, takes
+    // nothing from an old note, nor do its segments pass by it.
     let mut later = flow;
-    later.created_ns = now + TICK;
+    later.peer_isn = j + 1_000_000;
     later.peer_next = 0;
     note.merge_into(&mut later);
-    assert_eq!(later.peer_next, 0);
+    assert_eq!(later.peer_next, 0, "another connection");
+    let handshake = segment(Direction::Ingress, ACK, j + 1_000_001, k + 1, 0);
+    assert!(
+        !note.absorbs(&Seg::new(&handshake, Direction::Ingress, None), now),
+        "another ISN"
+    );
+    // A note older than the flow's last store is spent.
+    let mut stored_later = flow;
+    stored_later.last_ns = now + TICK;
+    stored_later.peer_next = 0;
+    note.merge_into(&mut stored_later);
+    assert_eq!(stored_later.peer_next, 0, "spent");
+    let mut behind = flow;
+    behind.peer_next = 0;
+    note.merge_into(&mut behind);
+    assert_eq!(behind.peer_next, j + 1, "merged");
     note.clear();
     assert!(!note.is_for(&s, Direction::Ingress));
 }

@@ -108,8 +108,8 @@ pub enum NoteCheck {
 }
 
 /// Checks the peer's `segment`, arriving at `now`, against this CPU's note
-/// of its flow. A BPF function of its own: the XDP program's frame and the
-/// parser's must fit in 512 bytes together.
+/// of its flow. A BPF function of its own: the programs' frames must fit in
+/// 512 bytes together.
 #[inline(never)]
 pub fn check_note(segment: &TcpSegment, now: u64) -> NoteCheck {
     let Some(note) = recent_slot(segment, Direction::Ingress) else {
@@ -127,24 +127,29 @@ pub fn check_note(segment: &TcpSegment, now: u64) -> NoteCheck {
 }
 
 /// Merges this CPU's note of `segment`'s flow, if it keeps one, into the
-/// flow as read (`old`), and drops it if `segment` is the peer's (it is made
-/// again if the flow is stored established). A BPF function of its own, as
-/// are the two below: the programs' frames must fit in 512 bytes together.
+/// flow as read (`Scratch::old`), and leaves in `Scratch::note_kept`
+/// whether it keeps one. The note stays until the flow is stored or removed
+/// (see `renote`, `forget_note`). A BPF function of its own, as are the two
+/// below, and what it needs from the tracker read from the scratch slot:
+/// the programs' frames must fit in 512 bytes together.
 #[inline(never)]
-fn take_note(segment: &TcpSegment, direction: Direction, old: Option<&mut Flow>) {
-    let Some(note) = recent_slot(segment, direction) else {
+fn merge_note(segment: &TcpSegment, direction: Direction) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: this CPU's slot, used by one program run at a time.
-    let note = unsafe { &mut *note };
-    if !note.is_for(segment, direction) {
+    // SAFETY: this CPU's scratch slot, used by one program run at a time.
+    let scratch = unsafe { &mut *scratch };
+    if !scratch.note_kept {
         return;
     }
-    if let Some(old) = old {
-        note.merge_into(old);
-    }
-    if direction == Direction::Ingress {
-        note.clear();
+    let note = recent_slot(segment, direction).filter(|&note| {
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        unsafe { (*note).is_for(segment, direction) }
+    });
+    scratch.note_kept = note.is_some();
+    if let Some(note) = note {
+        // SAFETY: as above.
+        unsafe { (*note).merge_into(&mut scratch.old) };
     }
 }
 
@@ -160,13 +165,20 @@ fn forget_note(segment: &TcpSegment, direction: Direction) {
     }
 }
 
-/// Notes `flow`, just stored from the peer's `segment`, in this CPU's slot
-/// if it is established.
+/// After `flow` was stored from the peer's `segment`: notes it in this
+/// CPU's slot if it is established and `busy` (stored in this tick already:
+/// its segments come faster than the tick, and the note may absorb the next
+/// ones), else drops this CPU's note of it (its `peer_next` is in the table
+/// now).
 #[inline(never)]
-fn note_stored(segment: &TcpSegment, flow: &Flow) {
+fn renote(segment: &TcpSegment, flow: &Flow, busy: bool) {
     if let Some(slot) = recent_slot(segment, Direction::Ingress) {
         // SAFETY: this CPU's slot, used by one program run at a time.
-        unsafe { (*slot).note(segment, Direction::Ingress, flow) };
+        let slot = unsafe { &mut *slot };
+        if !(busy && slot.note(segment, Direction::Ingress, flow)) && slot.is_for(segment, Direction::Ingress)
+        {
+            slot.clear();
+        }
     }
 }
 
@@ -202,9 +214,6 @@ pub extern "C" fn tcp_guard_track(
     if stats.is_null() || segment.is_null() {
         return 0;
     }
-    let Some(config) = CONFIG.get(0) else {
-        return 0;
-    };
     let mut counters = Counters::from_ptr(stats);
     // SAFETY: checked non-null; the caller passes its own live segment.
     let segment = unsafe { &*segment };
@@ -213,7 +222,11 @@ pub extern "C" fn tcp_guard_track(
     } else {
         Direction::Egress
     };
-    let note_kept = how & NO_NOTE == 0;
+    // A SYN changes no flow a note is kept of.
+    let note_kept = how & NO_NOTE == 0 && segment.flags.class() != TcpClass::Syn;
+    let Some(config) = CONFIG.get(0) else {
+        return 0;
+    };
     let window_scale = (window_scale < NO_WINDOW_SCALE).then_some(window_scale as u8);
     match track(
         &mut counters,
@@ -246,6 +259,10 @@ fn track(
     };
     // SAFETY: this CPU's scratch slot, used by one program run at a time.
     let scratch = unsafe { &mut *scratch };
+    // Read by the note's functions (`merge_note`, `renote`) from the
+    // scratch slot: held as a value across the tracker, it took the
+    // programs' frames past 512 bytes.
+    scratch.note_kept = note_kept;
     scratch.key = FlowKey::new(segment, direction);
     let (key, flow) = (&scratch.key, &mut scratch.flow);
     let (policy, config) = port_config(key.local_port, config);
@@ -297,11 +314,9 @@ fn track(
             counters.bump(Counter::FlowBusy);
             return Verdict::Pass;
         }
-    }
-    // The ACKs this CPU's note absorbed moved `peer_next`, which this
-    // update must start from. (A SYN changes no flow a note is kept of.)
-    if note_kept && segment.flags.class() != TcpClass::Syn {
-        take_note(segment, direction, found.map(|_| &mut scratch.old));
+        // The ACKs this CPU's note absorbed moved `peer_next`, which this
+        // update must start from.
+        merge_note(segment, direction);
     }
     let old: Option<&Flow> = found.map(|_| &scratch.old);
     let counted = old.is_some_and(holds_counts);
@@ -368,11 +383,10 @@ fn track(
                     if counted && !flow.has(Flow::COUNTED) {
                         guard::release(key, old_prefix_len);
                     }
-                    // Only a flow already updated in this tick is noted:
-                    // one whose segments come faster than the tick, whose
-                    // next ones the note may absorb.
-                    if direction == Direction::Ingress && old.is_some_and(|o| o.last_ns == now) {
-                        note_stored(segment, flow);
+                    // A stored flow's `last_ns` is the tick it was stored at.
+                    let busy = old.is_some_and(|o| o.last_ns == flow.last_ns);
+                    if direction == Direction::Ingress && (busy || scratch.note_kept) {
+                        renote(segment, flow, busy);
                     }
                 }
                 Stored::Busy => {

@@ -27,7 +27,7 @@ use crate::maps::{
 /// their sender: a flood spoofing a real peer's address must cut neither
 /// that peer's connections nor its new ones.
 #[inline(always)]
-pub fn blocked(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
+pub fn blocked(family: u8, addr: &[u8; 16], syn: bool, now: u64) -> bool {
     in_use(LIST_BLOCK) && blocked_by_list(family, addr, syn, now)
 }
 
@@ -39,11 +39,12 @@ fn in_use(index: u32) -> bool {
     LISTS_IN_USE.get(index).is_none_or(|marked| *marked != 0)
 }
 
-/// [`blocked`]'s lookup. (Its own BPF function: its keys stay off the stack
-/// of the program, which calls the tracker too.)
+/// [`blocked`]'s lookup. (Its own BPF function, the address passed by
+/// reference: its keys, and a copy of the address, stay off the stack of
+/// the program, which calls the tracker too.)
 #[inline(never)]
-fn blocked_by_list(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
-    let Some(entry) = BLOCK.get(Key::new(128, LpmAddr::new(family, addr))) else {
+fn blocked_by_list(family: u8, addr: &[u8; 16], syn: bool, now: u64) -> bool {
+    let Some(entry) = BLOCK.get(Key::new(128, LpmAddr::new(family, *addr))) else {
         return false;
     };
     if !entry.applies(now) {
@@ -52,7 +53,7 @@ fn blocked_by_list(family: u8, addr: [u8; 16], syn: bool, now: u64) -> bool {
     if entry.reason != BlockEntry::AUTOMATIC {
         return true;
     }
-    syn && !verified(family, &addr)
+    syn && !verified(family, addr)
 }
 
 /// Whether the source completed a handshake within `attack.verified_ttl`
@@ -98,8 +99,8 @@ fn generation() -> Option<VerifiedGeneration> {
 /// sources by SYN rate" (the caller picks one SYN in `SYN_SAMPLE_EVERY`).
 /// (Its own BPF function: keeps its locals out of the caller's frame.)
 #[inline(never)]
-pub fn sample_syn(family: u8, addr: [u8; 16]) {
-    let source = SourceKey::new(family, addr);
+pub fn sample_syn(family: u8, addr: &[u8; 16]) {
+    let source = SourceKey::new(family, *addr);
     match SYN_SOURCES.get_ptr_mut(source) {
         Some(syns) => {
             atomic_add(syns, 1);

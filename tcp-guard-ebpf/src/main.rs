@@ -32,7 +32,7 @@ mod view;
 
 use flow::{NoteCheck, Verdict};
 use maps::{CONFIG, Counters, EXPIRED, SCRATCH, atomic_add};
-use view::PacketBytes;
+use view::{PacketBytes, SkbBytes};
 
 /// CLOCK_MONOTONIC, to the kernel's tick (a few ms): what the fast path
 /// times is seconds and milliseconds (timeouts, TTLs, rates, the challenge
@@ -69,7 +69,7 @@ fn coarse_clock() -> u64 {
 /// result off the stack: the program's frame, the tracker's and the
 /// transition's must fit in 512 bytes together.
 #[inline(never)]
-fn parse(bytes: &PacketBytes) -> Option<&'static Dissection> {
+fn parse<V: ByteView>(bytes: &V) -> Option<&'static Dissection> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, used by one program run at a time.
     let dissection = unsafe { &mut (*scratch).dissection };
@@ -108,11 +108,11 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
             if segment.flags.class() == TcpClass::Syn
                 && counters.get(Counter::Syn).is_multiple_of(SYN_SAMPLE_EVERY.into())
             {
-                guard::sample_syn(segment.family as u8, segment.src);
+                guard::sample_syn(segment.family as u8, &segment.src);
             }
             if guard::blocked(
                 segment.family as u8,
-                segment.src,
+                &segment.src,
                 segment.flags.class() == TcpClass::Syn,
                 now,
             ) && enforced(
@@ -123,6 +123,8 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
             ) {
                 return xdp_action::XDP_DROP;
             }
+            // Before the tracker: most of what a server receives is its
+            // peers' ACKs, and a busy flow's need nothing more.
             let mut how = flow::INGRESS;
             if segment.flags.class() == TcpClass::Ack {
                 match flow::check_note(segment, now) {
@@ -152,7 +154,7 @@ pub fn tcp_guard_xdp(ctx: XdpContext) -> u32 {
             let segment = &dissection.segment;
             let now = now();
             // The operator's blocks hold for all of a source's TCP.
-            if guard::blocked(segment.family as u8, segment.src, false, now)
+            if guard::blocked(segment.family as u8, &segment.src, false, now)
                 && enforced(
                     &mut counters,
                     Rule::BlockList,
@@ -200,11 +202,11 @@ fn enforced(counters: &mut Counters, rule: Rule, drop: Counter, would: Counter) 
 pub fn tcp_guard_tc_egress(ctx: TcContext) -> i32 {
     if let Some(mut counters) = Counters::this_cpu() {
         counters.bump(Counter::EgressPackets);
-        let bytes = PacketBytes::of_skb(ctx.data(), ctx.data_end(), ctx.len() as usize);
-        if let Some(segment) = parse(&bytes).and_then(Dissection::tcp) {
+        let skb = SkbBytes::new(ctx.data(), ctx.data_end(), ctx.len() as usize);
+        if let Some(segment) = parse(&skb).and_then(Dissection::tcp) {
             // The host's window scale, for checking the peer's RSTs.
             let window_scale = match segment.flags.class() {
-                TcpClass::Syn | TcpClass::SynAck => options::parse(&bytes, segment)
+                TcpClass::Syn | TcpClass::SynAck => options::parse(&skb.bytes, segment)
                     .window_scale()
                     .map_or(flow::NO_WINDOW_SCALE, u32::from),
                 _ => flow::NO_WINDOW_SCALE,

@@ -132,6 +132,9 @@ pub struct Scratch {
     pub csum: [u8; CSUM_CHUNK + 4],
     /// This CPU's last reading of the coarse clock (see `crate::now`).
     pub clock: CoarseClock,
+    /// The segment being tracked may have a note on this CPU (see
+    /// `flow::NO_NOTE`).
+    pub note_kept: bool,
 }
 
 /// The coarse clock as last read on this CPU, and the jiffies it was read at.

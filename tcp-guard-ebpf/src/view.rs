@@ -12,33 +12,17 @@ pub fn opaque(value: usize) -> usize {
     unsafe { core::ptr::read_volatile(&slot) }
 }
 
-/// The bytes between a context's `data` and `data_end`, of a packet of
-/// `len` bytes.
+/// The bytes between an XDP context's `data` and `data_end`: the whole frame.
 #[derive(Clone, Copy)]
 pub struct PacketBytes {
     start: usize,
     end: usize,
-    len: usize,
 }
 
 impl PacketBytes {
-    /// An XDP frame: all of it lies between `start` and `end`.
     #[inline(always)]
     pub fn new(start: usize, end: usize) -> Self {
-        PacketBytes {
-            start,
-            end,
-            len: end - start,
-        }
-    }
-
-    /// A socket buffer of `len` bytes, of which `start..end` is the linear
-    /// part: a segment the host's stack hands over whole (GSO, up to 64 KiB)
-    /// keeps its payload in pages the program cannot read, but its headers,
-    /// which are all the parser reads, lie in the linear part.
-    #[inline(always)]
-    pub fn of_skb(start: usize, end: usize, len: usize) -> Self {
-        PacketBytes { start, end, len }
+        PacketBytes { start, end }
     }
 
     /// `start + offset`, with the offset hidden from the optimiser: LLVM
@@ -52,11 +36,9 @@ impl PacketBytes {
 }
 
 impl ByteView for PacketBytes {
-    /// Against the packet's length, not the readable part's: this checks
-    /// what headers say of lengths, and every read checks its own bounds.
     #[inline(always)]
     fn contains(&self, offset: usize, len: usize) -> bool {
-        opaque(offset) + len <= self.len
+        self.at(offset) + len <= self.end
     }
 
     #[inline(always)]
@@ -69,5 +51,41 @@ impl ByteView for PacketBytes {
         // SAFETY: bounds checked above; the read is unaligned and Header
         // types accept any bytes.
         Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+    }
+}
+
+/// A socket buffer of `len` bytes, of which `bytes` is the linear part
+/// (TC): a segment the host's stack hands over whole (GSO, up to 64 KiB)
+/// keeps its payload in pages the program cannot read, but its headers,
+/// which are all the parser reads, lie in the linear part. (A type of its
+/// own: a length field in `PacketBytes` took the XDP program's frame, and
+/// with it the chain through the tracker, past 512 bytes.)
+#[derive(Clone, Copy)]
+pub struct SkbBytes {
+    pub bytes: PacketBytes,
+    len: usize,
+}
+
+impl SkbBytes {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize, len: usize) -> Self {
+        SkbBytes {
+            bytes: PacketBytes::new(start, end),
+            len,
+        }
+    }
+}
+
+impl ByteView for SkbBytes {
+    /// Against the packet's length, not the readable part's: this checks
+    /// what headers say of lengths, and every read checks its own bounds.
+    #[inline(always)]
+    fn contains(&self, offset: usize, len: usize) -> bool {
+        opaque(offset) + len <= self.len
+    }
+
+    #[inline(always)]
+    fn read<T: Header>(&self, offset: usize) -> Option<T> {
+        self.bytes.read(offset)
     }
 }

@@ -33,7 +33,7 @@ use tcp_guard_common::{
     stats::{Counter, Stats},
 };
 use tcp_guard_tests::{
-    machine::Machine,
+    machine::{Machine, pin_to_cpu},
     packets::{ACK, FIN, PSH, SYN, TcpPacket, ethernet, linux_syn_options},
     scenario::without_limits,
     xdp_synproxy::{self, XdpSynproxy},
@@ -315,6 +315,8 @@ struct Case {
 
 /// Measures every case whose name contains `only`.
 pub fn measure(params: &Params, only: &str) -> Vec<Row> {
+    // One CPU's notes of busy flows serve the absorbed cases all along.
+    pin_to_cpu(0);
     let flows_per_case = params.flows_per_case();
     // Room for every case's flows, and for the full-table cases to fill.
     let capacity = 10 * flows_per_case as u32;

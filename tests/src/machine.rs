@@ -24,3 +24,20 @@ impl Machine {
         }
     }
 }
+
+/// Keeps the calling thread, and so the programs it runs with
+/// BPF_PROG_TEST_RUN, on one CPU: per-CPU state (scratch, notes of flows,
+/// counters) is then the one CPU's.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "cannot pin a thread to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

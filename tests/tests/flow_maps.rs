@@ -21,6 +21,7 @@ use tcp_guard_common::{
 };
 use tcp_guard_tests::{
     lab::require_root,
+    machine::pin_to_cpu,
     packets::{ACK, FIN, PSH, RST, SYN, TcpPacket},
 };
 
@@ -211,22 +212,6 @@ fn in_window_rst_removes_the_flow() {
     assert_eq!(delta(&before, &t.stats(), Counter::FlowReset), 1);
 }
 
-/// Keeps this test's thread, and so its program runs, on one CPU: the
-/// notes of established flows are per CPU.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "cannot pin a thread to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// A busy flow's ACKs skip the flow table after the CPU notes it
 /// (`RecentFlow`), and nothing they would have stored is lost: the peer's
 /// RST at its next sequence number, past the window the table alone would
@@ -252,22 +237,26 @@ fn a_busy_flows_acks_skip_the_table_and_lose_nothing() {
         pkt.payload = vec![0x5a; 1400];
         pkt
     };
+    // Data until the last segment sent was absorbed (the first two of each
+    // tick go to the table): the note is in place. Returns the peer's next
+    // sequence number and how many were sent.
+    let busy = |t: &mut Tracker, at_least: u64| {
+        let mut next = j1;
+        let mut sent = 0;
+        loop {
+            let before = t.stats();
+            t.ingress(&data(next));
+            next = next.wrapping_add(1400);
+            sent += 1;
+            if sent >= at_least && delta(&before, &t.stats(), Counter::AckRecentFlow) == 1 {
+                return (next, sent);
+            }
+            assert!(sent < 1000, "never absorbed");
+        }
+    };
     open(&mut t);
     let start = t.stats();
-    let mut next = j1;
-    // Until the last segment sent was absorbed (the first two of each tick
-    // go to the table), and at least 50.
-    let mut sent = 0;
-    loop {
-        let before = t.stats();
-        t.ingress(&data(next));
-        next = next.wrapping_add(1400);
-        sent += 1;
-        if sent >= 50 && delta(&before, &t.stats(), Counter::AckRecentFlow) == 1 {
-            break;
-        }
-        assert!(sent < 1000, "never absorbed");
-    }
+    let (next, sent) = busy(&mut t, 50);
     let absorbed = delta(&start, &t.stats(), Counter::AckRecentFlow);
     // A call takes well under a tick (4 ms at most here).
     assert!(absorbed >= sent * 2 / 3, "{absorbed} of {sent} absorbed");
@@ -283,14 +272,17 @@ fn a_busy_flows_acks_skip_the_table_and_lose_nothing() {
     );
 
     open(&mut t);
-    for i in 0..5 {
-        t.ingress(&data(j1.wrapping_add(1400 * i)));
-    }
-    let next = j1.wrapping_add(1400 * 5);
+    let (next, _) = busy(&mut t, 3);
     t.egress(&from_host(false, FIN | ACK, k1, next));
     assert_eq!(t.only_flow().0, TcpState::FinWait1);
+    let before = t.stats();
     t.ingress(&from_peer(false, ACK, next, k1 + 1));
     assert_eq!(t.only_flow().0, TcpState::FinWait2, "the ACK of the host's FIN");
+    assert_eq!(
+        delta(&before, &t.stats(), Counter::AckRecentFlow),
+        0,
+        "not absorbed"
+    );
 }
 
 /// A flow new to the table starts at a random even generation and each

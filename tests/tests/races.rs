@@ -24,6 +24,7 @@ use tcp_guard_common::{
 };
 use tcp_guard_tests::{
     lab::require_root,
+    machine::pin_to_cpu,
     packets::{ACK, SYN, TcpPacket},
     scenario::without_limits,
 };
@@ -34,20 +35,6 @@ const KEPT: u16 = 50;
 /// Flows completed on one CPU while the other expires them.
 const CONTESTED: usize = 20_000;
 const PORT: u16 = 8080;
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "cannot pin a thread to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 fn run(xdp: &Xdp, frame: &[u8]) -> u32 {
     let mut opts = TestRunOptions::new();
