@@ -149,7 +149,14 @@ fn merge_note(segment: &TcpSegment, direction: Direction) {
     scratch.note_kept = note.is_some();
     if let Some(note) = note {
         // SAFETY: as above.
-        unsafe { (*note).merge_into(&mut scratch.old) };
+        let note = unsafe { &mut *note };
+        note.merge_into(&mut scratch.old);
+        // A note made before the host's sequence numbers were known bounds
+        // no ACK number; the host's segment makes them known. Its peer_next
+        // is merged, and the host's ACK numbers move the flow's from now on.
+        if direction == Direction::Egress && note.bounded == 0 {
+            note.clear();
+        }
     }
 }
 
@@ -420,9 +427,9 @@ fn track(
             }
         }
         Step::Remove(event) => {
-            forget_note(segment, direction);
             if let Some(entry) = found {
                 if claim(entry, generation) {
+                    forget_note(segment, direction);
                     if remove(key) && counted {
                         guard::release(key, old_prefix_len);
                     }
