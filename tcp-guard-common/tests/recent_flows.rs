@@ -65,6 +65,19 @@ struct Cpu {
 }
 
 impl Cpu {
+    /// A CPU with no note yet, and `flow` in the table.
+    fn with(flow: Flow) -> Cpu {
+        Cpu {
+            table: Table { flow: Some(flow) },
+            note: RecentFlow::default(),
+        }
+    }
+
+    /// A segment `direction` takes, at `now`: whether the note absorbed it.
+    fn send(&mut self, direction: Direction, flags: u8, seq: u32, ack: u32, len: u32, now: u64) -> bool {
+        self.segment(&segment(direction, flags, seq, ack, len), direction, now)
+    }
+
     /// Whether the note absorbed it; else the table took it. In the order
     /// of the fast path: the XDP program's look at the note
     /// (`check_note`), then the tracker's merge, transition and store, and
@@ -199,7 +212,7 @@ proptest! {
         let mut now = 1_000 * TICK;
         let start = established_seen(j, k, now, syn_ack_seen);
         let mut alone = Table { flow: Some(start) };
-        let mut cpu = Cpu { table: Table { flow: Some(start) }, note: RecentFlow::default() };
+        let mut cpu = Cpu::with(start);
         let (mut p, mut h) = (j.wrapping_add(1), k.wrapping_add(1));
         for next in steps {
             let (direction, s) = match next {
@@ -252,19 +265,11 @@ proptest! {
 #[test]
 fn a_busy_flow_is_noted_and_the_ack_of_the_hosts_fin_goes_to_the_table() {
     let (j, k, now) = (10, 20, 1_000 * TICK);
-    let start = established(j, k, now - TICK);
-    let mut cpu = Cpu {
-        table: Table { flow: Some(start) },
-        note: RecentFlow::default(),
-    };
+    let mut cpu = Cpu::with(established(j, k, now - TICK));
     let (mut p, h) = (j + 1, k + 1);
     let mut absorbed = Vec::new();
     for _ in 0..5 {
-        absorbed.push(cpu.segment(
-            &segment(Direction::Ingress, ACK | PSH, p, h, 100),
-            Direction::Ingress,
-            now,
-        ));
+        absorbed.push(cpu.send(Direction::Ingress, ACK | PSH, p, h, 100, now));
         p += 100;
     }
     assert_eq!(
@@ -280,47 +285,27 @@ fn a_busy_flow_is_noted_and_the_ack_of_the_hosts_fin_goes_to_the_table() {
     assert_eq!(cpu.flow().unwrap().peer_next, p, "the note's ACKs merged");
 
     // The host's FIN (egress): the peer's ACK of it moves the flow on.
-    assert!(!cpu.segment(
-        &segment(Direction::Egress, FIN | ACK, h, p, 0),
-        Direction::Egress,
-        now
-    ));
+    assert!(!cpu.send(Direction::Egress, FIN | ACK, h, p, 0, now));
     assert_eq!(cpu.flow().unwrap().state(), Some(TcpState::FinWait1));
-    assert!(!cpu.segment(
-        &segment(Direction::Ingress, ACK, p, h + 1, 0),
-        Direction::Ingress,
-        now
-    ));
+    assert!(!cpu.send(Direction::Ingress, ACK, p, h + 1, 0, now));
     assert_eq!(cpu.flow().unwrap().state(), Some(TcpState::FinWait2));
 }
 
 #[test]
 fn an_rst_is_checked_against_the_peer_next_the_note_absorbed() {
     let (j, k, now) = (10, 20, 1_000 * TICK);
-    let start = established(j, k, now - TICK);
-    let mut cpu = Cpu {
-        table: Table { flow: Some(start) },
-        note: RecentFlow::default(),
-    };
+    let mut cpu = Cpu::with(established(j, k, now - TICK));
     let (mut p, h) = (j + 1, k + 1);
     // Far more than the host's window (64,000 unscaled) absorbed in one tick.
     for _ in 0..100 {
-        cpu.segment(
-            &segment(Direction::Ingress, ACK | PSH, p, h, 1400),
-            Direction::Ingress,
-            now,
-        );
+        cpu.send(Direction::Ingress, ACK | PSH, p, h, 1400, now);
         p += 1400;
     }
     assert!(
         cpu.table.flow.unwrap().peer_next.wrapping_add(64_000) < p,
         "the table trails"
     );
-    assert!(!cpu.segment(
-        &segment(Direction::Ingress, RST, p, 0, 0),
-        Direction::Ingress,
-        now
-    ));
+    assert!(!cpu.send(Direction::Ingress, RST, p, 0, 0, now));
     assert_eq!(
         cpu.flow(),
         None,

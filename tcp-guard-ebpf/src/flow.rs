@@ -95,6 +95,15 @@ fn recent_slot(segment: &TcpSegment, direction: Direction) -> Option<*mut Recent
     unsafe { (*notes).slots.get_mut(index).map(|slot| slot as *mut RecentFlow) }
 }
 
+/// This CPU's note of `segment`'s flow, if its slot holds one.
+#[inline(always)]
+fn note_of(segment: &TcpSegment, direction: Direction) -> Option<&'static mut RecentFlow> {
+    let slot = recent_slot(segment, direction)?;
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let note = unsafe { &mut *slot };
+    note.is_for(segment, direction).then_some(note)
+}
+
 /// What this CPU's note says of a segment from the peer.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum NoteCheck {
@@ -112,14 +121,10 @@ pub enum NoteCheck {
 /// 512 bytes together.
 #[inline(never)]
 pub fn check_note(segment: &TcpSegment, now: u64) -> NoteCheck {
-    let Some(note) = recent_slot(segment, Direction::Ingress) else {
+    let Some(note) = note_of(segment, Direction::Ingress) else {
         return NoteCheck::Absent;
     };
-    // SAFETY: this CPU's slot, used by one program run at a time.
-    let note = unsafe { &mut *note };
-    if !note.is_for(segment, Direction::Ingress) {
-        NoteCheck::Absent
-    } else if note.absorbs(&Seg::new(segment, Direction::Ingress, None), now) {
+    if note.absorbs(&Seg::new(segment, Direction::Ingress, None), now) {
         NoteCheck::Absorbed
     } else {
         NoteCheck::Kept
@@ -142,14 +147,9 @@ fn merge_note(segment: &TcpSegment, direction: Direction) {
     if !scratch.note_kept {
         return;
     }
-    let note = recent_slot(segment, direction).filter(|&note| {
-        // SAFETY: this CPU's slot, used by one program run at a time.
-        unsafe { (*note).is_for(segment, direction) }
-    });
+    let note = note_of(segment, direction);
     scratch.note_kept = note.is_some();
     if let Some(note) = note {
-        // SAFETY: as above.
-        let note = unsafe { &mut *note };
         note.merge_into(&mut scratch.old);
         // A note made before the host's sequence numbers were known bounds
         // no ACK number; the host's segment makes them known. Its peer_next
@@ -163,12 +163,8 @@ fn merge_note(segment: &TcpSegment, direction: Direction) {
 /// Drops this CPU's note of `segment`'s flow, removed.
 #[inline(never)]
 fn forget_note(segment: &TcpSegment, direction: Direction) {
-    if let Some(note) = recent_slot(segment, direction) {
-        // SAFETY: this CPU's slot, used by one program run at a time.
-        let note = unsafe { &mut *note };
-        if note.is_for(segment, direction) {
-            note.clear();
-        }
+    if let Some(note) = note_of(segment, direction) {
+        note.clear();
     }
 }
 
