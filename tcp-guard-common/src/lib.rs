@@ -15,7 +15,7 @@ pub mod syncookie;
 pub mod maps {
     /// Version of the pinned maps' layouts (keys, values, sizes). A daemon
     /// adopts pinned state only from the same version.
-    pub const LAYOUT_VERSION: u64 = 13;
+    pub const LAYOUT_VERSION: u64 = 14;
 
     pub const STATS: &str = "STATS";
     /// Every tracked flow, keyed by [`crate::flow::FlowKey`]: room for

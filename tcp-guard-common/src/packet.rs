@@ -26,7 +26,19 @@ pub trait ByteView {
 
     /// Whether `len` bytes starting at `offset` lie wholly in the packet.
     fn contains(&self, offset: usize, len: usize) -> bool;
+
+    /// The bytes from `offset` to the packet's end, if there are more than
+    /// an IP length field holds (65,535): a BIG TCP packet, which the host's
+    /// stack builds (GSO past 64 KiB, `gso_ipv4_max_size` / `gso_max_size`)
+    /// with the length field 0, the socket buffer's own length standing in
+    /// for it. None where no such packet can be (a frame on the wire).
+    fn big_len(&self, _offset: usize) -> Option<usize> {
+        None
+    }
 }
+
+/// The most an IP length field holds.
+pub const IP_MAX_LEN: usize = 0xffff;
 
 impl ByteView for [u8] {
     #[inline(always)]
@@ -41,6 +53,12 @@ impl ByteView for [u8] {
         // SAFETY: `bytes` holds exactly size_of::<T>() bytes, the read is
         // unaligned, and `Header` types accept any bit pattern.
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    }
+
+    /// As a socket buffer would: the tests build BIG TCP packets in slices.
+    #[inline(always)]
+    fn big_len(&self, offset: usize) -> Option<usize> {
+        self.len().checked_sub(offset).filter(|&len| len > IP_MAX_LEN)
     }
 }
 
@@ -353,6 +371,22 @@ impl Dissection {
     pub fn tcp(&self) -> Option<&TcpSegment> {
         (self.outcome == Outcome::Tcp).then_some(&self.segment)
     }
+
+    /// Whether the frame is a TCP segment longer than its IP length field
+    /// can say (BIG TCP: see [`ByteView::big_len`]).
+    pub fn big_tcp(&self) -> bool {
+        let Some(segment) = self.tcp() else {
+            return false;
+        };
+        let ip_len = (segment.tcp_offset as usize).saturating_sub(self.l3_offset as usize)
+            + segment.tcp_header_len as usize
+            + segment.payload_len as usize;
+        let fixed = match segment.family {
+            Family::V4 => 0,
+            Family::V6 => IPV6_HDR_LEN,
+        };
+        ip_len.saturating_sub(fixed) > IP_MAX_LEN
+    }
 }
 
 /// What the IP layer found: an outcome, the segment when it is TCP, and
@@ -468,7 +502,10 @@ fn parse_ipv4<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     if header_len < IPV4_HDR_LEN || !view.contains(l3, header_len) {
         return not_tcp(Outcome::Malformed(Malformed::Ipv4BadHeaderLength));
     }
-    let total_len = ip.total_len.get() as usize;
+    let total_len = match ip.total_len.get() {
+        0 => view.big_len(l3).unwrap_or(0),
+        len => len as usize,
+    };
     if total_len < header_len || !view.contains(l3, total_len) {
         return not_tcp(Outcome::Malformed(Malformed::Ipv4BadTotalLength));
     }
@@ -501,9 +538,17 @@ fn parse_ipv6<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     if ip.version_class_flow.get() >> 28 != 6 {
         return not_tcp(Outcome::Malformed(Malformed::Ipv6BadVersion));
     }
-    let payload_len = ip.payload_len.get() as usize;
+    let mut payload_len = ip.payload_len.get() as usize;
     if !view.contains(l3 + IPV6_HDR_LEN, payload_len) {
         return not_tcp(Outcome::Malformed(Malformed::Ipv6BadPayloadLength));
+    }
+    if payload_len == 0
+        && let Some(big_len) = view.big_len(l3 + IPV6_HDR_LEN)
+    {
+        if ip.next_header == IPV6_HOP_BY_HOP {
+            return parse_jumbo(view, ip.src, ip.dst, l3 + IPV6_HDR_LEN, big_len);
+        }
+        payload_len = big_len;
     }
     if ip.next_header == IPPROTO_TCP {
         return parse_tcp(view, Family::V6, ip.src, ip.dst, l3 + IPV6_HDR_LEN, payload_len);
@@ -536,6 +581,51 @@ fn parse_ipv6<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     // TCP, or a chain too long or cut short to tell: either may carry a SYN.
     unparsed_tcp(Outcome::Ipv6Extension, Family::V6, ip.src, ip.dst)
 }
+
+/// A BIG TCP packet of `big_len` bytes past the IPv6 header at `hbh`, as
+/// Linux before 7.0 sends it: a hop-by-hop header holding nothing but a
+/// jumbo payload option (RFC 2675) with that length, then TCP. Anything
+/// else there goes the extension headers' way: unparsed TCP.
+#[inline(always)]
+fn parse_jumbo<V: ByteView + ?Sized>(
+    view: &V,
+    src: [u8; 16],
+    dst: [u8; 16],
+    hbh: usize,
+    big_len: usize,
+) -> Layer {
+    match view.read::<JumboHbh>(hbh) {
+        Some(jumbo)
+            if jumbo.next_header == IPPROTO_TCP
+                && jumbo.len == 0
+                && jumbo.option == [IPV6_TLV_JUMBO, 4]
+                && jumbo.payload_len.get() as usize == big_len =>
+        {
+            let hbh_len = size_of::<JumboHbh>();
+            parse_tcp(view, Family::V6, src, dst, hbh + hbh_len, big_len - hbh_len)
+        }
+        _ => unparsed_tcp(Outcome::Ipv6Extension, Family::V6, src, dst),
+    }
+}
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_TLV_JUMBO: u8 = 0xc2;
+
+/// A hop-by-hop header of 8 bytes holding one jumbo payload option.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct JumboHbh {
+    pub next_header: u8,
+    /// In 8-byte units past the first 8: 0.
+    pub len: u8,
+    /// Type and length of the option.
+    pub option: [u8; 2],
+    /// The length of all past the IPv6 header, this header included.
+    pub payload_len: Be32,
+}
+
+// SAFETY: repr(C) struct of u8 and a byte array.
+unsafe impl Header for JumboHbh {}
 
 /// Parses the TCP header at `offset`, inside an IP payload of `ip_payload_len` bytes.
 #[inline(always)]

@@ -203,7 +203,11 @@ pub fn tcp_guard_tc_egress(ctx: TcContext) -> i32 {
     if let Some(mut counters) = Counters::this_cpu() {
         counters.bump(Counter::EgressPackets);
         let skb = SkbBytes::new(ctx.data(), ctx.data_end(), ctx.len() as usize);
-        if let Some(segment) = parse(&skb).and_then(Dissection::tcp) {
+        let dissection = parse(&skb);
+        if dissection.is_some_and(Dissection::big_tcp) {
+            counters.bump(Counter::EgressBigTcp);
+        }
+        if let Some(segment) = dissection.and_then(Dissection::tcp) {
             // The host's window scale, for checking the peer's RSTs.
             let window_scale = match segment.flags.class() {
                 TcpClass::Syn | TcpClass::SynAck => options::parse(&skb.bytes, segment)

@@ -1,6 +1,6 @@
 //! The packet buffer as a [`ByteView`] for the common parser.
 
-use tcp_guard_common::packet::{ByteView, Header};
+use tcp_guard_common::packet::{ByteView, Header, IP_MAX_LEN};
 
 /// `value`, unknown to the optimiser, so that bounds checks on it survive
 /// for the verifier to see. A volatile stack round trip: the verifier tracks
@@ -55,8 +55,8 @@ impl ByteView for PacketBytes {
 }
 
 /// A socket buffer of `len` bytes, of which `bytes` is the linear part
-/// (TC): a segment the host's stack hands over whole (GSO, up to 64 KiB)
-/// keeps its payload in pages the program cannot read, but its headers,
+/// (TC): a segment the host's stack hands over whole (GSO, up to 64 KiB, or
+/// more with BIG TCP) keeps its payload in pages the program cannot read, but its headers,
 /// which are all the parser reads, lie in the linear part. (A type of its
 /// own: a length field in `PacketBytes` took the XDP program's frame, and
 /// with it the chain through the tracker, past 512 bytes.)
@@ -87,5 +87,10 @@ impl ByteView for SkbBytes {
     #[inline(always)]
     fn read<T: Header>(&self, offset: usize) -> Option<T> {
         self.bytes.read(offset)
+    }
+
+    #[inline(always)]
+    fn big_len(&self, offset: usize) -> Option<usize> {
+        self.len.checked_sub(offset).filter(|&len| len > IP_MAX_LEN)
     }
 }

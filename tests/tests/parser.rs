@@ -286,6 +286,69 @@ fn bad_option_lengths_are_flagged_not_read_past() {
     assert!(parse_tcp_options(frame.as_slice(), &segment(&frame)).malformed);
 }
 
+/// BIG TCP: a segment longer than an IP length field can say, as the
+/// host's stack hands it to TC egress, is parsed at the buffer's length:
+/// IPv4 with a total length of 0, IPv6 with a payload length of 0, with
+/// (Linux before 7.0) or without a jumbo hop-by-hop header. Anything short
+/// of that is what it was: malformed, or TCP behind an extension header.
+#[test]
+fn big_tcp_is_parsed_at_the_buffers_length() {
+    const PAYLOAD: usize = 100_000;
+    let big = |v6: bool| {
+        let (src, dst) = if v6 { self::v6() } else { v4() };
+        let mut pkt = TcpPacket::new(src, dst, 8080, 40000, ACK);
+        pkt.payload = vec![0x5a; PAYLOAD];
+        let mut frame = pkt.frame();
+        let length_field = if v6 { 18..20 } else { 16..18 };
+        frame[length_field].fill(0);
+        frame
+    };
+    let v4_frame = big(false);
+    let v6_frame = big(true);
+    // Linux before 7.0: IPv6 next header 0, then next header TCP, length 0,
+    // the jumbo option (0xc2, 4) with the length past the IPv6 header.
+    let mut jumbo = v6_frame[..54].to_vec();
+    jumbo[20] = 0;
+    let past_ipv6 = (v6_frame.len() - 54 + 8) as u32;
+    jumbo.extend_from_slice(&[6, 0, 0xc2, 4]);
+    jumbo.extend_from_slice(&past_ipv6.to_be_bytes());
+    jumbo.extend_from_slice(&v6_frame[54..]);
+    for (name, frame, tcp_offset) in [
+        ("IPv4", &v4_frame, 34),
+        ("IPv6", &v6_frame, 54),
+        ("IPv6 jumbo", &jumbo, 62),
+    ] {
+        let d = parse(frame.as_slice());
+        let seg = d
+            .tcp()
+            .unwrap_or_else(|| panic!("{name}: expected TCP, got {:?}", d.outcome));
+        assert_eq!(seg.payload_len as usize, PAYLOAD, "{name}");
+        assert_eq!(seg.tcp_offset, tcp_offset, "{name}");
+        assert_eq!((seg.src_port, seg.dst_port), (8080, 40000), "{name}");
+        assert!(d.big_tcp(), "{name}");
+        check_consistent(frame);
+    }
+
+    // A length field of 0 where the packet is no longer than it could say.
+    let mut short = TcpPacket::new(v4().0, v4().1, 1, 2, ACK).frame();
+    short[16..18].fill(0);
+    assert_eq!(outcome(&short), Outcome::Malformed(Malformed::Ipv4BadTotalLength));
+    assert!(!parse(short.as_slice()).big_tcp());
+    let mut short = TcpPacket::new(v6().0, v6().1, 1, 2, ACK).frame();
+    short[18..20].fill(0);
+    assert_eq!(outcome(&short), Outcome::Malformed(Malformed::TcpTruncated));
+    // A jumbo option whose length is not the packet's, or not alone in its header.
+    let mut wrong = jumbo.clone();
+    wrong[61] ^= 1;
+    assert_eq!(outcome(&wrong), Outcome::Ipv6Extension);
+    assert!(parse(wrong.as_slice()).unparsed_tcp);
+    let mut longer = jumbo.clone();
+    longer[55] = 1;
+    assert_eq!(outcome(&longer), Outcome::Ipv6Extension);
+    // A segment that fits its length field is not BIG TCP.
+    assert!(!parse(TcpPacket::new(v4().0, v4().1, 1, 2, ACK).frame().as_slice()).big_tcp());
+}
+
 /// Invariants every parse result must satisfy, whatever the input.
 fn check_consistent(frame: &[u8]) {
     let d = parse(frame);

@@ -193,6 +193,59 @@ fn kernel_and_guard_agree_through_a_connections_life(v6: bool) {
     pairs[0].client.write_all(b"still here").expect("write");
 }
 
+/// With BIG TCP on the server's link (GSO past 64 KiB, off by default), the
+/// host hands its stack's segments over in socket buffers of up to 256 KiB,
+/// whose IP length field is 0 (it cannot hold their length): the egress
+/// program must take their length from the socket buffer, or it skips every
+/// such segment and the flows fall behind the kernel's.
+fn big_tcp_segments_are_tracked(v6: bool) {
+    let lab = Lab::new().expect("lab");
+    lab.server
+        .big_tcp(&lab.server_iface, 256 << 10)
+        .expect("BIG TCP on the server's link");
+    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+    let addr = SocketAddr::new(lab.server_addr(v6), PORT);
+    let listener = lab
+        .server
+        .enter(move || TcpListener::bind(addr))
+        .unwrap()
+        .expect("bind");
+    let pairs: Vec<Pair> = (0..2)
+        .map(|_| {
+            let (client, server) = lab.connect_pair(&listener, addr).expect("connect");
+            Pair { client, server }
+        })
+        .collect();
+    for p in &pairs {
+        exchange(&p.server, &p.client);
+    }
+    let stats = stats_json(&lab.server_iface);
+    assert_eq!(
+        counter(&stats, "invalid_ack_not_sent"),
+        0,
+        "the peer acknowledged data the guard did not see the host send"
+    );
+    agree(&lab, "data sent in BIG TCP segments", &[("ESTAB", 2)]);
+    for p in &pairs {
+        p.client.shutdown(Shutdown::Both).expect("client close");
+    }
+    agree(&lab, "client closed both", &[("CLOSE-WAIT", 2)]);
+    assert!(
+        counter(&stats, "egress_big_tcp") > 0,
+        "no BIG TCP segment left the host: the test proved nothing"
+    );
+}
+
+#[test]
+fn ipv4_big_tcp_segments_are_tracked() {
+    big_tcp_segments_are_tracked(false);
+}
+
+#[test]
+fn ipv6_big_tcp_segments_are_tracked() {
+    big_tcp_segments_are_tracked(true);
+}
+
 #[test]
 fn ipv4_kernel_and_guard_agree_through_a_connections_life() {
     kernel_and_guard_agree_through_a_connections_life(false);
