@@ -54,12 +54,6 @@ impl ByteView for [u8] {
         // unaligned, and `Header` types accept any bit pattern.
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
     }
-
-    /// As a socket buffer would: the tests build BIG TCP packets in slices.
-    #[inline(always)]
-    fn big_len(&self, offset: usize) -> Option<usize> {
-        self.len().checked_sub(offset).filter(|&len| len > IP_MAX_LEN)
-    }
 }
 
 /// A 16-bit field in network byte order.
@@ -545,8 +539,10 @@ fn parse_ipv6<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     if payload_len == 0
         && let Some(big_len) = view.big_len(l3 + IPV6_HDR_LEN)
     {
-        if ip.next_header == IPV6_HOP_BY_HOP {
-            return parse_jumbo(view, ip.src, ip.dst, l3 + IPV6_HDR_LEN, big_len);
+        if ip.next_header == IPV6_HOP_BY_HOP
+            && let Some(layer) = jumbo_tcp(view, ip.src, ip.dst, l3 + IPV6_HDR_LEN, big_len)
+        {
+            return layer;
         }
         payload_len = big_len;
     }
@@ -582,30 +578,25 @@ fn parse_ipv6<V: ByteView + ?Sized>(view: &V, l3: usize) -> Layer {
     unparsed_tcp(Outcome::Ipv6Extension, Family::V6, ip.src, ip.dst)
 }
 
-/// A BIG TCP packet of `big_len` bytes past the IPv6 header at `hbh`, as
-/// Linux before 7.0 sends it: a hop-by-hop header holding nothing but a
-/// jumbo payload option (RFC 2675) with that length, then TCP. Anything
-/// else there goes the extension headers' way: unparsed TCP.
+/// TCP in a BIG TCP packet of `big_len` bytes past the IPv6 header, as
+/// Linux before 7.0 sends it: a hop-by-hop header at `hbh` holding nothing
+/// but a jumbo payload option (RFC 2675) with that length, then TCP. None
+/// for anything else, which the extension headers' walk then takes.
 #[inline(always)]
-fn parse_jumbo<V: ByteView + ?Sized>(
+fn jumbo_tcp<V: ByteView + ?Sized>(
     view: &V,
     src: [u8; 16],
     dst: [u8; 16],
     hbh: usize,
     big_len: usize,
-) -> Layer {
-    match view.read::<JumboHbh>(hbh) {
-        Some(jumbo)
-            if jumbo.next_header == IPPROTO_TCP
-                && jumbo.len == 0
-                && jumbo.option == [IPV6_TLV_JUMBO, 4]
-                && jumbo.payload_len.get() as usize == big_len =>
-        {
-            let hbh_len = size_of::<JumboHbh>();
-            parse_tcp(view, Family::V6, src, dst, hbh + hbh_len, big_len - hbh_len)
-        }
-        _ => unparsed_tcp(Outcome::Ipv6Extension, Family::V6, src, dst),
-    }
+) -> Option<Layer> {
+    let jumbo = view.read::<JumboHbh>(hbh)?;
+    let hbh_len = size_of::<JumboHbh>();
+    (jumbo.next_header == IPPROTO_TCP
+        && jumbo.len == 0
+        && jumbo.option == [IPV6_TLV_JUMBO, 4]
+        && jumbo.payload_len.get() as usize == big_len)
+        .then(|| parse_tcp(view, Family::V6, src, dst, hbh + hbh_len, big_len - hbh_len))
 }
 
 const IPV6_HOP_BY_HOP: u8 = 0;

@@ -69,8 +69,8 @@ counters! {
     MalformedTcpBadDataOffset => "malformed_tcp_bad_data_offset",
     /// Every frame the TC egress program saw.
     EgressPackets => "egress_packets",
-    /// Segments the host sent in BIG TCP packets (GSO past 64 KiB, the IP
-    /// length field 0), tracked at their socket buffer's length.
+    /// BIG TCP packets the host sent (GSO past 64 KiB, the IP length field
+    /// 0), each tracked as one segment at its socket buffer's length.
     EgressBigTcp => "egress_big_tcp",
     /// Flows entering each state (the per-transition counters).
     ToSynSent => "to_syn_sent",

@@ -55,11 +55,12 @@ impl ByteView for PacketBytes {
 }
 
 /// A socket buffer of `len` bytes, of which `bytes` is the linear part
-/// (TC): a segment the host's stack hands over whole (GSO, up to 64 KiB, or
-/// more with BIG TCP) keeps its payload in pages the program cannot read, but its headers,
-/// which are all the parser reads, lie in the linear part. (A type of its
-/// own: a length field in `PacketBytes` took the XDP program's frame, and
-/// with it the chain through the tracker, past 512 bytes.)
+/// (TC): a segment the host's stack hands over whole (GSO, up to 64 KiB,
+/// or more with BIG TCP) keeps its payload in pages the program cannot
+/// read, but its headers, which are all the parser reads, lie in the
+/// linear part. (A type of its own: a length field in `PacketBytes` took
+/// the XDP program's frame, and with it the chain through the tracker,
+/// past 512 bytes.)
 #[derive(Clone, Copy)]
 pub struct SkbBytes {
     pub bytes: PacketBytes,

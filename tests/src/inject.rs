@@ -1,7 +1,7 @@
 //! Sending hand-built frames out of an interface (AF_PACKET), as a spoofing
 //! client would: the frames cross the lab's veth pair and nothing else.
 
-use std::{ffi::CString, io, os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
+use std::{io, os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
 
 use anyhow::{Context, Result, bail};
 
@@ -42,12 +42,7 @@ impl Injector {
 }
 
 fn open_packet_socket(iface: &str) -> Result<Injector> {
-    let name = CString::new(iface)?;
-    // SAFETY: a plain name lookup.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("no interface {iface} in this namespace");
-    }
+    let index = crate::lab::if_index(iface)?;
     // Protocol 0: send only, receive nothing.
     // SAFETY: socket(2) with constant arguments.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };

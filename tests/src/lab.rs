@@ -106,9 +106,10 @@ impl Netns {
     }
 
     /// Turns on BIG TCP for both families on `iface`: the stack may build
-    /// segments of up to `size` bytes (GSO and GRO), IPv6 by `ip link`, IPv4
-    /// by rtnetlink directly (iproute2 before 6.3, Debian 12's, has no
-    /// `gso_ipv4_max_size`).
+    /// packets of up to `size` bytes (GSO and GRO), IPv6's set by `ip link`,
+    /// IPv4's by rtnetlink directly (iproute2 before 6.3, Debian 12's, has
+    /// no `gso_ipv4_max_size`). A kernel before 6.3 ignores IPv4's without
+    /// an error: a test must check BIG TCP was used.
     pub fn big_tcp(&self, iface: &str, size: u32) -> Result<()> {
         let size_arg = size.to_string();
         self.ip(&[
@@ -121,16 +122,14 @@ impl Netns {
             "gro_max_size",
             &size_arg,
         ])?;
-        let index = self
-            .enter(|| nix_if_index(iface))?
-            .with_context(|| format!("no interface {iface} in {}", self.name))?;
         self.enter(|| {
+            let index = if_index(iface)?;
             set_link_u32s(
                 index,
                 &[(IFLA_GSO_IPV4_MAX_SIZE, size), (IFLA_GRO_IPV4_MAX_SIZE, size)],
             )
         })?
-        .with_context(|| format!("cannot set BIG TCP for IPv4 on {iface} (Linux 6.3 or later)"))
+        .with_context(|| format!("cannot set BIG TCP for IPv4 on {iface} in {}", self.name))
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it
@@ -584,11 +583,11 @@ const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
 const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
 
 /// The index of `iface` in the calling thread's namespace.
-fn nix_if_index(iface: &str) -> Result<u32> {
+pub fn if_index(iface: &str) -> Result<u32> {
     let name = std::ffi::CString::new(iface).context("interface name")?;
     // SAFETY: a NUL-terminated name.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(io::Error::last_os_error()).with_context(|| format!("no interface {iface}")),
+        0 => bail!("no interface {iface} in this namespace"),
         index => Ok(index),
     }
 }
@@ -632,12 +631,18 @@ fn set_link_u32s(index: u32, attrs: &[(u16, u32)]) -> Result<()> {
         }
         let mut answer = [0u8; 1024];
         let got = libc::recv(fd.as_raw_fd(), answer.as_mut_ptr().cast(), answer.len(), 0);
-        if got < (NLMSG_HDR + 4) as isize {
+        if got < 0 {
             return Err(io::Error::last_os_error()).context("netlink answer");
         }
+        // The acknowledgement: an NLMSG_ERROR message, its error 0.
         let kind = u16::from_ne_bytes([answer[4], answer[5]]);
+        if got < (NLMSG_HDR + 4) as isize || kind != libc::NLMSG_ERROR as u16 {
+            bail!(
+                "netlink answered the link change with message type {kind}, {got} bytes, not an acknowledgement"
+            );
+        }
         let error = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
-        if kind != libc::NLMSG_ERROR as u16 || error != 0 {
+        if error != 0 {
             bail!(
                 "the kernel refused the link change: {}",
                 io::Error::from_raw_os_error(-error)

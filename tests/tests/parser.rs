@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 use tcp_guard_common::packet::{
-    self, Dissection, Family, Malformed, Outcome, TcpClass, TcpFlags, TcpSegment, parse, parse_tcp_options,
-    walk_tcp_options,
+    self, ByteView, Dissection, Family, Header, IP_MAX_LEN, Malformed, Outcome, TcpClass, TcpFlags,
+    TcpSegment, parse, parse_tcp_options, walk_tcp_options,
 };
 use tcp_guard_tests::packets::{
     ACK, FIN, PSH, RST, SYN, TcpPacket, ethernet, linux_syn_options, qinq, with_ipv6_extension,
@@ -286,39 +286,70 @@ fn bad_option_lengths_are_flagged_not_read_past() {
     assert!(parse_tcp_options(frame.as_slice(), &segment(&frame)).malformed);
 }
 
-/// BIG TCP: a segment longer than an IP length field can say, as the
-/// host's stack hands it to TC egress, is parsed at the buffer's length:
-/// IPv4 with a total length of 0, IPv6 with a payload length of 0, with
-/// (Linux before 7.0) or without a jumbo hop-by-hop header. Anything short
-/// of that is what it was: malformed, or TCP behind an extension header.
-#[test]
-fn big_tcp_is_parsed_at_the_buffers_length() {
-    const PAYLOAD: usize = 100_000;
-    let big = |v6: bool| {
-        let (src, dst) = if v6 { self::v6() } else { v4() };
-        let mut pkt = TcpPacket::new(src, dst, 8080, 40000, ACK);
-        pkt.payload = vec![0x5a; PAYLOAD];
-        let mut frame = pkt.frame();
-        let length_field = if v6 { 18..20 } else { 16..18 };
-        frame[length_field].fill(0);
-        frame
-    };
-    let v4_frame = big(false);
-    let v6_frame = big(true);
-    // Linux before 7.0: IPv6 next header 0, then next header TCP, length 0,
-    // the jumbo option (0xc2, 4) with the length past the IPv6 header.
-    let mut jumbo = v6_frame[..54].to_vec();
+/// A socket buffer as the TC program sees one: its length may exceed what
+/// an IP length field holds (BIG TCP).
+struct Skb<'a>(&'a [u8]);
+
+impl ByteView for Skb<'_> {
+    fn read<T: Header>(&self, offset: usize) -> Option<T> {
+        ByteView::read(self.0, offset)
+    }
+
+    fn contains(&self, offset: usize, len: usize) -> bool {
+        ByteView::contains(self.0, offset, len)
+    }
+
+    fn big_len(&self, offset: usize) -> Option<usize> {
+        self.0
+            .len()
+            .checked_sub(offset)
+            .filter(|&len| len > packet::IP_MAX_LEN)
+    }
+}
+
+/// A segment from 8080 to 40000 with `payload` bytes, its IP length field 0.
+fn big(v6: bool, payload: usize) -> Vec<u8> {
+    let (src, dst) = if v6 { self::v6() } else { v4() };
+    let mut pkt = TcpPacket::new(src, dst, 8080, 40000, ACK);
+    pkt.payload = vec![0x5a; payload];
+    let mut frame = pkt.frame();
+    frame[if v6 { 18..20 } else { 16..18 }].fill(0);
+    frame
+}
+
+/// `frame` (IPv6, TCP at 54) as Linux before 7.0 sends it past 64 KiB: next
+/// header 0, then a hop-by-hop header with TCP next, length 0, and the
+/// jumbo option (0xc2, 4) with the length past the IPv6 header.
+fn with_jumbo_header(frame: &[u8]) -> Vec<u8> {
+    let mut jumbo = frame[..54].to_vec();
     jumbo[20] = 0;
-    let past_ipv6 = (v6_frame.len() - 54 + 8) as u32;
     jumbo.extend_from_slice(&[6, 0, 0xc2, 4]);
-    jumbo.extend_from_slice(&past_ipv6.to_be_bytes());
-    jumbo.extend_from_slice(&v6_frame[54..]);
-    for (name, frame, tcp_offset) in [
-        ("IPv4", &v4_frame, 34),
-        ("IPv6", &v6_frame, 54),
-        ("IPv6 jumbo", &jumbo, 62),
+    jumbo.extend_from_slice(&((frame.len() - 54 + 8) as u32).to_be_bytes());
+    jumbo.extend_from_slice(&frame[54..]);
+    jumbo
+}
+
+/// BIG TCP: in a socket buffer, a segment longer than an IP length field
+/// can say is parsed at the buffer's length: IPv4 with a total length of 0,
+/// IPv6 with a payload length of 0, with (Linux before 7.0) or without a
+/// jumbo hop-by-hop header. On the wire (the XDP program's view) the same
+/// frames stay what they were, and so does anything short of BIG TCP.
+#[test]
+fn big_tcp_is_parsed_at_the_socket_buffers_length() {
+    const PAYLOAD: usize = 100_000;
+    let (v4_frame, v6_frame) = (big(false, PAYLOAD), big(true, PAYLOAD));
+    let jumbo = with_jumbo_header(&v6_frame);
+    for (name, frame, tcp_offset, on_the_wire) in [
+        (
+            "IPv4",
+            &v4_frame,
+            34,
+            Outcome::Malformed(Malformed::Ipv4BadTotalLength),
+        ),
+        ("IPv6", &v6_frame, 54, Outcome::Malformed(Malformed::TcpTruncated)),
+        ("IPv6 jumbo", &jumbo, 62, Outcome::Ipv6Extension),
     ] {
-        let d = parse(frame.as_slice());
+        let d = parse(&Skb(frame));
         let seg = d
             .tcp()
             .unwrap_or_else(|| panic!("{name}: expected TCP, got {:?}", d.outcome));
@@ -326,27 +357,54 @@ fn big_tcp_is_parsed_at_the_buffers_length() {
         assert_eq!(seg.tcp_offset, tcp_offset, "{name}");
         assert_eq!((seg.src_port, seg.dst_port), (8080, 40000), "{name}");
         assert!(d.big_tcp(), "{name}");
-        check_consistent(frame);
+        assert_eq!(outcome(frame), on_the_wire, "{name} on the wire");
     }
 
-    // A length field of 0 where the packet is no longer than it could say.
-    let mut short = TcpPacket::new(v4().0, v4().1, 1, 2, ACK).frame();
-    short[16..18].fill(0);
-    assert_eq!(outcome(&short), Outcome::Malformed(Malformed::Ipv4BadTotalLength));
-    assert!(!parse(short.as_slice()).big_tcp());
-    let mut short = TcpPacket::new(v6().0, v6().1, 1, 2, ACK).frame();
-    short[18..20].fill(0);
-    assert_eq!(outcome(&short), Outcome::Malformed(Malformed::TcpTruncated));
-    // A jumbo option whose length is not the packet's, or not alone in its header.
-    let mut wrong = jumbo.clone();
-    wrong[61] ^= 1;
-    assert_eq!(outcome(&wrong), Outcome::Ipv6Extension);
-    assert!(parse(wrong.as_slice()).unparsed_tcp);
+    // One byte short of BIG TCP: a length field of 0 is malformed.
+    let ipv4_at_most = IP_MAX_LEN - 40;
+    assert_eq!(
+        parse(&Skb(&big(false, ipv4_at_most))).outcome,
+        Outcome::Malformed(Malformed::Ipv4BadTotalLength)
+    );
+    assert!(parse(&Skb(&big(false, ipv4_at_most + 1))).big_tcp());
+    let ipv6_at_most = IP_MAX_LEN - 20;
+    assert_eq!(
+        parse(&Skb(&big(true, ipv6_at_most))).outcome,
+        Outcome::Malformed(Malformed::TcpTruncated)
+    );
+    assert!(parse(&Skb(&big(true, ipv6_at_most + 1))).big_tcp());
+    // Segments that fill their length fields are not BIG TCP.
+    for v6 in [false, true] {
+        let (src, dst) = if v6 { self::v6() } else { v4() };
+        let mut pkt = TcpPacket::new(src, dst, 8080, 40000, ACK);
+        pkt.payload = vec![0x5a; if v6 { ipv6_at_most } else { ipv4_at_most }];
+        let frame = pkt.frame();
+        let d = parse(&Skb(&frame));
+        assert!(d.tcp().is_some() && !d.big_tcp(), "IPv6: {v6}");
+    }
+
+    // A hop-by-hop header that is not the jumbo one goes the extension
+    // headers' way: TCP behind it is unparsed, anything else is not TCP.
+    let mut wrong_length = jumbo.clone();
+    wrong_length[61] ^= 1;
     let mut longer = jumbo.clone();
     longer[55] = 1;
-    assert_eq!(outcome(&longer), Outcome::Ipv6Extension);
-    // A segment that fits its length field is not BIG TCP.
-    assert!(!parse(TcpPacket::new(v4().0, v4().1, 1, 2, ACK).frame().as_slice()).big_tcp());
+    let mut other_option = jumbo.clone();
+    other_option[56] = 0xc3;
+    for (name, frame) in [
+        ("wrong length", &wrong_length),
+        ("longer", &longer),
+        ("other option", &other_option),
+    ] {
+        let d = parse(&Skb(frame));
+        assert_eq!(d.outcome, Outcome::Ipv6Extension, "{name}");
+        assert!(d.unparsed_tcp, "{name}");
+    }
+    let mut udp_next = jumbo.clone();
+    udp_next[54] = 17;
+    let d = parse(&Skb(&udp_next));
+    assert_eq!(d.outcome, Outcome::Ipv6Extension);
+    assert!(!d.unparsed_tcp, "UDP behind the hop-by-hop header is not TCP");
 }
 
 /// Invariants every parse result must satisfy, whatever the input.

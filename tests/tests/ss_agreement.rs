@@ -232,7 +232,7 @@ fn big_tcp_segments_are_tracked(v6: bool) {
     agree(&lab, "client closed both", &[("CLOSE-WAIT", 2)]);
     assert!(
         counter(&stats, "egress_big_tcp") > 0,
-        "no BIG TCP segment left the host: the test proved nothing"
+        "no BIG TCP packet left the host (IPv4 BIG TCP needs Linux 6.3): the test proved nothing"
     );
 }
 
