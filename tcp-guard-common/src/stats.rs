@@ -72,6 +72,8 @@ counters! {
     /// BIG TCP packets the host sent (GSO past 64 KiB, the IP length field
     /// 0), each tracked as one segment at its socket buffer's length.
     EgressBigTcp => "egress_big_tcp",
+    /// Frames the host sent that the parser took for malformed, untracked.
+    EgressMalformed => "egress_malformed",
     /// Flows entering each state (the per-transition counters).
     ToSynSent => "to_syn_sent",
     ToSynRcvd => "to_syn_rcvd",

@@ -204,8 +204,15 @@ pub fn tcp_guard_tc_egress(ctx: TcContext) -> i32 {
         counters.bump(Counter::EgressPackets);
         let skb = SkbBytes::new(ctx.data(), ctx.data_end(), ctx.len() as usize);
         let dissection = parse(&skb);
-        if dissection.is_some_and(Dissection::big_tcp) {
-            counters.bump(Counter::EgressBigTcp);
+        if let Some(dissection) = dissection {
+            if dissection.big_tcp() {
+                counters.bump(Counter::EgressBigTcp);
+            }
+            // The host's own stack sends nothing malformed: a count here is
+            // the guard misreading it (as it once did GSO packets).
+            if matches!(dissection.outcome, Outcome::Malformed(_)) {
+                counters.bump(Counter::EgressMalformed);
+            }
         }
         if let Some(segment) = dissection.and_then(Dissection::tcp) {
             // The host's window scale, for checking the peer's RSTs.

@@ -104,9 +104,15 @@ fn kernel_and_guard_agree_through_a_connections_life(v6: bool) {
         exchange(&p.client, &p.server);
         exchange(&p.server, &p.client);
     }
+    let stats = stats_json(&lab.server_iface);
     assert!(
-        counter(&stats_json(&lab.server_iface), "ack_recent_flow") > 0,
+        counter(&stats, "ack_recent_flow") > 0,
         "no ACK absorbed by a note"
+    );
+    assert_eq!(
+        counter(&stats, "egress_malformed"),
+        0,
+        "the host's packets misread"
     );
     agree(&lab, "data exchanged", &[("ESTAB", 8)]);
 
@@ -220,6 +226,11 @@ fn big_tcp_segments_are_tracked(v6: bool) {
         exchange(&p.server, &p.client);
     }
     let stats = stats_json(&lab.server_iface);
+    assert_eq!(
+        counter(&stats, "egress_malformed"),
+        0,
+        "the host's packets misread"
+    );
     assert_eq!(
         counter(&stats, "invalid_ack_not_sent"),
         0,
