@@ -80,22 +80,28 @@ fn nft(lab: &Lab, rule: &str) {
     run(lab.client.command("nft").arg(rule)).expect("nft");
 }
 
-fn kernel_and_guard_agree_through_a_connections_life(v6: bool) {
-    let lab = Lab::new().expect("lab");
-    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
+/// tcp-guard started on the lab's server, a listener on PORT, and `n`
+/// connections to it.
+fn guarded_connections(lab: &Lab, v6: bool, n: usize) -> (Daemon, TcpListener, Vec<Pair>) {
+    let daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
     let addr = SocketAddr::new(lab.server_addr(v6), PORT);
     let listener = lab
         .server
         .enter(move || TcpListener::bind(addr))
         .unwrap()
         .expect("bind");
-
-    let mut pairs: Vec<Pair> = (0..8)
+    let pairs = (0..n)
         .map(|_| {
             let (client, server) = lab.connect_pair(&listener, addr).expect("connect");
             Pair { client, server }
         })
         .collect();
+    (daemon, listener, pairs)
+}
+
+fn kernel_and_guard_agree_through_a_connections_life(v6: bool) {
+    let lab = Lab::new().expect("lab");
+    let (_daemon, _listener, mut pairs) = guarded_connections(&lab, v6, 8);
     agree(&lab, "8 connections open", &[("ESTAB", 8)]);
 
     // Data both ways on each: fast enough that the CPUs' notes of the
@@ -209,19 +215,7 @@ fn big_tcp_segments_are_tracked(v6: bool) {
     lab.server
         .big_tcp(&lab.server_iface, 256 << 10)
         .expect("BIG TCP on the server's link");
-    let _daemon = Daemon::start(&lab.server, &lab.server_iface, &[]).expect("start tcp-guard");
-    let addr = SocketAddr::new(lab.server_addr(v6), PORT);
-    let listener = lab
-        .server
-        .enter(move || TcpListener::bind(addr))
-        .unwrap()
-        .expect("bind");
-    let pairs: Vec<Pair> = (0..2)
-        .map(|_| {
-            let (client, server) = lab.connect_pair(&listener, addr).expect("connect");
-            Pair { client, server }
-        })
-        .collect();
+    let (_daemon, _listener, pairs) = guarded_connections(&lab, v6, 2);
     for p in &pairs {
         exchange(&p.server, &p.client);
     }
